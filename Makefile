@@ -1,0 +1,42 @@
+# Targets match what CI runs (.ci/run calls `make test`).
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+# The CPU torch build. Never install an unpinned torch: it resolves to a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install engine test test-unit lint goldens bench demo clean
+
+install:
+	$(PIP) install $(TORCH_PIN)
+	$(PIP) install -e '.[dev]'
+
+# Make sure a Docker engine answers (installs and starts dockerd when root on Debian),
+# with the base image, wheelhouse and registry the integration tests use.
+engine:
+	bash scripts/test-env.sh
+
+# The README's test command: unit tests, then the real-engine tier.
+test: engine
+	. ./.aibuild-test-env && $(PYTHON) -m pytest
+
+test-unit:
+	$(PYTHON) -m pytest -m "not docker and not gpu"
+
+lint:
+	$(PYTHON) -m ruff check aibuild tests benchmarks
+	$(PYTHON) -m ruff format --check aibuild tests benchmarks
+	$(PYTHON) -m mypy
+
+goldens:
+	$(PYTHON) -m tests.unit.regen_goldens
+
+bench:
+	$(PYTHON) benchmarks/bench_startup.py
+	$(PYTHON) benchmarks/bench_train.py
+
+# The main job: build the cpu profile's image and train on the bundled dataset.
+demo:
+	bash scripts/demo.sh
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .aibuild

@@ -1,0 +1,3 @@
+from aibuild.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""The exception hierarchy: every message is written for the user who will read it.
+
+The CLI turns any ``AibuildError`` into its message on stderr and exit code 1.
+Anything else escaping to the CLI is a bug (a traceback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One error or warning about a profile, located in its source file."""
+
+    severity: str  # "error" | "warning"
+    message: str
+    key: str = ""  # dotted key path, e.g. "software.cuda"
+    file: str = "<profile>"
+    line: int = 0
+    col: int = 0
+
+    def format(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}"
+        suffix = f" ({self.key})" if self.key else ""
+        return f"{where}: {self.severity}: {self.message}{suffix}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "severity": self.severity,
+            "message": self.message,
+            "key": self.key,
+            "file": self.file,
+            "line": self.line,
+            "col": self.col,
+        }
+
+
+class AibuildError(Exception):
+    """Base of every error aibuild reports to users (exit code 1)."""
+
+    exit_code = 1
+
+    def format(self) -> str:
+        return str(self)
+
+
+class ProfileError(AibuildError):
+    """The profile cannot be loaded or is invalid; carries every diagnostic found."""
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic | str) -> None:
+        if isinstance(diagnostics, str):
+            diagnostics = [Diagnostic("error", diagnostics)]
+        elif isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics = list(diagnostics)
+        super().__init__(self.format())
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+    def format(self) -> str:
+        return "\n".join(d.format() for d in self.diagnostics)
+
+
+class RenderError(AibuildError):
+    """A build context could not be rendered (template problem, bad override dir)."""
+
+
+class EngineError(AibuildError):
+    """The Docker engine cannot be reached or answered with an error."""
+
+
+class BuildError(AibuildError):
+    """An image build failed; names the failing step and shows its log tail."""
+
+    def __init__(self, message: str, step: str = "", log_tail: list[str] | None = None) -> None:
+        self.step = step
+        self.log_tail = list(log_tail or [])
+        super().__init__(message)
+
+    def format(self) -> str:
+        parts = [str(self)]
+        if self.step:
+            parts.append(f"  failing step: {self.step}")
+        if self.log_tail:
+            parts.append("  last lines of its output:")
+            parts.extend(f"    {line}" for line in self.log_tail)
+        return "\n".join(parts)
+
+
+class RunError(AibuildError):
+    """A container could not be started or run."""
+
+
+class PublishError(AibuildError):
+    """An image could not be pushed, locked or made reproducible."""
+
+
+class TrainError(AibuildError):
+    """The trainer cannot start: bad config, missing dataset, no usable device."""

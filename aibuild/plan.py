@@ -1,0 +1,90 @@
+"""The frozen result of validation + resolution: everything a build needs, decided.
+
+A ``BuildPlan`` holds no logic: the renderer loops over it, the builder tags
+with it, the runner reads its run defaults. It is JSON-serialisable
+(``aibuild check --json`` prints ``plan.to_dict()``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Build-site options that are not part of the profile (they must not change
+    what the image is, only how it is fetched).
+
+    base_image:       overrides ``software.base_image`` (e.g. a bootstrapped test base)
+    wheelhouse:       a local directory of wheels; pip installs from it, offline first
+    find_links:       extra ``--find-links`` locations (URLs) for pip
+    extra_index_urls: extra ``--extra-index-url`` locations for pip
+    ca_cert:          a PEM file trusted during the build only (never in the final stage)
+    template_dir:     a directory whose templates override the shipped blocks
+    """
+
+    base_image: str | None = None
+    wheelhouse: str | None = None
+    find_links: tuple[str, ...] = ()
+    extra_index_urls: tuple[str, ...] = ()
+    ca_cert: str | None = None
+    template_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """A fully resolved profile. Every field is decided; nothing is left to templates."""
+
+    # identity
+    profile_name: str
+    description: str
+    profile_hash: str  # sha256 of the canonical resolved profile (first 12 hex in labels)
+    profile_yaml: str  # the resolved profile as YAML, baked into the image
+    # hardware
+    accelerator: str  # "nvidia" | "cpu"
+    gpu: str | None  # canonical model name from the knowledge base, e.g. "NVIDIA A100"
+    gpu_count: int
+    compute_capability: str | None  # "8.0"
+    arch_list: tuple[str, ...]  # TORCH_CUDA_ARCH_LIST entries, e.g. ("8.0",) or ("9.0+PTX",)
+    driver: str | None  # host driver from the profile, if given
+    min_driver: str | None  # minimum Linux driver for the resolved CUDA release
+    # software
+    os: str  # "ubuntu22.04", "ubuntu24.04", "debian12"
+    os_family: str  # "ubuntu" | "debian"
+    cuda: str | None  # "12.4" (None for cpu)
+    cuda_full: str | None  # "12.4.1": the nvidia/cuda image release
+    cudnn: bool
+    python: str  # "3.11"
+    python_install: str  # "base" (image has it) | "system" (distro apt) | "uv" (uv-managed)
+    torch: str  # exact version, e.g. "2.5.1"
+    torch_variant: str  # "cu124" | "cpu"
+    torch_index_url: str  # https://download.pytorch.org/whl/<variant>
+    base_image: str  # builder-stage base (devel flavour for CUDA)
+    runtime_image: str  # final-stage base (runtime flavour for CUDA)
+    pip: tuple[str, ...]  # normalised PEP 508 requirements, sorted
+    apt: tuple[str, ...]  # Debian package names, sorted
+    env: tuple[tuple[str, str], ...]  # sorted (KEY, value)
+    # training, run, image
+    training: tuple[tuple[str, Any], ...]  # sorted items of the training: section
+    run_gpus: str  # "all" | "none" | "N" | "device=0,1"
+    run_shm_size: str
+    image_name: str  # repository, e.g. "registry.example.com/team/train"
+    image_tag: str  # e.g. "gpu-a100-torch2.5.1-cu124"
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def image_ref(self) -> str:
+        return f"{self.image_name}:{self.image_tag}"
+
+    @property
+    def training_dict(self) -> dict[str, Any]:
+        return dict(self.training)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["env"] = dict(self.env)
+        data["training"] = dict(self.training)
+        data["image_ref"] = self.image_ref
+        data.pop("profile_yaml")
+        return data
