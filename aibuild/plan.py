@@ -22,6 +22,13 @@ class RenderOptions:
     extra_index_urls: extra ``--extra-index-url`` locations for pip
     ca_cert:          a PEM file trusted during the build only (never in the final stage)
     template_dir:     a directory whose templates override the shipped blocks
+    base_os:          what the base image really is ("debian12", "ubuntu22.04"), learnt
+                      from its /etc/os-release by the builder; overrides software.os
+    base_python:      the python3 X.Y already in the base image, or None when it has none
+    constraints:      exact pins (PEP 508 "name==version") from a lock file
+    reproducible:     render for bit-identical rebuilds (no .pyc timestamps, apt caches
+                      removed, SOURCE_DATE_EPOCH set)
+    source_date_epoch: the fixed build time used in reproducible mode
     """
 
     base_image: str | None = None
@@ -30,6 +37,11 @@ class RenderOptions:
     extra_index_urls: tuple[str, ...] = ()
     ca_cert: str | None = None
     template_dir: str | None = None
+    base_os: str | None = None
+    base_python: str | None = None
+    constraints: tuple[str, ...] = ()
+    reproducible: bool = False
+    source_date_epoch: int | None = None
 
 
 @dataclass(frozen=True)
