@@ -1,0 +1,66 @@
+"""Options shared by several commands, defined once (pip-tools' scripts/options.py habit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+profile_argument = click.argument("profile", metavar="PROFILE")
+
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a profile value, e.g. --set software.torch=2.5.1 (repeatable). "
+    "VALUE is parsed as YAML.",
+)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+base_image_option = click.option(
+    "--base-image",
+    metavar="IMAGE",
+    help="Build FROM this image instead of the profile's (distro and Python are detected).",
+)
+wheelhouse_option = click.option(
+    "--wheelhouse",
+    type=click.Path(exists=True, file_okay=False),
+    help="Install Python packages from this directory of wheels (not kept in the image).",
+)
+ca_cert_option = click.option(
+    "--ca-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A PEM CA bundle trusted during the build only (e.g. a TLS-intercepting proxy).",
+)
+find_links_option = click.option(
+    "--find-links", multiple=True, metavar="URL", help="Extra pip --find-links (repeatable)."
+)
+extra_index_option = click.option(
+    "--extra-index-url", multiple=True, metavar="URL", help="Extra pip index URL (repeatable)."
+)
+template_dir_option = click.option(
+    "--template-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="A directory of templates overriding the shipped blocks (Jinja inheritance).",
+)
+
+
+def render_options(func: F) -> F:
+    """All the options that shape a build context without changing the profile."""
+    for option in reversed(
+        [
+            base_image_option,
+            wheelhouse_option,
+            ca_cert_option,
+            find_links_option,
+            extra_index_option,
+            template_dir_option,
+        ]
+    ):
+        func = option(func)
+    return func
