@@ -1,0 +1,486 @@
+"""Run: an image -> a training container, with GPU passthrough and training-grade defaults.
+
+- ``parse_gpus`` reads ``--gpus`` exactly as ``docker run --gpus`` does (``all``, ``N``,
+  ``device=0,1``, ``count=``, ``driver=``, ``capabilities=``) into a ``GpuRequest``,
+  which becomes a ``docker.types.DeviceRequest``.
+- ``container_command`` decides entrypoint and arguments: trainer flags (ARGS that start
+  with ``-``) are appended to the image's ``aibuild train`` entrypoint, other ARGS
+  replace it, ``--nproc-per-node N`` wraps the trainer in ``torchrun``.
+- ``run_container`` creates, attaches, starts, streams, waits and always removes the
+  container (a failed start included: the engine creates it before failing to start
+  it). Ctrl-C (or SIGTERM to aibuild) sends SIGTERM to the container, waits a grace
+  period, then kills it. The container's exit code is returned.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from aibuild.engine import api_message, engine_address, engine_errors, get_client
+from aibuild.errors import RunError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import docker
+
+    from aibuild.plan import BuildPlan
+
+# NVIDIA's recommendation for PyTorch containers: unlimited locked memory (pinned
+# host buffers, RDMA) and a 64 MiB stack.
+MEMLOCK_UNLIMITED = -1
+STACK_BYTES = 67108864
+DEFAULT_SHM_SIZE = "2g"  # for images that are not a profile's (docker's 64m starves DataLoader)
+DEFAULT_GRACE_S = 10.0
+TRAIN_ENTRYPOINT = ("aibuild", "train")
+RUN_LABEL = "ai.aibuild.run"
+NO_DRIVER_MARKER = "could not select device driver"
+TOOLKIT_URL = (
+    "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html"
+)
+
+
+# ---------------------------------------------------------------------------
+# --gpus
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    """One ``--gpus`` request, field for field what ``docker run --gpus`` sends."""
+
+    count: int = 0  # -1: all
+    device_ids: tuple[str, ...] = ()
+    driver: str = ""  # empty: the engine picks the driver that has the capabilities
+    capabilities: tuple[tuple[str, ...], ...] = (("gpu",),)
+    options: tuple[tuple[str, str], ...] = ()
+
+    def to_device_request(self) -> Any:
+        """The ``docker.types.DeviceRequest`` for the engine API."""
+        from docker.types import DeviceRequest
+
+        return DeviceRequest(
+            driver=self.driver,
+            count=self.count,
+            device_ids=list(self.device_ids),
+            capabilities=[list(caps) for caps in self.capabilities],
+            options=dict(self.options),
+        )
+
+    def describe(self) -> str:
+        if self.device_ids:
+            return f"device={','.join(self.device_ids)}"
+        return "all" if self.count < 0 else str(self.count)
+
+
+def _parse_count(text: str, whole: str) -> int:
+    if text == "all":
+        return -1
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(
+            f"invalid --gpus value {whole!r}: expected all, none, a number of GPUs, "
+            "or device=ID[,ID...]"
+        ) from None
+    if count < 0:
+        raise ValueError(f"invalid --gpus value {whole!r}: the GPU count must be positive")
+    return count
+
+
+def parse_gpus(value: str | None) -> GpuRequest | None:
+    """``--gpus`` -> a GpuRequest, or None for no GPUs (``none``, ``0``, empty).
+
+    Same semantics as ``docker run --gpus``: ``all`` is count -1, ``N`` count N,
+    ``device=0,1`` device ids ["0", "1"] (no count), capabilities [["gpu"]] (plus any
+    ``capabilities=`` given), driver empty unless ``driver=`` says. Docker reads the
+    value as CSV, so ``device=0,1`` needs quoting there (``'"device=0,1"'``); here a
+    bare ID after ``device=`` (or a capability after ``capabilities=``) continues
+    that list, and the quoted form works too. Raises ValueError with a usage message.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.lower() in ("", "none", "0"):
+        return None
+    try:
+        fields = next(csv.reader([text]))
+    except (csv.Error, StopIteration):
+        raise ValueError(f"invalid --gpus value {value!r}") from None
+    count: int | None = None
+    device_ids: list[str] = []
+    driver = ""
+    capabilities: list[str] | None = None
+    options: dict[str, str] = {}
+    seen: set[str] = set()
+    last_list: list[str] | None = None
+    for position, raw in enumerate(fields):
+        item = raw.strip()
+        key, sep, val = item.partition("=")
+        if not sep:
+            if position == 0:
+                count = _parse_count(item, value)
+                seen.add("count")
+                last_list = None
+                continue
+            if last_list is not None and item:
+                last_list.append(item)
+                continue
+            raise ValueError(f"invalid --gpus value {value!r}: unexpected {item!r}")
+        if key in seen:
+            raise ValueError(f"invalid --gpus value {value!r}: {key!r} given twice")
+        seen.add(key)
+        last_list = None
+        if key == "count":
+            count = _parse_count(val, value)
+        elif key == "device":
+            device_ids = [v.strip() for v in val.split(",") if v.strip()]
+            if not device_ids:
+                raise ValueError(f"invalid --gpus value {value!r}: device= names no device")
+            last_list = device_ids
+        elif key == "driver":
+            driver = val
+        elif key == "capabilities":
+            capabilities = [v.strip() for v in val.split(",") if v.strip()]
+            last_list = capabilities
+        elif key == "options":
+            for pair in next(csv.reader([val])):
+                k, _, v = pair.partition("=")
+                options[k] = v
+        else:
+            raise ValueError(f"invalid --gpus value {value!r}: unknown key {key!r}")
+    if device_ids and count not in (None, 0):
+        raise ValueError(f"invalid --gpus value {value!r}: give a count or device IDs, not both")
+    if count is None and not device_ids:
+        count = 1  # docker: `--gpus driver=nvidia` alone asks for one GPU
+    caps = (*capabilities, "gpu") if capabilities is not None else ("gpu",)
+    return GpuRequest(
+        count=count or 0,
+        device_ids=tuple(device_ids),
+        driver=driver,
+        capabilities=(tuple(dict.fromkeys(caps)),),
+        options=tuple(sorted(options.items())),
+    )
+
+
+# ---------------------------------------------------------------------------
+# What to run
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """The image to run and, when it came from a profile, its plan and how to build it."""
+
+    image: str
+    plan: BuildPlan | None = None
+    build_command: str | None = None
+
+
+def is_profile_ref(ref: str) -> bool:
+    """Whether ``ref`` names a profile (an existing YAML file or a built-in name)."""
+    from aibuild.profile import builtin_profiles
+
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return True
+    stem = ref[:-5] if ref.endswith(".yaml") else ref
+    return stem in builtin_profiles()
+
+
+def resolve_target(ref: str | None, overrides: Sequence[str] = ()) -> RunTarget:
+    """A profile (its plan's image_ref), an image reference, or (None) the last image built."""
+    import shlex
+
+    if ref is None:
+        from aibuild.build import latest_record
+
+        record = latest_record()
+        if not record:
+            raise RunError(
+                "name a profile or an image to run (no image built yet in this directory: "
+                "`aibuild image PROFILE` builds one)"
+            )
+        tags = record.get("tags") or [record["image_id"]]
+        return RunTarget(image=str(tags[0]))
+    if is_profile_ref(ref):
+        from aibuild.resolve import plan_for
+
+        plan = plan_for(ref, overrides)
+        sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+        return RunTarget(plan.image_ref, plan, f"aibuild image {shlex.quote(ref)}{sets}")
+    if overrides:
+        raise RunError(f"--set applies to profiles; {ref!r} is not a profile (an image?)")
+    return RunTarget(ref)
+
+
+def container_command(
+    args: Sequence[str], nproc_per_node: int | None = None
+) -> tuple[list[str] | None, list[str] | None]:
+    """(entrypoint, command) for the container; None keeps the image's.
+
+    Trainer flags (ARGS starting with ``-``, or none) go after the image's entrypoint;
+    any other ARGS replace it. ``nproc_per_node`` runs the trainer under torchrun.
+    """
+    args = list(args)
+    replaces = bool(args) and not args[0].startswith("-")
+    if replaces:
+        if nproc_per_node is not None:
+            raise ValueError("--nproc-per-node runs the trainer; it cannot wrap a custom command")
+        return [args[0]], args[1:]
+    if nproc_per_node is not None:
+        if nproc_per_node < 1:
+            raise ValueError("--nproc-per-node must be at least 1")
+        torchrun = ["torchrun", "--nproc-per-node", str(nproc_per_node), "-m", *TRAIN_ENTRYPOINT]
+        return torchrun, args
+    return None, args or None
+
+
+# ---------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything about a run apart from the image."""
+
+    args: tuple[str, ...] = ()
+    gpus: GpuRequest | None = None
+    shm_size: str | None = None
+    ipc: str | None = None
+    data: str | None = None
+    output: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    name: str | None = None
+    detach: bool = False
+    nproc_per_node: int | None = None
+    user: str | None = None  # default: the caller's uid:gid when --output is given
+    grace_s: float = DEFAULT_GRACE_S
+    labels: tuple[tuple[str, str], ...] = field(default=())
+
+
+def container_config(options: RunOptions, image: str) -> dict[str, Any]:
+    """The keyword arguments for ``client.containers.create`` (pure, testable)."""
+    from docker.types import Mount, Ulimit
+
+    entrypoint, command = container_command(options.args, options.nproc_per_node)
+    environment: dict[str, str] = {}
+    mounts = []
+    user = options.user
+    if options.data:
+        mounts.append(
+            Mount("/data", str(Path(options.data).resolve()), type="bind", read_only=True)
+        )
+        environment["AIBUILD_DATA"] = "/data"
+    if options.output:
+        mounts.append(Mount("/output", str(Path(options.output).resolve()), type="bind"))
+        environment["AIBUILD_OUTPUT"] = "/output"
+        if user is None:
+            # Files written to /output belong to the caller, not to the image's user;
+            # that uid has no home in the image, so give it one that is writable.
+            user = f"{os.getuid()}:{os.getgid()}"
+            environment["HOME"] = "/tmp"
+    environment.update(dict(options.env))
+    config: dict[str, Any] = {
+        "image": image,
+        "entrypoint": entrypoint,
+        "command": command,
+        "environment": environment,
+        "mounts": mounts,
+        "user": user,
+        "name": options.name,
+        "detach": True,
+        "labels": {RUN_LABEL: "1", **dict(options.labels)},
+        "ulimits": [
+            Ulimit(name="memlock", soft=MEMLOCK_UNLIMITED, hard=MEMLOCK_UNLIMITED),
+            Ulimit(name="stack", soft=STACK_BYTES, hard=STACK_BYTES),
+        ],
+        "device_requests": [options.gpus.to_device_request()] if options.gpus else None,
+        "auto_remove": options.detach,
+    }
+    if options.ipc:
+        config["ipc_mode"] = options.ipc
+    else:
+        config["shm_size"] = options.shm_size or DEFAULT_SHM_SIZE
+    return {k: v for k, v in config.items() if v is not None}
+
+
+class _Terminate(Exception):
+    """aibuild itself got SIGTERM: treated like Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Terminate
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _start_error(exc: Any, image: str, options: RunOptions) -> RunError:
+    message = api_message(exc)
+    if NO_DRIVER_MARKER in message:
+        asked = options.gpus.describe() if options.gpus else "?"
+        return RunError(
+            f"GPUs were requested (--gpus {asked}) but the Docker engine at "
+            f"{engine_address()} has no NVIDIA GPU support ({message}).\n"
+            f"Install the NVIDIA Container Toolkit and restart the engine ({TOOLKIT_URL}), "
+            "or run without GPUs: --gpus none"
+        )
+    return RunError(f"the container from {image} could not start: {message}")
+
+
+def _stream(chunks: Any, stdout: BinaryIO, stderr: BinaryIO) -> None:
+    for out, err in chunks:
+        if out:
+            stdout.write(out)
+            stdout.flush()
+        if err:
+            stderr.write(err)
+            stderr.flush()
+
+
+def _remove(container: Any) -> None:
+    import docker
+
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if "already in progress" not in api_message(exc):
+            raise
+
+
+def _stop(container: Any, grace_s: float, say: Any) -> None:
+    """SIGTERM, a grace period, then SIGKILL (a second Ctrl-C kills at once)."""
+    import docker
+    import requests
+
+    say(f"aibuild: stopping container {container.short_id} (SIGTERM, {grace_s:.0f}s grace)")
+    try:
+        container.kill(signal="SIGTERM")
+        container.wait(timeout=grace_s)
+    except (docker.errors.APIError, requests.exceptions.RequestException):
+        pass  # already gone, or the grace period ran out: the removal below kills it
+    except (KeyboardInterrupt, _Terminate):
+        say("aibuild: killing the container")
+
+
+def _ensure_image(client: Any, target: RunTarget) -> None:
+    import docker
+
+    try:
+        client.images.get(target.image)
+    except docker.errors.ImageNotFound:
+        if target.build_command:
+            raise RunError(
+                f"image {target.image} is not built on this engine; build it with:\n"
+                f"  {target.build_command}"
+            ) from None
+        raise RunError(
+            f"image {target.image} is not on this engine: pull it (`docker pull "
+            f"{target.image}`) or build it (`aibuild image PROFILE`)"
+        ) from None
+
+
+def run_container(
+    target: RunTarget,
+    options: RunOptions,
+    *,
+    client: docker.DockerClient | None = None,
+    stdout: BinaryIO | None = None,
+    stderr: BinaryIO | None = None,
+    say: Any = None,
+) -> int:
+    """Run ``target.image`` with ``options``; the container's exit code (130 if interrupted).
+
+    With ``options.detach`` it returns 0 once the container runs (the engine removes
+    it when it exits) and prints its id. The container is removed on every other path.
+    """
+    out = stdout or sys.stdout.buffer
+    err = stderr or sys.stderr.buffer
+
+    def default_say(text: str) -> None:
+        err.write((text + "\n").encode())
+        err.flush()
+
+    say = say or default_say
+    if options.output:
+        Path(options.output).mkdir(parents=True, exist_ok=True)
+    config = container_config(options, target.image)
+    client = client or get_client()
+    import docker
+
+    container = None
+    started = False
+    with engine_errors(f"running {target.image}"), _sigterm_as_interrupt():
+        _ensure_image(client, target)
+        try:
+            container = client.containers.create(**config)
+            attached = None
+            if not options.detach:
+                attached = client.api.attach(
+                    container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+                )
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                if attached is not None:
+                    attached.close()
+                raise _start_error(exc, target.image, options) from None
+            started = True
+            if options.detach:
+                say(
+                    f"aibuild: started {container.name} ({container.short_id}); "
+                    "the engine removes it when it exits"
+                )
+                out.write((container.id + "\n").encode())
+                out.flush()
+                return 0
+            assert attached is not None
+            _stream(attached, out, err)
+            status = container.wait()
+            return int(status.get("StatusCode", 1))
+        except (KeyboardInterrupt, _Terminate):
+            if container is not None and started:
+                _stop(container, options.grace_s, say)
+            return 130
+        finally:
+            if container is not None and not (options.detach and started):
+                _remove(container)
+
+
+def env_pairs(
+    values: Sequence[str], environ: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """``--env`` values -> pairs: ``K=V``, or a bare ``K`` taking the caller's value (as docker)."""
+    env = os.environ if environ is None else environ
+    pairs: list[tuple[str, str]] = []
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise ValueError(f"invalid --env {item!r}: expected KEY=VALUE")
+        if not sep:
+            if key not in env:
+                continue
+            value = env[key]
+        pairs.append((key, value))
+    return pairs
