@@ -28,7 +28,7 @@ lint:
 	$(PYTHON) -m mypy
 
 goldens:
-	$(PYTHON) -m tests.unit.regen_goldens
+	$(PYTHON) tests/unit/regen_goldens.py
 
 bench:
 	$(PYTHON) benchmarks/bench_startup.py

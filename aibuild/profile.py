@@ -1,0 +1,292 @@
+"""Load profiles: YAML file(s) -> ``Profile``.
+
+A profile is referred to by path (``./team.yaml``) or by built-in name, with or
+without ``.yaml`` (``gpu-a100``, ``gpu-a100.yaml``); a path that exists wins.
+
+``extends:`` names a parent (built-in name or a path relative to the child's
+file); chains are followed and cycles are an error. Merge rules, child over
+parent:
+
+- mappings merge key by key, recursively;
+- scalars (and ``null``) in the child replace the parent's;
+- lists replace the parent's list, except the keys in ``APPEND_LISTS``
+  (``software.pip``, ``software.apt``), where the child's items are appended
+  to the parent's and duplicates dropped.
+
+``--set key.path=value`` overrides are applied last, the value parsed as YAML
+(``--set software.pip='[numpy]'`` sets a list). Every value remembers the
+file, line and column it came from, so errors point at it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aibuild._resources import profiles_dir
+from aibuild.errors import Diagnostic, ProfileError
+
+APPEND_LISTS = frozenset({"software.pip", "software.apt"})
+# Version-like keys keep the text as written: `python: 3.10` is "3.10", not the float 3.1.
+RAW_SCALAR_KEYS = frozenset(
+    {"software.python", "software.cuda", "software.torch", "hardware.driver", "software.os"}
+)
+
+
+@dataclass(frozen=True)
+class Pos:
+    file: str
+    line: int
+    col: int
+
+
+@dataclass
+class Profile:
+    """A merged profile: plain data plus where every key path came from."""
+
+    name: str
+    data: dict[str, Any]
+    positions: dict[str, Pos] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # the extends chain, child first
+    source: Path | None = None  # the file the user named (None for built-ins by name)
+
+    def pos(self, key: str) -> Pos:
+        """Where KEY (or its nearest present ancestor) was written."""
+        probe = key
+        while probe:
+            if probe in self.positions:
+                return self.positions[probe]
+            probe = probe.rpartition(".")[0]
+        return Pos(self.files[0] if self.files else "<profile>", 1, 1)
+
+    def diag(self, severity: str, message: str, key: str) -> Diagnostic:
+        p = self.pos(key)
+        return Diagnostic(severity, message, key, p.file, p.line, p.col)
+
+
+def builtin_profiles() -> dict[str, Path]:
+    """Built-in name -> file. Names starting with '_' are shared bases, not listed."""
+    return {
+        p.stem: p for p in sorted(profiles_dir().glob("*.yaml")) if not p.stem.startswith("_")
+    }
+
+
+def _builtin_path(name: str) -> Path | None:
+    stem = name[:-5] if name.endswith(".yaml") else name
+    path = profiles_dir() / f"{stem}.yaml"
+    return path if path.is_file() and "/" not in stem else None
+
+
+def locate(ref: str, relative_to: Path | None = None) -> Path:
+    """Find a profile file from a path or a built-in name."""
+    candidates = []
+    if relative_to is not None:
+        candidates.append(relative_to / ref)
+    candidates.append(Path(ref))
+    for c in candidates:
+        if c.is_file():
+            return c
+    builtin = _builtin_path(ref)
+    if builtin is not None:
+        return builtin
+    import difflib
+
+    names = list(builtin_profiles())
+    close = difflib.get_close_matches(ref.removesuffix(".yaml"), names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; built-in profiles: {', '.join(names)}"
+    raise ProfileError(f"profile '{ref}' not found: no such file and no built-in profile{hint}")
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+class _Walker:
+    """Builds plain data from a YAML node tree, recording each key path's position."""
+
+    def __init__(self, loader: yaml.SafeLoader, file: str) -> None:
+        self.loader = loader
+        self.file = file
+        self.positions: dict[str, Pos] = {}
+
+    def pos(self, node: yaml.Node) -> Pos:
+        return Pos(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def walk(self, node: yaml.Node, path: str) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            self.loader.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.loader.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    raise ProfileError(
+                        Diagnostic("error", f"keys must be strings, got {key!r}", path,
+                                   self.file, *self._lc(key_node))
+                    )
+                sub = f"{path}.{key}" if path else key
+                if key in out:
+                    raise ProfileError(
+                        Diagnostic("error", f"duplicate key '{key}'", sub, self.file, *self._lc(key_node))
+                    )
+                self.positions[sub] = self.pos(value_node if _is_scalar(value_node) else key_node)
+                out[key] = self.walk(value_node, sub)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                sub = f"{path}[{i}]"
+                self.positions[sub] = self.pos(item)
+                items.append(self.walk(item, sub))
+            return items
+        if path in RAW_SCALAR_KEYS and isinstance(node, yaml.ScalarNode) and node.tag in (
+            "tag:yaml.org,2002:float",
+            "tag:yaml.org,2002:int",
+        ):
+            return node.value
+        return self.loader.construct_object(node, deep=True)
+
+    @staticmethod
+    def _lc(node: yaml.Node) -> tuple[int, int]:
+        return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _is_scalar(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode)
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, dict[str, Pos]]:
+    """Parse YAML text into data and key-path positions; YAML errors become ProfileError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        walker = _Walker(loader, file)
+        return walker.walk(node, ""), walker.positions
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ProfileError(Diagnostic("error", f"invalid YAML: {problem}", "", file, line, col)) from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(Diagnostic("error", f"invalid YAML: {exc}", "", file, 1, 1)) from None
+    finally:
+        loader.dispose()
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, Pos], str]:
+    file = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(Diagnostic("error", f"cannot read profile: {exc}", "", file, 1, 1)) from None
+    data, positions = parse_yaml(text, file)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProfileError(
+            Diagnostic("error", f"a profile must be a mapping of keys, got {type(data).__name__}", "", file, 1, 1)
+        )
+    return data, positions, file
+
+
+def merge(parent: Any, child: Any, path: str = "") -> Any:
+    """Child over parent, by the module's merge rules."""
+    if isinstance(parent, dict) and isinstance(child, dict):
+        out = dict(parent)
+        for key, value in child.items():
+            sub = f"{path}.{key}" if path else key
+            out[key] = merge(parent[key], value, sub) if key in parent else copy.deepcopy(value)
+        return out
+    if path in APPEND_LISTS and isinstance(parent, list) and isinstance(child, list):
+        return parent + [item for item in child if item not in parent]
+    return copy.deepcopy(child)
+
+
+def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[str, Pos], list[str]]:
+    real = path.resolve()
+    if real in seen:
+        chain = " -> ".join(_display(p) for p in [*seen, real])
+        raise ProfileError(f"extends cycle: {chain}")
+    data, positions, file = _read(path)
+    parent_ref = data.pop("extends", None)
+    if parent_ref is None:
+        return data, positions, [file]
+    if not isinstance(parent_ref, str) or not parent_ref.strip():
+        p = positions.get("extends", Pos(file, 1, 1))
+        raise ProfileError(
+            Diagnostic("error", "extends must be a profile name or a relative path", "extends", p.file, p.line, p.col)
+        )
+    try:
+        parent_path = locate(parent_ref, relative_to=path.parent)
+    except ProfileError as exc:
+        p = positions.get("extends", Pos(file, 1, 1))
+        raise ProfileError(
+            Diagnostic("error", exc.diagnostics[0].message, "extends", p.file, p.line, p.col)
+        ) from None
+    parent, parent_pos, files = _load_chain(parent_path, [*seen, real])
+    merged = merge(parent, data)
+    # Positions: the child's win; list items appended keep their own positions.
+    all_pos = {**parent_pos, **positions}
+    return merged, all_pos, [file, *files]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'software.torch=2.5.1' -> ('software.torch', '2.5.1'), value parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ProfileError(
+            Diagnostic("error", f"--set expects KEY.PATH=VALUE, got '{text}'", "", "--set", 1, 1)
+        )
+    if raw.strip() == "":
+        return key, ""
+    if key in RAW_SCALAR_KEYS:
+        return key, raw.strip().strip("'\"")
+    value, _ = parse_yaml(raw, f"--set {key}")
+    return key, value
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            where = ".".join(parts[: i + 1])
+            raise ProfileError(
+                Diagnostic("error", f"cannot set '{key}': '{where}' is not a mapping", key, "--set", 1, 1)
+            )
+        node = nxt
+    node[parts[-1]] = value
+
+
+def load_profile(ref: str, overrides: Sequence[str] = ()) -> Profile:
+    """Load a profile by path or built-in name, follow ``extends:``, apply ``--set``."""
+    path = locate(ref)
+    data, positions, files = _load_chain(path, [])
+    for i, text in enumerate(overrides):
+        key, value = parse_override(text)
+        apply_override(data, key, value)
+        positions[key] = Pos("--set", i + 1, 1)
+        for sub in [p for p in positions if p.startswith(key + ".") or p.startswith(key + "[")]:
+            positions[sub] = Pos("--set", i + 1, 1)
+    name = data.get("name") if isinstance(data.get("name"), str) else None
+    is_builtin = path.resolve().parent == profiles_dir().resolve()
+    return Profile(
+        name=name or path.stem,
+        data=data,
+        positions=positions,
+        files=files,
+        source=None if is_builtin else path,
+    )

@@ -1,0 +1,573 @@
+"""Validate a ``Profile`` against the schema and the knowledge base, and resolve it
+into a frozen ``BuildPlan``.
+
+Every problem is collected (not first-fail) as a ``Diagnostic`` pointing at the
+file, line and column of the offending key, with a fix in its message. Facts
+marked uncertain in the knowledge base decide at most a warning, except where
+the uncertain fact is not needed for the verdict.
+
+Resolution fills what the user left out: the CUDA version (the newest that the
+torch release has wheels for, that can run on the GPU and that the host driver
+allows), the exact base image tags, the torch wheel index, the arch list and the
+minimum driver.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from aibuild import knowledge as kb
+from aibuild import schema
+from aibuild.errors import Diagnostic, ProfileError
+from aibuild.plan import BuildPlan, RenderOptions
+from aibuild.profile import Profile, load_profile
+
+TORCH_INDEX = "https://download.pytorch.org/whl"
+# Packages the aibuild runtime (the embedded trainer's CLI) needs inside the image, besides torch.
+RUNTIME_REQUIREMENTS = ("click>=8.1", "packaging>=23", "pyyaml>=6.0")
+DEBIAN_CODENAMES = {"debian12": "bookworm", "debian13": "trixie"}
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f"; known keys: {', '.join(options)}" if options else ""
+
+
+def validate_schema(profile: Profile) -> list[Diagnostic]:
+    """Unknown keys, types, allowed values, and the format of every string."""
+    diags: list[Diagnostic] = []
+    data = profile.data
+
+    def walk(mapping: dict[str, Any], prefix: str) -> None:
+        known = schema.children(prefix)
+        for key, value in mapping.items():
+            path = f"{prefix}.{key}" if prefix else key
+            if key not in known:
+                where = f"in '{prefix}'" if prefix else "at the top level"
+                diags.append(profile.diag("error", f"unknown key '{key}' {where}{_did_you_mean(key, known)}", path))
+                continue
+            field = schema.BY_PATH[path]
+            if value is None and field.type != "section" and not field.required:
+                continue  # null means "use the default"
+            if field.choices and value not in field.choices:
+                diags.append(
+                    profile.diag(
+                        "error",
+                        f"'{schema._show(value)}' is not allowed; use one of: {', '.join(field.choices)}"
+                        + _did_you_mean(str(value), field.choices).replace("; known keys:", "; options:"),
+                        path,
+                    )
+                )
+                continue
+            if field.check is not None:
+                problem = field.check(value)
+                if problem:
+                    diags.append(profile.diag("error", f"{key} {problem}", path))
+                    continue
+            if field.type == "section" and path != "training":
+                walk(value, path)
+
+    walk(data, "")
+    software = data.get("software") if isinstance(data.get("software"), dict) else {}
+    assert isinstance(software, dict)
+    for i, item in enumerate(software.get("pip") or [] if isinstance(software.get("pip"), list) else []):
+        problem = schema.check_pip_item(item)
+        if problem:
+            diags.append(profile.diag("error", problem, f"software.pip[{i}]"))
+        elif canonicalize_name(Requirement(item).name) in ("torch", "aibuild"):
+            diags.append(
+                profile.diag("error", f"'{item}' does not belong in software.pip; set software.torch instead",
+                             f"software.pip[{i}]")
+            )
+    for i, item in enumerate(software.get("apt") or [] if isinstance(software.get("apt"), list) else []):
+        problem = schema.check_apt_item(item)
+        if problem:
+            diags.append(profile.diag("error", problem, f"software.apt[{i}]"))
+    env = software.get("env")
+    if isinstance(env, dict):
+        for key, value in env.items():
+            path = f"software.env.{key}"
+            if not schema.ENV_KEY_RE.fullmatch(key):
+                diags.append(profile.diag("error", f"'{schema._show(key)}' is not a POSIX environment variable name "
+                                                   "(letters, digits, '_'; not starting with a digit)", path))
+            elif isinstance(value, (dict, list)) or value is None:
+                diags.append(profile.diag("error", f"{key} must be a string, number or boolean", path))
+            elif schema.CONTROL_RE.search(str(value)):
+                diags.append(profile.diag("error", f"{key} must not contain newlines or control characters", path))
+    training = data.get("training")
+    if isinstance(training, dict):
+        from aibuild.train.config import validate_training
+
+        for key, message in validate_training(training):
+            diags.append(profile.diag("error", message, f"training.{key}" if key else "training"))
+    return diags
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One CUDA version evaluated for the plan."""
+
+    cuda: str
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+    full: str | None = None
+    builder: str | None = None
+    runtime: str | None = None
+    min_driver: str | None = None
+    driver_ok: bool = True
+
+
+def covers(cc: str, arch: kb.WheelArch) -> bool:
+    """Does a wheel built for these archs run on compute capability CC?
+
+    SASS for sm_XY runs on X.Z with Z >= Y (same major); arch-specific targets
+    ("9.0a") run only on exactly that GPU; PTX for compute_XY is JIT-compiled for
+    any GPU of capability >= X.Y.
+    """
+    major, minor = kb.cc_key(cc)
+    for entry in arch.sass:
+        if entry.endswith("a"):
+            if entry[:-1] == cc:
+                return True
+            continue
+        e_major, e_minor = kb.cc_key(entry)
+        if e_major == major and e_minor <= minor:
+            return True
+    return any(kb.cc_key(p) <= (major, minor) for p in arch.ptx)
+
+
+def toolkit_can_target(cuda: str, cc: str) -> bool | None:
+    targets = kb.targets_for(cuda)
+    if targets is None:
+        return None
+    major, minor = kb.cc_key(cc)
+    return f"{major}{minor}" in targets.targets
+
+
+def first_cuda_for(cc: str) -> str | None:
+    """The oldest CUDA release whose nvcc can target CC."""
+    for version in sorted(kb.cuda_targets(), key=kb.vkey):
+        if toolkit_can_target(version, cc):
+            return version
+    return None
+
+
+def torch_cuda_pairs_for(cc: str, python: str | None = None) -> list[tuple[str, str]]:
+    """(torch minor, cuda) pairs, oldest torch first, whose wheels run on CC."""
+    out = []
+    for minor, rel in sorted(kb.torch_releases().items(), key=lambda kv: kb.vkey(kv[0])):
+        if python and not (kb.vkey(rel.python_min) <= kb.vkey(python) <= kb.vkey(rel.python_max)):
+            continue
+        for cuda in rel.cuda:
+            arch = kb.wheel_archs().get((minor, cuda))
+            if arch and covers(cc, arch) and toolkit_can_target(cuda, cc):
+                out.append((minor, cuda))
+    return out
+
+
+def version_lt(a: str, b: str) -> bool:
+    return kb.vkey(a) < kb.vkey(b)
+
+
+class Resolver:
+    """Applies the compatibility rules to one profile; collects diagnostics."""
+
+    def __init__(self, profile: Profile, options: RenderOptions) -> None:
+        self.p = profile
+        self.o = options
+        self.diags: list[Diagnostic] = []
+        d = profile.data
+        self.hw: dict[str, Any] = d.get("hardware") or {}
+        self.sw: dict[str, Any] = d.get("software") or {}
+        self.run_cfg: dict[str, Any] = d.get("run") or {}
+        self.image_cfg: dict[str, Any] = d.get("image") or {}
+
+    def error(self, message: str, key: str) -> None:
+        self.diags.append(self.p.diag("error", message, key))
+
+    def warn(self, message: str, key: str) -> None:
+        self.diags.append(self.p.diag("warning", message, key))
+
+    # -- torch ---------------------------------------------------------------
+    def resolve_torch(self) -> tuple[str, kb.TorchRelease] | None:
+        spec = str(self.sw.get("torch") or kb.DEFAULT_TORCH)
+        known = sorted(kb.TORCH_PATCHES.values(), key=Version)
+        if spec[:1] in "<>=!~":
+            matches = [v for v in known if Version(v) in SpecifierSet(spec)]
+            if not matches:
+                self.error(f"no known torch release matches '{spec}'; known: {', '.join(known)}", "software.torch")
+                return None
+            version = matches[-1]
+        elif spec.count(".") == 1:
+            version = kb.TORCH_PATCHES.get(spec, "")
+            if not version:
+                self.error(f"torch {spec} is not in the knowledge base; known: {', '.join(known)}", "software.torch")
+                return None
+        else:
+            version = str(Version(spec))
+            if Version(version).local:
+                self.error(f"write torch without a local suffix ('{spec}'): the CUDA variant comes from "
+                           "software.cuda", "software.torch")
+                return None
+        minor = kb.torch_minor(version)
+        rel = kb.torch_releases().get(minor)
+        if rel is None:
+            self.error(f"torch {minor} is not in the knowledge base; known releases: "
+                       f"{', '.join(sorted(kb.torch_releases(), key=kb.vkey))}", "software.torch")
+            return None
+        if rel.uncertain and "not verified as released" in rel.notes:
+            self.warn(f"torch {minor} is not verified as released (knowledge base: {rel.notes})", "software.torch")
+        return version, rel
+
+    def check_python(self, python: str, torch: str, rel: kb.TorchRelease) -> None:
+        """Python must be within the release's range. For releases known only from
+        secondary sources, a Python newer than the recorded maximum is a warning (the
+        range may have grown); one older than the minimum stays an error."""
+        low, high = kb.vkey(rel.python_min), kb.vkey(rel.python_max)
+        if low <= kb.vkey(python) <= high:
+            return
+        fits = [m for m, r in kb.torch_releases().items()
+                if kb.vkey(r.python_min) <= kb.vkey(python) <= kb.vkey(r.python_max)]
+        hint = ""
+        if fits:
+            lo, hi = min(fits, key=kb.vkey), max(fits, key=kb.vkey)
+            hint = f", or torch {lo} to {hi} for Python {python}" if lo != hi else f", or torch {lo}"
+        nearest = rel.python_min if kb.vkey(python) < low else rel.python_max
+        message = (f"torch {torch} supports Python {rel.python_min} to {rel.python_max}, not {python}; "
+                   f"use python {nearest}{hint}")
+        (self.warn if rel.uncertain and kb.vkey(python) > high else self.error)(message, "software.python")
+
+    # -- CUDA ----------------------------------------------------------------
+    def evaluate(self, cuda: str, torch: str, rel: kb.TorchRelease, gpu: kb.Gpu, os_name: str,
+                 cudnn: bool, driver: str | None) -> Candidate:
+        errors: list[str] = []
+        warnings: list[str] = []
+        minor = rel.minor
+        cc = gpu.cc
+        gpu_desc = f"{kb.sm(cc)} ({gpu.name}, compute capability {cc})"
+        targets = kb.targets_for(cuda)
+        can = toolkit_can_target(cuda, cc)
+        if targets is None:
+            errors.append(f"CUDA {cuda} is not in the knowledge base; known: "
+                          f"{', '.join(sorted(kb.cuda_targets(), key=kb.vkey))}")
+            return Candidate(cuda, tuple(errors), ())
+        if not can:
+            first = first_cuda_for(cc)
+            with_wheels = [c for c in rel.cuda if toolkit_can_target(c, cc)
+                           and (a := kb.wheel_archs().get((minor, c))) is not None and covers(cc, a)]
+            if first and version_lt(cuda, first):
+                fix = f"CUDA >= {first} can; use " + (
+                    f"cuda {with_wheels[-1]} (torch {minor} has wheels for {', '.join(rel.cuda)})"
+                    if with_wheels else self.torch_fix(cc)
+                )
+            else:
+                newer_dropped = f"CUDA {cuda.split('.')[0]} dropped it"
+                fix = f"{newer_dropped}; use " + (
+                    f"cuda {with_wheels[-1]} (torch {minor} has {with_wheels[-1]} wheels with {kb.sm(cc)})"
+                    if with_wheels else "a CUDA 12.x stack: " + self.torch_fix(cc)
+                )
+            errors.append(f"CUDA {cuda} cannot target {gpu_desc}: {fix}")
+            return Candidate(cuda, tuple(errors), ())
+        if targets.inferred_from:
+            pass  # documented: same-major rows carry over (e.g. 13.2 targets as 13.0)
+        if cuda not in rel.cuda:
+            message = (f"torch {torch} has no wheels for CUDA {cuda}; it has {', '.join(rel.cuda)}"
+                       f" (use cuda {rel.cuda[-1]}, or {self.torch_for_cuda(cuda)})")
+            in_range = kb.vkey(rel.cuda[0]) <= kb.vkey(cuda) <= kb.vkey(rel.cuda[-1])
+            (warnings if rel.uncertain and in_range else errors).append(message)
+        else:
+            arch = kb.wheel_archs().get((minor, cuda))
+            if arch is None:
+                warnings.append(f"the GPU architectures in torch {minor} cu{cuda.replace('.', '')} wheels are "
+                                f"not recorded; {kb.sm(cc)} is assumed to be included")
+            elif not covers(cc, arch):
+                built = ", ".join(kb.sm(a.rstrip("a")) + ("a" if a.endswith("a") else "") for a in arch.sass)
+                ptx = f" + PTX compute_{arch.ptx[0].replace('.', '')}" if arch.ptx else ""
+                message = (f"torch {minor} cu{cuda.replace('.', '')} wheels are built for {built}{ptx}, which do "
+                           f"not run on {gpu_desc}; use {self.torch_fix(cc)}")
+                (warnings if arch.uncertain else errors).append(message)
+        # base image
+        flavour_ok = self.pick_images(cuda, os_name, cudnn)
+        if flavour_ok is None:
+            oses = sorted({i.os for i in kb.cuda_images() if i.cuda == cuda})
+            want = " with cuDNN" if cudnn else ""
+            fix = f"use os {' or '.join(o for o in oses if o in schema.OS_CHOICES)}" if oses else "use another cuda"
+            errors.append(f"there is no nvidia/cuda {cuda} image{want} for {os_name}: {fix}")
+            return Candidate(cuda, tuple(errors), tuple(warnings))
+        full, builder, runtime = flavour_ok
+        min_driver, note = kb.driver_for(full)
+        driver_ok = True
+        if driver:
+            floor = kb.compat_floor(cuda)
+            if floor and version_lt(driver, floor):
+                errors.append(f"driver {driver} is too old for CUDA {cuda}: its minor-version-compatibility floor "
+                              f"is {floor} (CUDA {full} wants >= {min_driver or floor}); upgrade the driver or "
+                              f"use an older cuda")
+                driver_ok = False
+            elif min_driver and version_lt(driver, min_driver):
+                warnings.append(f"driver {driver} is below CUDA {full}'s minimum {min_driver}: it runs through "
+                                f"minor-version compatibility (no PTX JIT); upgrade to >= {min_driver} for full "
+                                f"support")
+                driver_ok = False
+            elif min_driver is None:
+                warnings.append(f"cannot check driver {driver}: {note}")
+        return Candidate(cuda, tuple(errors), tuple(warnings), full, builder, runtime, min_driver, driver_ok)
+
+    def torch_fix(self, cc: str) -> str:
+        pairs = torch_cuda_pairs_for(cc)
+        if not pairs:
+            return "a GPU that PyTorch's official wheels support"
+        minor, cuda = pairs[0]
+        return f"torch >= {minor} with cuda {cuda}"
+
+    def torch_for_cuda(self, cuda: str) -> str:
+        minors = [m for m, r in kb.torch_releases().items() if cuda in r.cuda]
+        if not minors:
+            return f"no torch release has CUDA {cuda} wheels"
+        ordered = sorted(minors, key=kb.vkey)
+        return f"torch {ordered[0]} to {ordered[-1]} for cuda {cuda}" if len(ordered) > 1 else f"torch {ordered[0]}"
+
+    def pick_images(self, cuda: str, os_name: str, cudnn: bool) -> tuple[str, str, str] | None:
+        """(full, devel tag, runtime tag): the newest update of CUDA X.Y that has both
+        flavours for this OS (with cuDNN if asked; NVIDIA's cuDNN tag names vary)."""
+        images = [i for i in kb.cuda_images() if i.cuda == cuda and i.os == os_name
+                  and ((i.cudnn != "none") == cudnn)]
+        by_full: dict[str, dict[str, str]] = {}
+        for img in images:
+            by_full.setdefault(img.full, {})[img.flavor] = img.tag
+        complete = [f for f, flavours in by_full.items() if {"devel", "runtime"} <= set(flavours)]
+        if not complete:
+            return None
+        full = max(complete, key=kb.vkey)
+        return full, f"nvidia/cuda:{by_full[full]['devel']}", f"nvidia/cuda:{by_full[full]['runtime']}"
+
+    # -- the whole plan --------------------------------------------------------
+    def resolve(self) -> BuildPlan | None:
+        hw, sw = self.hw, self.sw
+        accelerator = hw.get("accelerator") or ("nvidia" if hw.get("gpu") else "cpu")
+        nvidia = accelerator == "nvidia"
+        os_name = self.o.base_os or sw.get("os") or ("ubuntu22.04" if nvidia else "debian12")
+        if self.o.base_os and sw.get("os") and sw["os"] != self.o.base_os:
+            self.warn(f"the base image is {self.o.base_os}, not {sw['os']}: building for {self.o.base_os}",
+                      "software.os")
+        python = str(sw.get("python") or self.o.base_python or "3.11")
+        torch_rel = self.resolve_torch()
+        if torch_rel is None:
+            return None
+        torch, rel = torch_rel
+        self.check_python(python, torch, rel)
+
+        explicit_base = self.o.base_image or sw.get("base_image")
+        gpu = None
+        cuda = full = builder = runtime = min_driver = None
+        arch_list: tuple[str, ...] = ()
+        driver = hw.get("driver")
+        cudnn = bool(sw.get("cudnn", True)) and nvidia
+        gpu_count = hw.get("gpus")
+        if nvidia:
+            if not hw.get("gpu"):
+                self.error("hardware.gpu is required when the accelerator is nvidia (e.g. gpu: A100)", "hardware")
+                return None
+            gpu = kb.find_gpu(str(hw["gpu"]))
+            if gpu is None:
+                self.error(f"unknown GPU '{hw['gpu']}'" + _did_you_mean(str(hw["gpu"]).lower().replace(" ", ""),
+                                                                        kb.gpu_names()).replace("known keys", "known"),
+                           "hardware.gpu")
+                return None
+            if gpu.uncertain:
+                self.warn(f"{gpu.name}'s compute capability {gpu.cc} rests on secondary sources ({gpu.sources})",
+                          "hardware.gpu")
+            if gpu_count is None:
+                gpu_count = 1
+            elif gpu_count < 1:
+                self.error("an nvidia profile needs at least one GPU (gpus: 1)", "hardware.gpus")
+            chosen = self.choose_cuda(torch, rel, gpu, os_name, cudnn, driver)
+            if chosen is None:
+                return None
+            cuda, full, builder, runtime, min_driver = (chosen.cuda, chosen.full, chosen.builder, chosen.runtime,
+                                                        chosen.min_driver)
+            arch_list = (gpu.cc,)
+            variant = "cu" + cuda.replace(".", "")
+            if explicit_base:
+                builder = runtime = explicit_base
+        else:
+            for key in ("gpu", "driver"):
+                if hw.get(key):
+                    self.error(f"hardware.{key} is set but the accelerator is cpu; remove it or set "
+                               "hardware.accelerator: nvidia", f"hardware.{key}")
+            if sw.get("cuda"):
+                self.error("software.cuda is set but the accelerator is cpu; remove it or set "
+                           "hardware.accelerator: nvidia", "software.cuda")
+            gpu_count = gpu_count or 0
+            variant = "cpu"
+            if explicit_base:
+                builder = runtime = explicit_base
+            elif os_name.startswith("debian"):
+                builder = runtime = f"python:{python}-slim-{DEBIAN_CODENAMES[os_name]}"
+            else:
+                builder = runtime = f"ubuntu:{os_name.removeprefix('ubuntu')}"
+        assert builder is not None and runtime is not None
+        python_install = self.python_install(python, os_name, builder, explicit_base is not None, nvidia)
+
+        run_gpus = self.run_cfg.get("gpus")
+        run_gpus = str(run_gpus) if run_gpus is not None else ("all" if nvidia else "none")
+        if not nvidia and run_gpus != "none":
+            self.warn(f"run.gpus is {run_gpus} but the accelerator is cpu; the image has no CUDA", "run.gpus")
+        if self.has_errors():
+            return None
+        name = self.p.name
+        pip_reqs = sorted({str(Requirement(r)) for r in sw.get("pip") or []}, key=str.lower)
+        apt = sorted(set(sw.get("apt") or []))
+        env = tuple(sorted((k, _env_value(v)) for k, v in (sw.get("env") or {}).items()))
+        training = self.p.data.get("training") or {}
+        image_name = self.image_cfg.get("name") or "aibuild"
+        image_tag = self.image_cfg.get("tag") or f"{name}-torch{torch}-{variant}"
+        resolved = self.resolved_profile(name, accelerator, gpu, gpu_count, os_name, cuda, cudnn, python, torch,
+                                         builder if explicit_base else None, run_gpus)
+        profile_yaml = yaml.safe_dump(resolved, sort_keys=True, default_flow_style=False, allow_unicode=True)
+        profile_hash = hashlib.sha256(
+            json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str).encode()
+        ).hexdigest()
+        return BuildPlan(
+            profile_name=name,
+            description=str(self.p.data.get("description") or ""),
+            profile_hash=profile_hash,
+            profile_yaml=profile_yaml,
+            accelerator=accelerator,
+            gpu=gpu.name if gpu else None,
+            gpu_count=int(gpu_count),
+            compute_capability=gpu.cc if gpu else None,
+            arch_list=arch_list,
+            driver=str(driver) if driver else None,
+            min_driver=min_driver,
+            os=os_name,
+            os_family="debian" if os_name.startswith("debian") else "ubuntu",
+            cuda=cuda,
+            cuda_full=full,
+            cudnn=cudnn,
+            python=python,
+            python_install=python_install,
+            torch=torch,
+            torch_variant=variant,
+            torch_index_url=f"{TORCH_INDEX}/{variant}",
+            base_image=builder,
+            runtime_image=runtime,
+            pip=tuple(pip_reqs),
+            apt=tuple(apt),
+            env=env,
+            training=tuple(sorted(training.items())),
+            run_gpus=run_gpus,
+            run_shm_size=str(self.run_cfg.get("shm_size") or ("16g" if nvidia else "2g")),
+            image_name=image_name,
+            image_tag=image_tag,
+            warnings=tuple(d.format() for d in self.diags if d.severity == "warning"),
+        )
+
+    def python_install(self, python: str, os_name: str, base: str, explicit: bool, nvidia: bool) -> str:
+        """How Python gets into the image: 'base' (the base image has it), 'system' (the OS's own
+        python3 from apt, when its version matches) or 'uv' (a uv-managed CPython otherwise)."""
+        if explicit and self.o.base_python is not None:
+            if self.o.base_python == python:
+                return "base"
+        elif not nvidia and base.startswith("python:"):
+            return "base"
+        if kb.OS_PYTHON.get(os_name) == python:
+            return "system"
+        return "uv"
+
+    def choose_cuda(self, torch: str, rel: kb.TorchRelease, gpu: kb.Gpu, os_name: str, cudnn: bool,
+                    driver: str | None) -> Candidate | None:
+        asked = self.sw.get("cuda")
+        if asked:
+            cand = self.evaluate(str(asked), torch, rel, gpu, os_name, cudnn, driver)
+            for message in cand.errors:
+                self.error(message, "hardware.driver" if message.startswith("driver ") else "software.cuda")
+            for message in cand.warnings:
+                self.warn(message, "hardware.driver" if message.startswith("driver ") else "software.cuda")
+            return None if cand.errors else cand
+        candidates = [self.evaluate(c, torch, rel, gpu, os_name, cudnn, driver)
+                      for c in sorted(rel.cuda, key=kb.vkey, reverse=True)]
+        ok = [c for c in candidates if not c.errors]
+        best = next((c for c in ok if c.driver_ok), ok[0] if ok else None)
+        if best is None:
+            reasons = "; ".join(f"cuda {c.cuda}: {c.errors[0]}" for c in candidates)
+            self.error(f"no CUDA version works for torch {torch} on {gpu.name} ({kb.sm(gpu.cc)})"
+                       f"{' with driver ' + str(driver) if driver else ''} on {os_name}: {reasons}",
+                       "software.torch")
+            return None
+        for message in best.warnings:
+            self.warn(message, "hardware.driver" if message.startswith("driver ") else "software.cuda")
+        return best
+
+    def resolved_profile(self, name: str, accelerator: str, gpu: kb.Gpu | None, gpus: int, os_name: str,
+                         cuda: str | None, cudnn: bool, python: str, torch: str, base: str | None,
+                         run_gpus: str) -> dict[str, Any]:
+        data = json.loads(json.dumps(self.p.data, default=str))
+        data["name"] = name
+        hw = data.setdefault("hardware", {})
+        hw.update({"accelerator": accelerator, "gpus": gpus})
+        if gpu:
+            hw["gpu"] = gpu.name
+        sw = data.setdefault("software", {})
+        sw.update({"os": os_name, "python": python, "torch": torch})
+        if cuda:
+            sw.update({"cuda": cuda, "cudnn": cudnn})
+        if base:
+            sw["base_image"] = base
+        data.setdefault("run", {})["gpus"] = run_gpus
+        data.setdefault("training", {})
+        return dict(data)
+
+    def has_errors(self) -> bool:
+        return any(d.severity == "error" for d in self.diags)
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def validate(profile: Profile, options: RenderOptions | None = None) -> tuple[BuildPlan | None, list[Diagnostic]]:
+    """Every diagnostic for the profile, and the plan when there is no error."""
+    diags = validate_schema(profile)
+    if any(d.severity == "error" for d in diags):
+        return None, diags
+    resolver = Resolver(profile, options or RenderOptions())
+    plan = resolver.resolve()
+    diags += resolver.diags
+    if any(d.severity == "error" for d in diags):
+        return None, diags
+    return plan, diags
+
+
+def resolve(profile: Profile, options: RenderOptions | None = None) -> BuildPlan:
+    """The frozen BuildPlan for PROFILE; raises ProfileError listing every error (and warning)."""
+    plan, diags = validate(profile, options)
+    if plan is None:
+        raise ProfileError(diags)
+    return plan
+
+
+def plan_for(ref: str, overrides: Sequence[str] = (), options: RenderOptions | None = None) -> BuildPlan:
+    """Load, validate and resolve a profile by path or built-in name."""
+    return resolve(load_profile(ref, overrides), options)

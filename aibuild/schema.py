@@ -1,0 +1,217 @@
+"""The profile schema (v1): every key, its type, default and meaning, in one table.
+
+The validator walks this table; the README's profile reference is generated
+from it (``python -m aibuild.schema`` prints the markdown). The ``training:``
+section belongs to the trainer and is checked by ``aibuild.train.config``.
+
+Every string that can reach a Dockerfile is checked here against a strict
+pattern, so that a newline, quote, ``$(`` or backtick can never become a new
+instruction or shell command.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# Debian policy 5.6.1: lowercase letters, digits, + - . ; at least two chars; starts alnum.
+APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DRIVER_RE = re.compile(r"^\d{3}(\.\d{1,3}){1,2}$")
+MINOR_RE = re.compile(r"^\d+\.\d+$")
+SHM_RE = re.compile(r"^\d+[bkmgBKMG]?$")
+GPUS_RE = re.compile(r"^(all|none|\d+|device=\d+(,\d+)*)$")
+# A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path.
+IMAGE_REF_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+IMAGE_REPO_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
+)
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+OS_CHOICES = ("ubuntu20.04", "ubuntu22.04", "ubuntu24.04", "debian12")
+
+
+def _text(value: Any, maxlen: int = 300) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    if CONTROL_RE.search(value):
+        return "must not contain newlines or control characters"
+    if len(value) > maxlen:
+        return f"must be at most {maxlen} characters"
+    return None
+
+
+def _pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str):
+            return f"must be a string ({what})"
+        if not regex.fullmatch(value):
+            return f"'{_show(value)}' is not {what}"
+        return None
+
+    return check
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    text = CONTROL_RE.sub("?", text)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _torch_spec(value: Any) -> str | None:
+    if not isinstance(value, str) or CONTROL_RE.search(value):
+        return "must be a version (\"2.5.1\") or a specifier (\"~=2.5\")"
+    try:
+        SpecifierSet(value) if value[:1] in "<>=!~" else SpecifierSet(f"=={value}")
+    except InvalidSpecifier:
+        return f"'{_show(value)}' is not a version (\"2.5.1\") or specifier (\"~=2.5\")"
+    return None
+
+
+def _pip_list(value: Any) -> str | None:
+    if not isinstance(value, list):
+        return "must be a list of PEP 508 requirements"
+    return None
+
+
+def check_pip_item(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be a PEP 508 requirement string"
+    if CONTROL_RE.search(value) or value.strip().startswith("-"):
+        return f"'{_show(value)}' is not a PEP 508 requirement (pip options are not allowed here)"
+    try:
+        Requirement(value)
+    except InvalidRequirement as exc:
+        return f"'{_show(value)}' is not a PEP 508 requirement: {str(exc).splitlines()[0]}"
+    return None
+
+
+def check_apt_item(value: Any) -> str | None:
+    if not isinstance(value, str) or not APT_RE.fullmatch(value):
+        return (
+            f"'{_show(value)}' is not a Debian package name (lowercase letters, digits, '+', '-', '.'; "
+            "optionally =VERSION)"
+        )
+    return None
+
+
+def _gpus(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return "must be all, none, a count, or device=0,1"
+    if isinstance(value, int):
+        return None if value >= 0 else "must not be negative"
+    return None if GPUS_RE.fullmatch(value) else f"'{_show(value)}' is not all, none, a count, or device=0,1"
+
+
+@dataclass(frozen=True)
+class Field:
+    path: str
+    type: str  # for docs: str, int, bool, list, map, section
+    default: str  # for docs
+    doc: str
+    check: Callable[[Any], str | None] | None = None
+    choices: tuple[str, ...] = ()
+    required: bool = False
+
+
+def _int_min(minimum: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "must be an integer"
+        return None if value >= minimum else f"must be at least {minimum}"
+
+    return check
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _map(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "must be a mapping of NAME: value"
+
+
+def _section(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "must be a mapping"
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("name", "str", "file name", "Profile name; used in image tags and labels.",
+          _pattern(NAME_RE, "a name of lowercase letters, digits, '.', '_', '-'")),
+    Field("description", "str", '""', "One line shown by `aibuild profiles` and in the image's labels.", _text),
+    Field("extends", "str", "none", "Parent profile: a built-in name or a path relative to this file."),
+    Field("hardware", "section", "", "The machine the image is for.", _section),
+    Field("hardware.accelerator", "str", "cpu", "nvidia or cpu.", choices=("nvidia", "cpu")),
+    Field("hardware.gpu", "str", "none", "GPU model (A100, H100, L4, RTX 4090, ...); sets the compute capability.",
+          lambda v: _text(v, 80)),
+    Field("hardware.gpus", "int", "1 (nvidia), 0 (cpu)", "GPUs per node.", _int_min(0)),
+    Field("hardware.driver", "str", "none",
+          "The host's NVIDIA driver (e.g. \"550.54.15\"); checked against the CUDA release's minimum.",
+          _pattern(DRIVER_RE, "a driver version like 550.54.15")),
+    Field("software", "section", "", "What goes into the image.", _section),
+    Field("software.os", "str", "ubuntu22.04 (nvidia), debian12 (cpu)", "Base OS of the image.", choices=OS_CHOICES),
+    Field("software.cuda", "str", "newest that torch, GPU and driver allow",
+          "CUDA version X.Y (nvidia only).", _pattern(MINOR_RE, "a CUDA version like \"12.4\"")),
+    Field("software.cudnn", "bool", "true", "Use an nvidia/cuda image with cuDNN (nvidia only).", _bool),
+    Field("software.python", "str", "3.11", "Python X.Y; the OS's own python when it matches, else uv-managed.",
+          _pattern(MINOR_RE, "a Python version like \"3.11\"")),
+    Field("software.torch", "str", "2.13.0", "PyTorch version or specifier (\"2.5.1\", \"~=2.5\").", _torch_spec),
+    Field("software.pip", "list", "[]", "Extra PEP 508 requirements. Appended to the parent's on extends.",
+          _pip_list),
+    Field("software.apt", "list", "[]", "Extra Debian/Ubuntu packages. Appended to the parent's on extends.",
+          lambda v: None if isinstance(v, list) else "must be a list of package names"),
+    Field("software.env", "map", "{}", "Environment variables set in the image (POSIX names).", _map),
+    Field("software.base_image", "str", "derived",
+          "Explicit base image for both stages (overrides the nvidia/cuda or python image).",
+          _pattern(IMAGE_REF_RE, "an image reference")),
+    Field("training", "section", "", "Settings of the embedded trainer (see the training reference).", _section),
+    Field("run", "section", "", "Defaults for `aibuild run`.", _section),
+    Field("run.gpus", "str", "all (nvidia), none (cpu)", "GPUs passed to the container: all, none, N, device=0,1.",
+          _gpus),
+    Field("run.shm_size", "str", "16g (nvidia), 2g (cpu)", "Size of /dev/shm (DataLoader workers need it).",
+          _pattern(SHM_RE, "a size like 16g")),
+    Field("run.ipc", "str", "private", "IPC namespace: private or host.", choices=("private", "host")),
+    Field("image", "section", "", "Where the image is published.", _section),
+    Field("image.name", "str", "aibuild", "Image repository, e.g. registry.example.com/team/train.",
+          _pattern(IMAGE_REPO_RE, "an image repository name")),
+    Field("image.tag", "str", "<profile>-torch<version>-<cuXYZ|cpu>", "Explicit tag instead of the scheme.",
+          _pattern(TAG_RE, "a Docker tag")),
+)
+
+BY_PATH = {f.path: f for f in FIELDS}
+
+
+def children(prefix: str) -> list[str]:
+    """Known child key names of a section ('' for the top level)."""
+    depth = prefix.count(".") + 1 if prefix else 0
+    out = []
+    for f in FIELDS:
+        parts = f.path.split(".")
+        if len(parts) == depth + 1 and ".".join(parts[:depth]) == prefix:
+            out.append(parts[-1])
+    return out
+
+
+def reference_markdown() -> str:
+    """The profile reference table for the README."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in FIELDS:
+        if f.type == "section":
+            continue
+        meaning = f.doc + (f" One of: {', '.join(f.choices)}." if f.choices else "")
+        lines.append(f"| `{f.path}` | {f.type} | {f.default} | {meaning} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(reference_markdown())
