@@ -21,9 +21,10 @@ class Diagnostic:
     col: int = 0
 
     def format(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}"
+        """``FILE:LINE:COL: error: MESSAGE (key.path)``; without a location when there is none."""
+        where = f"{self.file}:{self.line}:{self.col}: " if self.line else ""
         suffix = f" ({self.key})" if self.key else ""
-        return f"{where}: {self.severity}: {self.message}{suffix}"
+        return f"{where}{self.severity}: {self.message}{suffix}"
 
     def to_dict(self) -> dict[str, object]:
         return {

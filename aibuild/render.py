@@ -1,0 +1,259 @@
+"""Render a ``BuildPlan`` into a build context: Dockerfile, .dockerignore, the resolved
+profile, requirements, the aibuild runtime, and (when asked) a wheelhouse and a CA.
+
+All decisions are made here, in Python; ``templates/Dockerfile.j2`` only loops and
+branches over flat, sorted values, so the same plan renders byte-identical files.
+Users override blocks of the template from their own directory (``--template-dir``)
+with ``{% extends "aibuild/Dockerfile.j2" %}``.
+
+Layer order, least to most often changed: base -> system packages -> Python ->
+torch -> other requirements -> aibuild runtime -> profile/config. Installs happen
+in a builder stage; the runtime stage copies only the venv (and a uv-managed
+Python), so no wheelhouse, cache or build CA stays in the image.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+from aibuild import __version__
+from aibuild._resources import package_dir, templates_dir
+from aibuild.errors import RenderError
+from aibuild.plan import BuildPlan, RenderOptions
+from aibuild.resolve import RUNTIME_REQUIREMENTS
+
+BUILD_DIR = "/tmp/aibuild-build"  # builder-stage scratch (wheelhouse, CA, requirements)
+UV_REQUIREMENT = "uv==0.9.30"  # pinned: the uv that installs a managed CPython when the OS lacks it
+APT_CLEANUP = (
+    "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/ldconfig/aux-cache "
+    "/var/log/apt /var/log/dpkg.log /var/log/alternatives.log"
+)
+DOCKERIGNORE = "**/__pycache__\n**/*.pyc\n"
+# Not copied into the image's runtime: the image needs the code, not the host-side assets.
+RUNTIME_EXCLUDE = {"templates", "profiles", "__pycache__"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def dockerfile_quote(value: object) -> str:
+    """Quote a value for an ENV or LABEL instruction.
+
+    Docker's parser reads "..." with backslash escapes and expands $VAR in ENV and
+    LABEL, so backslash, double quote and $ are escaped. Control characters (a newline
+    would start a new instruction) are refused: the validator never lets one through,
+    and this is the second line of defence.
+    """
+    text = str(value)
+    if _CONTROL.search(text):
+        raise RenderError(f"refusing to render a value with a control character: {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def shell_quote(value: object) -> str:
+    text = str(value)
+    if _CONTROL.search(text):
+        raise RenderError(f"refusing to render a value with a control character: {text!r}")
+    return shlex.quote(text)
+
+
+def _environment(template_dir: str | None) -> Any:
+    import jinja2
+
+    shipped = jinja2.FileSystemLoader(str(templates_dir()))
+    loaders: list[jinja2.BaseLoader] = []
+    if template_dir:
+        if not Path(template_dir).is_dir():
+            raise RenderError(f"template directory not found: {template_dir}")
+        loaders.append(jinja2.FileSystemLoader(template_dir))
+    loaders += [jinja2.PrefixLoader({"aibuild": shipped}), shipped]
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=False,
+        lstrip_blocks=False,
+    )
+    env.filters["dq"] = dockerfile_quote
+    env.filters["sh"] = shell_quote
+    return env
+
+
+def _labels(plan: BuildPlan) -> list[tuple[str, str]]:
+    labels = {
+        "org.opencontainers.image.title": plan.profile_name,
+        "org.opencontainers.image.description": plan.description,
+        "org.opencontainers.image.version": plan.image_tag,
+        "org.opencontainers.image.base.name": plan.runtime_image,
+        "ai.aibuild.version": __version__,
+        "ai.aibuild.profile": plan.profile_name,
+        "ai.aibuild.profile-hash": plan.profile_hash,
+        "ai.aibuild.accelerator": plan.accelerator,
+        "ai.aibuild.torch": plan.torch,
+        "ai.aibuild.torch-variant": plan.torch_variant,
+        "ai.aibuild.python": plan.python,
+        "ai.aibuild.cuda": plan.cuda or "none",
+        "ai.aibuild.arch-list": " ".join(plan.arch_list) or "none",
+        "ai.aibuild.min-driver": plan.min_driver or "none",
+        "ai.aibuild.gpu": plan.gpu or "none",
+    }
+    return sorted(labels.items())
+
+
+def _summary(plan: BuildPlan) -> list[str]:
+    lines = [f"torch {plan.torch} ({plan.torch_variant}), Python {plan.python} ({plan.python_install}), {plan.os}"]
+    if plan.accelerator == "nvidia":
+        lines.append(
+            f"{plan.gpu} x{plan.gpu_count}: compute capability {plan.compute_capability}, CUDA {plan.cuda_full}"
+            f"{' + cuDNN' if plan.cudnn else ''}, driver >= {plan.min_driver}"
+        )
+    else:
+        lines.append("CPU only: no CUDA")
+    return lines
+
+
+def _pip_install(args: list[str]) -> str:
+    return " ".join(["pip install", *(shell_quote(a) for a in args)])
+
+
+def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
+    """Everything the template needs, decided: flat, sorted values."""
+    system_python = plan.python_install == "system"
+    builder_apt: list[str] = []
+    runtime_apt = list(plan.apt)
+    if plan.python_install in ("system", "uv"):
+        builder_apt = ["python3", "python3-venv"]
+        if plan.python_install == "uv":
+            builder_apt.append("ca-certificates")
+    if system_python:
+        runtime_apt = sorted({*runtime_apt, "python3"})
+    python_exe = "python3" if system_python else "python"
+    pip_flags = ["--no-compile"] if options.reproducible else []
+    index_flags: list[str] = []
+    if options.wheelhouse:
+        index_flags += ["--no-index", "--find-links", f"{BUILD_DIR}/wheelhouse"]
+    for url in options.find_links:
+        index_flags += ["--find-links", url]
+    torch_flags = list(index_flags)
+    if not options.wheelhouse:
+        torch_flags = ["--index-url", plan.torch_index_url, *index_flags]
+    for url in options.extra_index_urls:
+        index_flags += ["--extra-index-url", url]
+        torch_flags += ["--extra-index-url", url]
+    if options.constraints:
+        pip_flags += ["-c", f"{BUILD_DIR}/constraints.txt"]
+    image_env: list[tuple[str, str]] = [
+        ("AIBUILD_OUTPUT", "/output"),
+        ("AIBUILD_PROFILE", "/etc/aibuild/profile.yaml"),
+        ("PYTHONUNBUFFERED", "1"),
+    ]
+    if plan.accelerator == "nvidia":
+        image_env += [
+            ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"),
+            ("NVIDIA_VISIBLE_DEVICES", "all"),
+            ("TORCH_CUDA_ARCH_LIST", ";".join(plan.arch_list)),
+        ]
+    user_keys = {key for key, _ in plan.env}
+    image_env = sorted((k, v) for k, v in image_env if k not in user_keys)
+    remove_users = ["ubuntu"] if plan.os == "ubuntu24.04" else []
+    return {
+        "version": __version__,
+        "plan": plan,
+        "hash12": plan.profile_hash[:12],
+        "summary": _summary(plan),
+        "build_dir": BUILD_DIR,
+        "ca_cert": bool(options.ca_cert),
+        "reproducible": options.reproducible,
+        "source_date_epoch": options.source_date_epoch or 0,
+        "wheelhouse": bool(options.wheelhouse),
+        "builder_apt": builder_apt,
+        "runtime_apt": runtime_apt,
+        "apt_cleanup": APT_CLEANUP,
+        "python_exe": python_exe,
+        "uv_install": _pip_install([*pip_flags, *index_flags, UV_REQUIREMENT]),
+        "torch_install": _pip_install([*pip_flags, *torch_flags, f"torch=={plan.torch}"]),
+        "requirements_install": _pip_install([*pip_flags, *index_flags, "-r", f"{BUILD_DIR}/requirements.txt"]),
+        "constraints_file": bool(options.constraints),
+        "image_env": image_env,
+        "site_packages": f"/opt/venv/lib/python{plan.python}/site-packages",
+        "remove_users": remove_users,
+        "labels": _labels(plan),
+    }
+
+
+def render_dockerfile(plan: BuildPlan, options: RenderOptions | None = None) -> str:
+    """The Dockerfile text for PLAN."""
+    import jinja2
+
+    options = options or RenderOptions()
+    env = _environment(options.template_dir)
+    try:
+        template = env.get_template("Dockerfile.j2")
+        text: str = template.render(**template_context(plan, options))
+    except jinja2.TemplateError as exc:
+        where = f" ({exc.filename}:{exc.lineno})" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
+        raise RenderError(f"cannot render the Dockerfile: {exc}{where}") from None
+    # Collapse the blank lines left by empty blocks: deterministic, readable output.
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def requirements_text(plan: BuildPlan) -> str:
+    lines = ["# Generated by aibuild: the profile's software.pip plus the aibuild runtime's needs."]
+    lines += sorted({*plan.pip, *RUNTIME_REQUIREMENTS}, key=str.lower)
+    return "\n".join(lines) + "\n"
+
+
+def _copy_tree(src: Path, dst: Path, exclude: set[str]) -> None:
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if d not in exclude)
+        rel = Path(root).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for name in sorted(files):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            shutil.copyfile(Path(root) / name, dst / rel / name)
+
+
+def write_context(plan: BuildPlan, out_dir: Path, options: RenderOptions | None = None) -> Path:
+    """Write the whole build context for PLAN into OUT_DIR (created; existing files replaced)."""
+    options = options or RenderOptions()
+    out_dir = Path(out_dir)
+    dockerfile = render_dockerfile(plan, options)
+    try:
+        for stale in ("runtime", "wheelhouse"):
+            if (out_dir / stale).exists():
+                shutil.rmtree(out_dir / stale)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+        (out_dir / ".dockerignore").write_text(DOCKERIGNORE, encoding="utf-8")
+        (out_dir / "profile.yaml").write_text(plan.profile_yaml, encoding="utf-8")
+        (out_dir / "requirements.txt").write_text(requirements_text(plan), encoding="utf-8")
+        for optional in ("constraints.txt", "build-ca.pem"):
+            (out_dir / optional).unlink(missing_ok=True)
+        if options.constraints:
+            (out_dir / "constraints.txt").write_text("\n".join(sorted(options.constraints)) + "\n", encoding="utf-8")
+        _copy_tree(package_dir(), out_dir / "runtime" / "aibuild", RUNTIME_EXCLUDE)
+        if options.wheelhouse:
+            source = Path(options.wheelhouse)
+            if not source.is_dir():
+                raise RenderError(f"wheelhouse directory not found: {source}")
+            (out_dir / "wheelhouse").mkdir()
+            for wheel in sorted(source.iterdir()):
+                if wheel.is_file():
+                    target = out_dir / "wheelhouse" / wheel.name
+                    try:  # hard links are instant for a multi-GB wheelhouse on the same disk
+                        os.link(wheel, target)
+                    except OSError:
+                        shutil.copyfile(wheel, target)
+        if options.ca_cert:
+            try:
+                shutil.copyfile(options.ca_cert, out_dir / "build-ca.pem")
+            except OSError as exc:
+                raise RenderError(f"cannot read the CA certificate {options.ca_cert}: {exc.strerror}") from None
+    except OSError as exc:
+        raise RenderError(f"cannot write the build context to {out_dir}: {exc}") from None
+    return out_dir
