@@ -1,0 +1,85 @@
+"""torchrun integration: rank and world from the environment, one process group.
+
+``torchrun --nproc-per-node N -m aibuild train`` sets RANK, WORLD_SIZE and
+LOCAL_RANK. NCCL on CUDA, gloo on CPU. Only rank 0 logs and writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from aibuild.errors import TrainError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise TrainError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group when launched by torchrun with WORLD_SIZE > 1."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", 0)
+    if world <= 1:
+        return DistInfo(rank=0, world_size=1, local_rank=local)
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if backend == "nccl" and not dist.is_nccl_available():
+        raise TrainError("this torch build has no NCCL: cannot train on several GPUs")
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
+    return DistInfo(rank=rank, world_size=world, local_rank=local, backend=backend)
+
+
+def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
+    """Sum a few numbers over all ranks (identity when not distributed)."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [float(v) for v in t.tolist()]
+
+
+def any_rank(flag: bool, device: torch.device, info: DistInfo) -> bool:
+    """True when ``flag`` is true on any rank, so all ranks stop at the same step."""
+    if not info.enabled:
+        return flag
+    return all_reduce_sum([1.0 if flag else 0.0], device, info)[0] > 0
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
