@@ -210,7 +210,23 @@ def reference_markdown() -> str:
             continue
         meaning = f.doc + (f" One of: {', '.join(f.choices)}." if f.choices else "")
         lines.append(f"| `{f.path}` | {f.type} | {f.default} | {meaning} |")
+        if f.path == "software.base_image":
+            lines.extend(_training_rows())
     return "\n".join(lines)
+
+
+def _training_rows() -> list[str]:
+    from aibuild.train.config import TRAINING_FIELDS
+
+    rows = []
+    for spec in TRAINING_FIELDS:
+        default = "null" if spec.default is None else spec.default
+        meaning = spec.doc.replace("|", "/") + "."
+        if spec.choices:
+            meaning += f" One of: {', '.join(spec.choices)}."
+        kind = spec.type.replace(" | None", ", optional").replace("|", "or")
+        rows.append(f"| `training.{spec.name}` | {kind} | {default} | {meaning} |")
+    return rows
 
 
 if __name__ == "__main__":  # pragma: no cover
