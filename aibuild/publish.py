@@ -927,7 +927,8 @@ def image_blobs(
     missing = {d for d, b in zip(diff_ids, layers, strict=True) if b is None}
     log(f"exporting {image} ({len(missing)} layer(s) to compress)")
     with tempfile.TemporaryDirectory(prefix="aibuild-save-", dir=_tmp_root(cache)) as tmp:
-        saved = save_image(client, image_id, Path(tmp), keep=lambda d: d in missing or d == image_id)
+        wanted = {*missing, image_id}
+        saved = save_image(client, image_id, Path(tmp), keep=lambda d: d in wanted)
         if saved.image_id != image_id:
             raise PublishError(f"docker save of {image} gave config {saved.image_id}")
         config = cache.add_config(saved.config)
@@ -1183,7 +1184,13 @@ def record_push(record_path: Path, result: PushResult) -> None:
     entry = {"ref": str(result.reference), "digest": result.digest, "pinned": result.pinned}
     pushes = [p for p in data.get("pushes", []) if p.get("ref") != entry["ref"]]
     data["pushes"] = [*pushes, {**entry, "method": result.method}]
-    record_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(data, indent=2) + "\n"
+    record_path.write_text(text, encoding="utf-8")
+    latest = record_path.with_name("latest.json")
+    if latest.is_file() and json.loads(latest.read_text(encoding="utf-8")).get(
+        "image_id"
+    ) == data.get("image_id"):
+        latest.write_text(text, encoding="utf-8")
 
 
 def find_records(image_id: str, record_dir: Path) -> list[Path]:
@@ -1192,7 +1199,7 @@ def find_records(image_id: str, record_dir: Path) -> list[Path]:
         return []
     found = []
     for path in sorted(record_dir.glob("*.json"), reverse=True):
-        if path.name == "latest.json":
+        if path.name == "latest.json" or path.name.endswith(".cdx.json"):
             continue
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -405,9 +405,66 @@ __all__ = [
     "NormaliseResult",
     "base_layer_count",
     "drop_reason",
+    "finish_reproducible",
     "is_timestamp_pyc",
     "normalise_config",
     "normalise_image",
     "normalise_layer",
     "rfc3339",
 ]
+
+
+def finish_reproducible(
+    client: docker.DockerClient,
+    result: Any,
+    *,
+    source_date_epoch: int,
+    labels: Mapping[str, str] | None = None,
+    wheelhouse: Path | None = None,
+    cache: BlobCache | None = None,
+    log: Progress = _quiet,
+) -> NormaliseResult:
+    """After ``build.build_image`` rendered with ``reproducible=True``: write the SBOM
+    beside the build record, add it to the image as a layer, normalise the image
+    (base: the plan's runtime image) and note both in the record.
+
+    ``result`` is the build's ``BuildResult``; its tags move to the normalised image.
+    """
+    from aibuild.lock import wheel_hashes
+    from aibuild.sbom import attach_sbom, cyclonedx, sbom_bytes, write_beside
+
+    plan = result.plan
+    hashes: dict[str, list[str]] = {}
+    for (name, _), digests in wheel_hashes(wheelhouse).items():
+        hashes.setdefault(name, []).extend(digests)
+    document = cyclonedx(
+        result.python_packages,
+        result.os_packages,
+        image_name=plan.image_name,
+        image_version=plan.image_tag,
+        os_name=plan.os,
+        source_date_epoch=source_date_epoch,
+        hashes=hashes,
+    )
+    sbom_path = write_beside(result.record_path, document)
+    with_sbom = attach_sbom(client, result.image_id, sbom_bytes(document), result.tags)
+    log(f"SBOM: {sbom_path} and {with_sbom[:19]}:/usr/share/aibuild/sbom.cdx.json")
+    normalised = normalise_image(
+        client,
+        with_sbom,
+        source_date_epoch=source_date_epoch,
+        base=plan.runtime_image,
+        tags=result.tags,
+        labels=labels,
+        cache=cache,
+        log=log,
+    )
+    record = json.loads(result.record_path.read_text(encoding="utf-8"))
+    record["reproducible"] = normalised.to_dict()
+    record["sbom"] = str(sbom_path)
+    text = json.dumps(record, indent=2) + "\n"
+    result.record_path.write_text(text, encoding="utf-8")
+    latest = result.record_path.with_name("latest.json")
+    if latest.is_file():
+        latest.write_text(text, encoding="utf-8")
+    return normalised

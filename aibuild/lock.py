@@ -1,0 +1,381 @@
+"""Lock files: a profile's base image, exact packages and build time, pinned.
+
+``aibuild lock PROFILE`` writes ``<profile>.lock.json`` beside the profile (in the
+current directory for a built-in profile). Its versions come from a built image
+of the profile, read inside it by the build stage's ``inspect_image``: ``pip
+freeze --all`` run by the image's ``/opt/venv/bin/python`` and ``dpkg-query -W``.
+The image is, in order: ``--image`` when given; the newest recorded build of the
+same profile hash still on the engine; else a fresh build.
+
+A lock holds (no timestamp of its own, so it is stable under re-locking):
+
+- ``profile``: name, file and the plan's ``profile_hash``: a build ``--locked`` fails
+  when the profile has changed since;
+- ``base_image`` / ``runtime_image``: reference and image ID (and repo digest when known);
+- ``python``: every distribution with its exact version, and the sha256 of its
+  wheel when a wheelhouse was given;
+- ``os``: every Debian package with its exact version (checked, not pinned: a
+  Debian mirror serves only current versions);
+- ``source_date_epoch``: the build time of reproducible builds: ``--source-date-epoch``,
+  else ``$SOURCE_DATE_EPOCH``, else the git commit time of the profile file, else
+  the start of the current UTC day.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aibuild.errors import PublishError
+from aibuild.sbom import split_pins
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import docker
+
+    from aibuild.build import Reporter
+    from aibuild.plan import BuildPlan, RenderOptions
+
+LOCK_VERSION = 1
+LOCK_SUFFIX = ".lock.json"
+# Not pinned through pip constraints: the venv's own installer.
+UNCONSTRAINED = frozenset({"pip"})
+
+
+def profile_file(ref: str) -> Path | None:
+    """The profile's file when the user named a file (None for a built-in name)."""
+    path = Path(ref)
+    return path if path.is_file() else None
+
+
+def default_lock_path(ref: str) -> Path:
+    """``<profile>.lock.json`` beside a profile file; ``<name>.lock.json`` in the cwd
+    for a built-in profile."""
+    path = profile_file(ref)
+    if path is not None:
+        return path.with_name(path.name.removesuffix(".yaml").removesuffix(".yml") + LOCK_SUFFIX)
+    return Path(ref.removesuffix(".yaml") + LOCK_SUFFIX)
+
+
+def _git(args: Sequence[str], cwd: Path) -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = proc.stdout.strip()
+    return out if proc.returncode == 0 and out else None
+
+
+def _without_credentials(url: str) -> str:
+    """A remote URL with any ``user:password@`` removed (never put secrets in labels)."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url)
+
+
+def git_source(path: Path | None) -> dict[str, str]:
+    """The git commit and remote URL of the repository holding ``path`` (empty when none)."""
+    if path is None:
+        return {}
+    where = path.resolve().parent
+    commit = _git(["rev-parse", "HEAD"], where)
+    if commit is None:
+        return {}
+    info = {"commit": commit}
+    remote = _git(["remote", "get-url", "origin"], where)
+    if remote:
+        info["remote"] = _without_credentials(remote)
+    return info
+
+
+def source_labels(path: Path | None) -> dict[str, str]:
+    """OCI source labels for a profile file in a git repository."""
+    info = git_source(path)
+    labels = {}
+    if "commit" in info:
+        labels["org.opencontainers.image.revision"] = info["commit"]
+    if "remote" in info:
+        labels["org.opencontainers.image.source"] = info["remote"]
+    return labels
+
+
+def choose_epoch(
+    path: Path | None, explicit: int | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """The SOURCE_DATE_EPOCH to use and where it came from."""
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        return explicit, "--source-date-epoch"
+    if env.get("SOURCE_DATE_EPOCH", "").strip().isdigit():
+        return int(env["SOURCE_DATE_EPOCH"]), "$SOURCE_DATE_EPOCH"
+    if path is not None:
+        full = path.resolve()
+        stamp = _git(["log", "-1", "--format=%ct", "--", full.name], full.parent)
+        if stamp and stamp.isdigit():
+            return int(stamp), f"git commit time of {path.name}"
+    day = int(time.time()) // 86400 * 86400
+    return day, "start of the UTC day the lock was made"
+
+
+def _wheel_name(filename: str) -> tuple[str, str] | None:
+    parts = filename[: -len(".whl")].split("-")
+    if len(parts) < 5:
+        return None
+    return re.sub(r"[-_.]+", "-", parts[0]).lower(), parts[1]
+
+
+def wheel_hashes(wheelhouse: Path | None) -> dict[tuple[str, str], list[str]]:
+    """(normalised name, version) -> sha256 hex digests of the wheelhouse's wheels."""
+    found: dict[tuple[str, str], list[str]] = {}
+    if wheelhouse is None:
+        return found
+    for wheel in sorted(Path(wheelhouse).glob("*.whl")):
+        key = _wheel_name(wheel.name)
+        if key is None:
+            continue
+        sha = hashlib.sha256()
+        with wheel.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                sha.update(chunk)
+        found.setdefault(key, []).append(sha.hexdigest())
+    return found
+
+
+def make_lock(
+    plan: BuildPlan,
+    *,
+    profile: str,
+    python: Sequence[str],
+    os_packages: Sequence[str],
+    base_image: Mapping[str, Any],
+    runtime_image: Mapping[str, Any],
+    epoch: int,
+    epoch_from: str,
+    image_id: str,
+    wheelhouse: Path | None = None,
+) -> dict[str, Any]:
+    """The lock document (a plain dict, written as sorted JSON)."""
+    hashes = wheel_hashes(wheelhouse)
+    pins = []
+    for name, version in split_pins(python, "=="):
+        entry: dict[str, Any] = {"name": name, "version": version}
+        digests = hashes.get((re.sub(r"[-_.]+", "-", name).lower(), version))
+        if digests:
+            entry["sha256"] = digests
+        pins.append(entry)
+    return {
+        "aibuild_lock": LOCK_VERSION,
+        "profile": {
+            "name": plan.profile_name,
+            "ref": profile,
+            "hash": plan.profile_hash,
+        },
+        "image": {"name": plan.image_name, "tag": plan.image_tag},
+        "base_image": dict(base_image),
+        "runtime_image": dict(runtime_image),
+        "source_date_epoch": epoch,
+        "source_date_epoch_from": epoch_from,
+        "derived_from": {
+            "image_id": image_id,
+            "how": "pip freeze --all by the image's /opt/venv/bin/python and "
+            "dpkg-query -W, run in a throwaway container of the built image",
+        },
+        "python": pins,
+        "os": [{"name": n, "version": v} for n, v in split_pins(os_packages, "=")],
+    }
+
+
+def write_lock(lock: Mapping[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def read_lock(path: Path) -> dict[str, Any]:
+    """A lock file, checked for shape; PublishError names the file when it is unusable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PublishError(
+            f"no lock file {path}: run `aibuild lock` for this profile first"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"cannot read the lock file {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("aibuild_lock") != LOCK_VERSION:
+        raise PublishError(f"{path} is not an aibuild lock file (version {LOCK_VERSION})")
+    for key in ("profile", "python", "os", "source_date_epoch", "base_image"):
+        if key not in data:
+            raise PublishError(f"lock file {path} has no '{key}'")
+    return data
+
+
+def constraints(lock: Mapping[str, Any]) -> tuple[str, ...]:
+    """The lock's Python pins as pip constraints (``name==version``)."""
+    return tuple(
+        f"{p['name']}=={p['version']}"
+        for p in lock["python"]
+        if p["name"].lower() not in UNCONSTRAINED
+    )
+
+
+def check_lock(lock: Mapping[str, Any], plan: BuildPlan, path: Path, base_id: str | None) -> None:
+    """Fail when the lock no longer matches the profile or its base image."""
+    locked = lock["profile"]["hash"]
+    if locked != plan.profile_hash:
+        raise PublishError(
+            f"lock file {path} does not match the profile any more: it was made for "
+            f"profile hash {locked[:12]}, {plan.profile_name} now resolves to "
+            f"{plan.profile_hash[:12]}. Run `aibuild lock` again to update it."
+        )
+    want = (lock.get("runtime_image") or lock["base_image"]).get("id")
+    if want and base_id and want != base_id:
+        raise PublishError(
+            f"lock file {path} pins the base image {plan.runtime_image} as {want[:19]}, "
+            f"but it is now {base_id[:19]} on this engine. Pull or load that image, "
+            "or run `aibuild lock` again."
+        )
+
+
+def check_os_packages(lock: Mapping[str, Any], os_packages: Sequence[str]) -> list[str]:
+    """OS packages whose version in a built image differs from the lock (or is new/missing)."""
+    locked = {p["name"]: p["version"] for p in lock["os"]}
+    built = dict(split_pins(os_packages, "="))
+    problems = []
+    for name in sorted(set(locked) | set(built)):
+        if locked.get(name) != built.get(name):
+            was, now = locked.get(name, "(absent)"), built.get(name, "(absent)")
+            problems.append(f"{name}: locked {was}, built {now}")
+    return problems
+
+
+def locked_options(lock: Mapping[str, Any], options: RenderOptions) -> RenderOptions:
+    """Render options that build from the lock: pip constraints and its SOURCE_DATE_EPOCH."""
+    return replace(
+        options,
+        constraints=constraints(lock),
+        source_date_epoch=int(lock["source_date_epoch"]),
+    )
+
+
+def _image_exists(client: docker.DockerClient, image_id: str) -> bool:
+    import docker as docker_module
+
+    try:
+        client.images.get(image_id)
+    except docker_module.errors.DockerException:
+        return False
+    return True
+
+
+def _recorded_build(
+    client: docker.DockerClient, plan: BuildPlan, record_dir: Path
+) -> dict[str, Any] | None:
+    """The newest build record of this exact profile hash whose image still exists."""
+    if not record_dir.is_dir():
+        return None
+    for path in sorted(record_dir.glob("*.json"), reverse=True):
+        if path.name == "latest.json" or path.name.endswith(".cdx.json"):
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        same = record.get("plan", {}).get("profile_hash") == plan.profile_hash
+        if same and record.get("python_packages") and _image_exists(client, record["image_id"]):
+            return dict(record)
+    return None
+
+
+def lock_profile(
+    ref: str,
+    overrides: Sequence[str] = (),
+    options: RenderOptions | None = None,
+    *,
+    image: str | None = None,
+    output: Path | None = None,
+    epoch: int | None = None,
+    client: docker.DockerClient | None = None,
+    reporter: Reporter | None = None,
+    record_dir: Path | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Write the lock file for profile ``ref``; returns its path and content."""
+    from aibuild import build
+    from aibuild.engine import get_client
+    from aibuild.plan import RenderOptions
+
+    options = options or RenderOptions()
+    client = client or get_client()
+    records = record_dir or build.RECORD_DIR
+    plan, options, _ = build.resolve_for_build(client, ref, overrides, options)
+    record: dict[str, Any] | None = None
+    if image is not None:
+        import docker as docker_module
+
+        try:
+            found = client.images.get(image)
+        except docker_module.errors.ImageNotFound:
+            raise PublishError(f"no image {image} on this engine to lock from") from None
+        labels = found.attrs.get("Config", {}).get("Labels") or {}
+        hash_label = labels.get("ai.aibuild.profile-hash")
+        if hash_label and hash_label != plan.profile_hash:
+            raise PublishError(
+                f"image {image} was built from profile hash {hash_label[:12]}, not "
+                f"{plan.profile_hash[:12]} ({plan.profile_name} as it is now)"
+            )
+        python, os_packages = build.inspect_image(client, found.id)
+        image_id = found.id
+    else:
+        record = _recorded_build(client, plan, records)
+        if record is None:
+            result = build.build_image(
+                ref,
+                overrides,
+                options,
+                build.BuildSettings(record_dir=str(records)),
+                reporter,
+                client,
+            )
+            record = json.loads(result.record_path.read_text(encoding="utf-8"))
+        assert record is not None
+        python, os_packages = record["python_packages"], record["os_packages"]
+        image_id = record["image_id"]
+    when, when_from = choose_epoch(profile_file(ref), epoch)
+    identity = build._base_identity
+    lock = make_lock(
+        plan,
+        profile=ref,
+        python=python,
+        os_packages=os_packages,
+        base_image=identity(client, plan.base_image),
+        runtime_image=identity(client, plan.runtime_image),
+        epoch=when,
+        epoch_from=when_from,
+        image_id=image_id,
+        wheelhouse=Path(options.wheelhouse) if options.wheelhouse else None,
+    )
+    path = output or default_lock_path(ref)
+    return write_lock(lock, path), lock
+
+
+__all__ = [
+    "LOCK_SUFFIX",
+    "check_lock",
+    "check_os_packages",
+    "choose_epoch",
+    "constraints",
+    "default_lock_path",
+    "git_source",
+    "lock_profile",
+    "locked_options",
+    "make_lock",
+    "read_lock",
+    "source_labels",
+    "wheel_hashes",
+    "write_lock",
+]
