@@ -61,7 +61,8 @@ class Profile:
         while probe:
             if probe in self.positions:
                 return self.positions[probe]
-            probe = probe.rpartition(".")[0]
+            # "software.pip[3]" -> "software.pip" -> "software"
+            probe = probe[: probe.rindex("[")] if probe.endswith("]") else probe.rpartition(".")[0]
         return Pos(self.files[0] if self.files else "<profile>", 1, 1)
 
     def diag(self, severity: str, message: str, key: str) -> Diagnostic:
@@ -247,8 +248,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ProfileError(
             Diagnostic("error", f"--set expects KEY.PATH=VALUE, got '{text}'", "", "--set", 1, 1)
         )
-    if raw.strip() == "":
-        return key, ""
+    if raw.strip() in ("", "null", "Null", "NULL", "~"):
+        return key, None  # unset: "derive it", exactly like `key: null` in a file
     if key in RAW_SCALAR_KEYS:
         return key, raw.strip().strip("'\"")
     value, _ = parse_yaml(raw, f"--set {key}")

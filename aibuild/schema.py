@@ -27,13 +27,16 @@ DRIVER_RE = re.compile(r"^\d{3}(\.\d{1,3}){1,2}$")
 MINOR_RE = re.compile(r"^\d+\.\d+$")
 SHM_RE = re.compile(r"^\d+[bkmgBKMG]?$")
 GPUS_RE = re.compile(r"^(all|none|\d+|device=\d+(,\d+)*)$")
+# Docker reads the first path component as a registry only when it has a dot or a port,
+# or is localhost; otherwise it is part of the (lowercase) repository path.
+_REGISTRY = r"^(?:(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+|localhost)(?::\d+)?/|[a-zA-Z0-9.-]+:\d+/)?"
 # A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path.
 IMAGE_REF_RE = re.compile(
-    r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    _REGISTRY + r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
 IMAGE_REPO_RE = re.compile(
-    r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
+    _REGISTRY + r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
 )
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
