@@ -370,9 +370,8 @@ class PlainReporter:
             self._print(f"  {event.text}")
         elif event.kind == "status" and not event.text.endswith("]"):
             self._print(f"  {event.text}")  # pull status lines, not their progress bars
-        elif event.kind == "step-done" and step is not None:
-            how = "cached" if step.cached else "done"
-            self._print(f" ---> {how} in {event.duration:.1f}s")
+        elif event.kind == "step-done" and step is not None and not step.cached:
+            self._print(f" ---> done in {event.duration:.1f}s")
 
     def message(self, text: str) -> None:
         self._print(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aibuild.errors import EngineError
@@ -33,11 +34,15 @@ def engine_address(docker_host: str | None = None) -> str:
 def unreachable(docker_host: str | None, reason: object) -> EngineError:
     """The error for an engine that does not answer."""
     address = engine_address(docker_host)
-    origin = "DOCKER_HOST" if (docker_host or os.environ.get("DOCKER_HOST")) else "default"
-    detail = _short_reason(reason)
+    if docker_host:
+        origin = ""
+    elif os.environ.get("DOCKER_HOST"):
+        origin = " (from DOCKER_HOST)"
+    else:
+        origin = " (DOCKER_HOST is unset: the default)"
     return EngineError(
-        f"cannot reach the Docker engine at {address} ({origin}; DOCKER_HOST="
-        f"{os.environ.get('DOCKER_HOST', '<unset>')}): {detail}\n{START_HINT}"
+        f"cannot reach the Docker engine at {address}{origin}: {_short_reason(reason)}\n"
+        f"{START_HINT}"
     )
 
 
@@ -60,12 +65,33 @@ def get_client(docker_host: str | None = None, timeout: int = 600) -> docker.Doc
     import requests
 
     address = engine_address(docker_host)
+    if address.startswith("unix://") and not Path(address[len("unix://") :]).exists():
+        # Checked first: docker-py leaks the socket of a failed unix connect.
+        raise unreachable(docker_host, f"no socket at {address[len('unix://') :]}")
+    client = None
     try:
         client = docker.DockerClient(base_url=address, timeout=timeout)
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        if client is not None:
+            client.close()
         raise unreachable(docker_host, exc) from None
     return client
+
+
+@contextmanager
+def client_session(
+    client: docker.DockerClient | None = None, docker_host: str | None = None
+) -> Iterator[docker.DockerClient]:
+    """The given client, or a new one that is closed when the block ends."""
+    if client is not None:
+        yield client
+        return
+    own = get_client(docker_host)
+    try:
+        yield own
+    finally:
+        own.close()
 
 
 def is_connection_error(exc: BaseException) -> bool:
