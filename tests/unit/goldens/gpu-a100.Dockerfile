@@ -41,6 +41,7 @@ RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash aibuild \
 
 COPY --from=builder /opt/python /opt/python
 COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH VIRTUAL_ENV=/opt/venv
 
 ENV AIBUILD_OUTPUT="/output" \
     AIBUILD_PROFILE="/etc/aibuild/profile.yaml" \
