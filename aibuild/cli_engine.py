@@ -157,6 +157,16 @@ def _env(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
         raise click.BadParameter(str(exc)) from None
 
 
+def _labels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    pairs = []
+    for item in value:
+        key, _, val = item.partition("=")
+        if not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        pairs.append((key, val))
+    return tuple(pairs)
+
+
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     short_help="Run a profile's image (or any image) with GPU passthrough.",
@@ -187,6 +197,9 @@ def _env(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
 )
 @click.option("--name", help="Container name.")
 @click.option(
+    "--label", "labels", multiple=True, callback=_labels, metavar="KEY=VALUE", help="Label."
+)
+@click.option(
     "-d", "--detach", is_flag=True, help="Start and return; the engine removes it on exit."
 )
 @click.option(
@@ -212,6 +225,7 @@ def run(
     output: str | None,
     env: tuple[tuple[str, str], ...],
     name: str | None,
+    labels: tuple[tuple[str, str], ...],
     detach: bool,
     nproc_per_node: int | None,
     grace: float,
@@ -243,6 +257,7 @@ def run(
         output=output,
         env=env,
         name=name,
+        labels=labels,
         detach=detach,
         nproc_per_node=nproc_per_node,
         grace_s=grace,

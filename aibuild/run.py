@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from aibuild.engine import api_message, engine_address, engine_errors, get_client
+from aibuild.engine import api_message, client_session, engine_address, engine_errors
 from aibuild.errors import RunError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -369,19 +371,73 @@ def _remove(container: Any) -> None:
             raise
 
 
-def _stop(container: Any, grace_s: float, say: Any) -> None:
-    """SIGTERM, a grace period, then SIGKILL (a second Ctrl-C kills at once)."""
+class _Pump(threading.Thread):
+    """Copies the attached output to our stdout/stderr until the container exits.
+
+    A thread, so that the main thread stays free to take Ctrl-C while output keeps
+    flowing, including what the container prints after its SIGTERM.
+    """
+
+    def __init__(self, attached: Any, out: BinaryIO, err: BinaryIO) -> None:
+        super().__init__(name="aibuild-run-output", daemon=True)
+        self.attached = attached
+        self.out = out
+        self.err = err
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            _stream(self.attached, self.out, self.err)
+        except Exception as exc:  # reported by the main thread
+            self.error = exc
+
+    def wait(self, seconds: float | None = None) -> bool:
+        """Join in short slices (so signals are handled); True when the output ended."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while self.is_alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self.join(0.2)
+        return True
+
+
+def _kill(container: Any) -> None:
+    import docker
+
+    with contextlib.suppress(docker.errors.APIError):
+        container.kill()
+
+
+def _stop(container: Any, grace_s: float, say: Any, pump: _Pump | None) -> None:
+    """SIGTERM, up to ``grace_s`` for the container to exit, then SIGKILL.
+
+    A second Ctrl-C kills at once. The container's output keeps flowing meanwhile.
+    """
     import docker
     import requests
 
-    say(f"aibuild: stopping container {container.short_id} (SIGTERM, {grace_s:.0f}s grace)")
+    say(f"aibuild: stopping container {container.short_id} (SIGTERM, {grace_s:g}s grace)")
     try:
         container.kill(signal="SIGTERM")
-        container.wait(timeout=grace_s)
-    except (docker.errors.APIError, requests.exceptions.RequestException):
-        pass  # already gone, or the grace period ran out: the removal below kills it
+    except docker.errors.APIError:
+        return  # already exited
+    try:
+        if pump is not None:
+            exited = pump.wait(grace_s)
+        else:
+            try:
+                container.wait(timeout=grace_s)
+                exited = True
+            except requests.exceptions.RequestException:
+                exited = False
+        if not exited:
+            say(f"aibuild: still running after {grace_s:g}s: killing the container")
+            _kill(container)
     except (KeyboardInterrupt, _Terminate):
         say("aibuild: killing the container")
+        _kill(container)
+    if pump is not None:
+        pump.join(5)
 
 
 def _ensure_image(client: Any, target: RunTarget) -> None:
@@ -426,27 +482,72 @@ def run_container(
     if options.output:
         Path(options.output).mkdir(parents=True, exist_ok=True)
     config = container_config(options, target.image)
-    client = client or get_client()
+    with client_session(client) as engine:
+        return _run(engine, target, options, config, out, err, say)
+
+
+RLIMIT_MARKER = "error setting rlimit"
+
+
+def _without_memlock(config: dict[str, Any]) -> dict[str, Any]:
+    limits = [u for u in config.get("ulimits", []) if u["Name"] != "memlock"]
+    return {**config, "ulimits": limits}
+
+
+def _create_and_start(
+    client: Any, target: RunTarget, options: RunOptions, config: dict[str, Any], say: Any
+) -> tuple[Any, Any]:
+    """Create, attach (unless detached) and start; (container, attached stream).
+
+    A failed start removes its container. An engine whose own hard memlock limit is
+    lower than unlimited (no CAP_SYS_RESOURCE) cannot apply NVIDIA's memlock=-1: the
+    run is retried once without it, with a warning.
+    """
     import docker
 
+    container = client.containers.create(**config)
+    attached = None
+    try:
+        if not options.detach:
+            attached = client.api.attach(
+                container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+            )
+        container.start()
+    except docker.errors.APIError as exc:
+        if attached is not None:
+            attached.close()
+        _remove(container)
+        has_memlock = any(u["Name"] == "memlock" for u in config.get("ulimits", []))
+        if RLIMIT_MARKER in api_message(exc) and has_memlock:
+            say(
+                "aibuild: warning: the engine cannot raise the memlock limit to unlimited "
+                "(its own hard limit is lower); running with the engine's default memlock"
+            )
+            return _create_and_start(client, target, options, _without_memlock(config), say)
+        raise _start_error(exc, target.image, options) from None
+    except BaseException:
+        if attached is not None:
+            attached.close()
+        _remove(container)
+        raise
+    return container, attached
+
+
+def _run(
+    client: Any,
+    target: RunTarget,
+    options: RunOptions,
+    config: dict[str, Any],
+    out: BinaryIO,
+    err: BinaryIO,
+    say: Any,
+) -> int:
     container = None
-    started = False
+    pump: _Pump | None = None
     with engine_errors(f"running {target.image}"), _sigterm_as_interrupt():
         _ensure_image(client, target)
         try:
-            container = client.containers.create(**config)
-            attached = None
-            if not options.detach:
-                attached = client.api.attach(
-                    container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
-                )
-            try:
-                container.start()
-            except docker.errors.APIError as exc:
-                if attached is not None:
-                    attached.close()
-                raise _start_error(exc, target.image, options) from None
-            started = True
+            container, attached = _create_and_start(client, target, options, config, say)
             if options.detach:
                 say(
                     f"aibuild: started {container.name} ({container.short_id}); "
@@ -455,16 +556,19 @@ def run_container(
                 out.write((container.id + "\n").encode())
                 out.flush()
                 return 0
-            assert attached is not None
-            _stream(attached, out, err)
+            pump = _Pump(attached, out, err)
+            pump.start()
+            pump.wait()
             status = container.wait()
+            if pump.error is not None:
+                raise pump.error
             return int(status.get("StatusCode", 1))
         except (KeyboardInterrupt, _Terminate):
-            if container is not None and started:
-                _stop(container, options.grace_s, say)
+            if container is not None:
+                _stop(container, options.grace_s, say, pump)
             return 130
         finally:
-            if container is not None and not (options.detach and started):
+            if container is not None and not options.detach:
                 _remove(container)
 
 
