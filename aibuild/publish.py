@@ -1008,11 +1008,11 @@ def direct_push(
     ref = parse_reference(target)
     if not ref.tag:
         raise PublishError(f"push target {target} needs a tag, not only a digest")
-    config, layers = image_blobs(client, image, cache, log)
     registry = RegistryClient(
         ref.registry, ref.repository, credentials, insecure=insecure, retry=retry, log=log
     )
-    registry.authenticate()
+    registry.authenticate()  # first: a wrong password or host fails before any export
+    config, layers = image_blobs(client, image, cache, log)
     pushed = existing = 0
     for index, blob in enumerate([*layers, config], start=1):
         label = "config" if blob is config else f"layer {index}/{len(layers)}"
