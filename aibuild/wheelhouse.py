@@ -23,15 +23,16 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 PLATFORM = "manylinux_2_28_x86_64"
 PYPI = "https://pypi.org/simple"
-# What the aibuild runtime inside the image needs besides torch.
-RUNTIME_REQUIREMENTS = ("click", "pyyaml", "packaging")
 
 
 def requirements(plan: BuildPlan) -> list[str]:
-    """Everything the image installs with pip: torch, the profile's packages, the runtime."""
+    """Everything the image installs with pip: torch, the profile's packages, and what
+    the aibuild runtime needs (the resolver's RUNTIME_REQUIREMENTS, as rendered)."""
+    from aibuild.resolve import RUNTIME_REQUIREMENTS
+
     reqs = [f"torch=={plan.torch}", *plan.pip]
     names = {_name(r) for r in reqs}
-    reqs.extend(r for r in RUNTIME_REQUIREMENTS if r not in names)
+    reqs.extend(r for r in RUNTIME_REQUIREMENTS if _name(r) not in names)
     return reqs
 
 
