@@ -194,7 +194,13 @@ def profile_checks(plan: BuildPlan, gpus: Sequence[Gpu], smi_error: str | None) 
                 Check(label, WARN, f"{gpu.name}: compute capability unknown (driver too old)")
             )
         elif arch_covers(plan.arch_list, gpu.compute_cap):
-            checks.append(Check(label, OK, f"{gpu.name} sm_{gpu.compute_cap} covered by {arch}"))
+            checks.append(
+                Check(
+                    label,
+                    OK,
+                    f"{gpu.name} (compute capability {gpu.compute_cap}) covered by {arch}",
+                )
+            )
         else:
             checks.append(
                 Check(
