@@ -36,7 +36,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TextIO
 
-from aibuild.engine import api_message, engine_errors, get_client, is_connection_error, unreachable
+from aibuild.engine import (
+    api_message,
+    client_session,
+    engine_errors,
+    is_connection_error,
+    unreachable,
+)
 from aibuild.errors import BuildError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -813,12 +819,24 @@ def build_image(
     ``settings.record_dir`` (``.aibuild/builds/`` under the current directory).
     """
     from aibuild.plan import RenderOptions
-    from aibuild.render import write_context
 
     options = options or RenderOptions()
     settings = settings or BuildSettings()
     report = reporter or QuietReporter()
-    client = client or get_client()
+    with client_session(client) as engine:
+        return _build_image(engine, ref, overrides, options, settings, report)
+
+
+def _build_image(
+    client: docker.DockerClient,
+    ref: str,
+    overrides: Sequence[str],
+    options: RenderOptions,
+    settings: BuildSettings,
+    report: Reporter,
+) -> BuildResult:
+    from aibuild.render import write_context
+
     plan, options, facts = resolve_for_build(client, ref, overrides, options, pull=settings.pull)
     if facts is not None:
         report.message(

@@ -425,6 +425,8 @@ def diagnose(
             )
     if client is not None:
         _runtime_check(client, plan, report)
+        if client_factory is None:
+            client.close()
     if plan is not None:
         report.checks.extend(profile_checks(plan, report.gpus, smi_error))
     return report

@@ -115,3 +115,21 @@ def test_unreachable_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 1
     assert "cannot reach the Docker engine at tcp://127.0.0.1:1" in result.output
     assert "Traceback" not in result.output
+
+
+def test_rendered_context_tars_identically(tmp_path: Path) -> None:
+    """Two renders of the same plan (at different times, in different places) give
+    byte-identical build contexts, so the engine's cache hits across re-renders."""
+    from aibuild.plan import RenderOptions
+    from aibuild.render import write_context
+    from aibuild.resolve import plan_for
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "demo-1.0-py3-none-any.whl").write_bytes(b"not really a wheel")
+    options = RenderOptions(base_image="debian:12", base_os="debian12", wheelhouse=str(wheels))
+    plan = plan_for("cpu", ["software.torch=2.13.0"], options)
+    first = write_context(plan, tmp_path / "one", options)
+    os.utime(wheels / "demo-1.0-py3-none-any.whl", (5, 5))
+    second = write_context(plan, tmp_path / "two", options)
+    assert digest(first) == digest(second)
