@@ -1,0 +1,171 @@
+"""Reproducible images on the real engine: two ``--no-cache`` builds of the same
+Dockerfile differ; normalised, they are the same image ID, push to the same registry
+digest from fresh blob caches, and still run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from click.testing import CliRunner
+
+from aibuild.cli import cli
+from aibuild.diff import snapshot
+from aibuild.publish import BlobCache, direct_push
+from aibuild.reproducible import REPRODUCIBLE_LABEL, normalise_image, rfc3339
+
+EPOCH = 1_700_000_000  # 2023-11-14T22:13:20Z
+
+# Everything the facts say differs between two naive builds: apt caches and logs,
+# ldconfig's aux-cache, timestamp .pyc files (py3compile in python3-minimal's
+# postinst), mtimes of files written by RUN; plus what must survive: a hard link,
+# a symlink, a setuid mode, a non-root owner, a whiteout (a deleted base file).
+DOCKERFILE = """\
+FROM {base}
+RUN apt-get update && apt-get install -y --no-install-recommends python3-minimal && ldconfig
+RUN mkdir -p /opt/app/bin && echo 'print("ok from the normalised image")' > /opt/app/hello.py \\
+ && echo data > /opt/app/data && ln /opt/app/data /opt/app/bin/data-link \\
+ && ln -s ../hello.py /opt/app/bin/hello \\
+ && cp /bin/true /opt/app/bin/suid && chmod 4755 /opt/app/bin/suid \\
+ && chown 1000:1000 /opt/app/data && rm /etc/issue.net
+COPY note.txt /opt/app/note.txt
+"""
+
+
+def _build(client: docker.DockerClient, context: Path, network: str) -> str:
+    image, _ = client.images.build(
+        path=str(context), nocache=True, rm=True, forcerm=True, network_mode=network
+    )
+    return str(image.id)
+
+
+@pytest.fixture(scope="module")
+def two_builds(
+    docker_client: docker.DockerClient,
+    base_image: str,
+    build_network: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Any:
+    """Two --no-cache builds of one Dockerfile, and each normalised (module-scoped:
+    the builds take a minute)."""
+    context = tmp_path_factory.mktemp("context")
+    (context / "Dockerfile").write_text(DOCKERFILE.format(base=base_image))
+    (context / "note.txt").write_text("copied\n")
+    raw = [_build(docker_client, context, build_network) for _ in range(2)]
+    normalised = [
+        normalise_image(docker_client, image, source_date_epoch=EPOCH, base=base_image, tags=[])
+        for image in raw
+    ]
+    yield raw, normalised
+    for ref in [*raw, *(n.image_id for n in normalised)]:
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.api.remove_image(ref, force=True)
+
+
+def test_two_no_cache_builds_differ_then_normalise_to_one_image_id(two_builds: Any) -> None:
+    raw, normalised = two_builds
+    assert raw[0] != raw[1]
+    assert normalised[0].image_id == normalised[1].image_id
+    assert normalised[0].base_layers == 1
+    dropped = {path for layer in normalised[0].layers for path in layer.dropped}
+    assert "var/cache/ldconfig/aux-cache" in dropped
+    assert "var/cache/apt/pkgcache.bin" in dropped
+    assert "var/log/dpkg.log" in dropped
+    assert any(path.endswith(".pyc") for path in dropped)
+
+
+def test_diff_names_what_differs_between_the_raw_builds(
+    docker_client: docker.DockerClient, two_builds: Any
+) -> None:
+    raw, normalised = two_builds
+    result = CliRunner().invoke(cli, ["diff", raw[0], raw[1], "--json", "--exit-code"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    fields = {change["what"] for change in report["config"]}
+    assert "created" in fields
+    assert report["layers"] and report["layers"][0]["index"] == 1  # the base layer is equal
+    changed = {c["what"] for layer in report["layers"] for c in layer["files"]}
+    assert "var/cache/ldconfig/aux-cache" in changed
+    assert "opt/app/hello.py" in changed  # its mtime
+    same = CliRunner().invoke(cli, ["diff", normalised[0].image_id, normalised[1].image_id])
+    assert same.exit_code == 0
+    assert same.stdout.startswith("identical:")
+
+
+def test_normalised_layers_keep_metadata_and_clamp_times(
+    docker_client: docker.DockerClient, base_image: str, two_builds: Any
+) -> None:
+    _, normalised = two_builds
+    snap = snapshot(docker_client, normalised[0].image_id)
+    base_layers = docker_client.images.get(base_image).attrs["RootFS"]["Layers"]
+    assert snap.layers[0].diff_id == base_layers[0]  # the base, byte for byte
+    assert snap.config["created"] == rfc3339(EPOCH)
+    assert {h["created"] for h in snap.config["history"]} == {rfc3339(EPOCH)}
+    assert "container_config" not in snap.config and "container" not in snap.config
+    assert snap.config["config"]["Labels"][REPRODUCIBLE_LABEL] == str(EPOCH)
+    files = {path: entry for layer in snap.layers[1:] for path, entry in layer.files.items()}
+    assert all(entry.mtime <= EPOCH for entry in files.values())
+    assert files["opt/app/bin/suid"].mode == oct(0o4755)
+    assert files["opt/app/data"].owner == "1000:1000" or files["opt/app/bin/data-link"].owner == (
+        "1000:1000"
+    )
+    links = [e for e in files.values() if e.kind == "hardlink"]
+    assert {e.path for e in links} & {"opt/app/data", "opt/app/bin/data-link"}
+    assert files["opt/app/bin/hello"].kind == "symlink"
+    assert "etc/.wh.issue.net" in files  # the whiteout survives
+    # Where a raw layer's entries were not sorted, the normalised one is.
+    for layer in snap.layers[1:]:
+        assert list(layer.files) == sorted(layer.files) or any(
+            e.kind == "hardlink" for e in layer.files.values()
+        )
+
+
+def test_normalised_image_runs(docker_client: docker.DockerClient, two_builds: Any) -> None:
+    _, normalised = two_builds
+    output = docker_client.containers.run(
+        normalised[0].image_id,
+        ["sh", "-c", "python3 /opt/app/bin/hello && cat /opt/app/bin/data-link /opt/app/note.txt"],
+        remove=True,
+        network_disabled=True,
+    )
+    assert output.decode().split() == ["ok", "from", "the", "normalised", "image", "data", "copied"]
+
+
+def test_pushed_from_fresh_caches_to_two_registries_gives_one_digest(
+    docker_client: docker.DockerClient,
+    two_builds: Any,
+    registry: Any,
+    disposable_registry: Any,
+    tmp_path: Path,
+    unique_name: str,
+) -> None:
+    _, normalised = two_builds
+    first = direct_push(
+        docker_client,
+        normalised[0].image_id,
+        registry.repo(f"repro/{unique_name}:a"),
+        cache=BlobCache(tmp_path / "cache-a"),
+    )
+    second = direct_push(
+        docker_client,
+        normalised[1].image_id,
+        disposable_registry.repo(f"repro/{unique_name}:b"),
+        cache=BlobCache(tmp_path / "cache-b"),
+    )
+    assert first.digest == second.digest
+    assert registry.manifest_digest(f"repro/{unique_name}", "a") == first.digest
+    assert disposable_registry.manifest_digest(f"repro/{unique_name}", "b") == first.digest
+
+
+def test_normalising_twice_changes_nothing(
+    docker_client: docker.DockerClient, base_image: str, two_builds: Any
+) -> None:
+    _, normalised = two_builds
+    again = normalise_image(
+        docker_client, normalised[0].image_id, source_date_epoch=EPOCH, base=base_image, tags=[]
+    )
+    assert again.image_id == normalised[0].image_id
