@@ -95,9 +95,13 @@ def test_check_warnings_go_to_stderr_with_exit_0() -> None:
     assert "profiles/gpu-a10g.yaml:5:8: warning:" in result.stderr
 
 
-def test_check_invalid_file_reports_file_line_col(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_invalid_file_reports_file_line_col(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    Path("bad.yaml").write_text("name: bad\nhardware:\n  accelerator: cpu\nrun:\n  shm_size: lots\n")
+    Path("bad.yaml").write_text(
+        "name: bad\nhardware:\n  accelerator: cpu\nrun:\n  shm_size: lots\n"
+    )
     result = invoke("check", "bad.yaml")
     assert_clean_failure(result)
     assert "bad.yaml:5:13: error: " in result.stderr and "(run.shm_size)" in result.stderr
@@ -127,8 +131,13 @@ def test_bad_set_is_exit_1(command: str) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["check"], ["render"], ["nosuchcommand"], ["check", "cpu", "--bogus"], ["render", "cpu", "--wheelhouse",
-                                                                             "/no/such/dir"]],
+    [
+        ["check"],
+        ["render"],
+        ["nosuchcommand"],
+        ["check", "cpu", "--bogus"],
+        ["render", "cpu", "--wheelhouse", "/no/such/dir"],
+    ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = invoke(*args)
@@ -151,8 +160,11 @@ def test_render_invalid_is_exit_1() -> None:
 def test_render_output_dir_twice_is_identical(tmp_path: Path) -> None:
     def hashes() -> dict[str, str]:
         out = tmp_path / "ctx"
-        return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(out.rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*"))
+            if p.is_file()
+        }
 
     first = invoke("render", "cpu", "-o", str(tmp_path / "ctx"))
     assert first.exit_code == 0 and "wrote the build context" in first.stderr
@@ -164,11 +176,22 @@ def test_render_output_dir_twice_is_identical(tmp_path: Path) -> None:
 def test_render_options_on_the_command_line(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("PEM")
-    result = invoke("render", "cpu", "--ca-cert", str(ca), "--find-links", "https://e.com/w",
-                    "--extra-index-url", "https://e.com/simple")
+    result = invoke(
+        "render",
+        "cpu",
+        "--ca-cert",
+        str(ca),
+        "--find-links",
+        "https://e.com/w",
+        "--extra-index-url",
+        "https://e.com/simple",
+    )
     assert result.exit_code == 0
     assert "COPY build-ca.pem /tmp/aibuild-build/ca.pem" in result.stdout
-    assert "--find-links https://e.com/w" in result.stdout and "--extra-index-url https://e.com/simple" in result.stdout
+    assert (
+        "--find-links https://e.com/w" in result.stdout
+        and "--extra-index-url https://e.com/simple" in result.stdout
+    )
 
 
 def test_render_template_dir(tmp_path: Path) -> None:

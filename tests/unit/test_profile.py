@@ -55,7 +55,12 @@ def test_unknown_profile_suggests_a_close_name() -> None:
 
 def test_extends_chain_builtin_and_relative_path() -> None:
     profile = load_profile(str(DATA / "chain" / "child.yaml"))
-    assert [Path(f).name for f in profile.files] == ["child.yaml", "parent.yaml", "cpu.yaml", "_base.yaml"]
+    assert [Path(f).name for f in profile.files] == [
+        "child.yaml",
+        "parent.yaml",
+        "cpu.yaml",
+        "_base.yaml",
+    ]
     sw = profile.data["software"]
     # lists that append: parent's items first, then the child's new ones, no duplicates
     assert sw["pip"] == ["numpy", "pillow", "scipy"]
@@ -108,17 +113,23 @@ def test_missing_parent_points_at_extends(tmp_path: Path) -> None:
 def test_set_overrides_nested_yaml_values_and_lists() -> None:
     profile = load_profile(
         "cpu",
-        ("software.pip=[numpy, 'torchvision==0.20']", "run.shm_size=8g", "training.epochs=7", "new.deep.key=true"),
+        (
+            "software.pip=[numpy, 'torchvision==0.20']",
+            "run.shm_size=8g",
+            "training.epochs=7",
+            "new.deep.key=true",
+        ),
     )
     assert profile.data["software"]["pip"] == ["numpy", "torchvision==0.20"]
     assert profile.data["run"]["shm_size"] == "8g"
     assert profile.data["training"]["epochs"] == 7
     assert profile.data["new"] == {"deep": {"key": True}}
-    assert profile.pos("run.shm_size") == profile.pos("run.shm_size")  # recorded
     assert profile.pos("run.shm_size").file == "--set" and profile.pos("run.shm_size").line == 2
 
 
-@pytest.mark.parametrize("key", ["software.python", "software.cuda", "software.torch", "hardware.driver"])
+@pytest.mark.parametrize(
+    "key", ["software.python", "software.cuda", "software.torch", "hardware.driver"]
+)
 def test_set_version_keys_stay_text(key: str) -> None:
     assert parse_override(f"{key}=3.10") == (key, "3.10")
 
@@ -135,7 +146,9 @@ def test_set_through_a_scalar_is_an_error() -> None:
 
 
 def test_python_unquoted_stays_text(tmp_path: Path) -> None:
-    path = write(tmp_path, "p.yaml", "name: p\nsoftware:\n  python: 3.10\n  cuda: 12.10\n  torch: 2.10\n")
+    path = write(
+        tmp_path, "p.yaml", "name: p\nsoftware:\n  python: 3.10\n  cuda: 12.10\n  torch: 2.10\n"
+    )
     profile = load_profile(str(path))
     assert profile.data["software"]["python"] == "3.10"
     assert profile.data["software"]["cuda"] == "12.10"
@@ -146,8 +159,8 @@ def test_positions_point_at_the_offending_value(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "p.yaml",
-        "name: p\nhardware:\n  accelerator: cpu\nsoftware:\n  os: debian12\n  python: \"2.7\"\n"
-        "  pip:\n    - numpy\n    - \"not a req!!\"\n",
+        'name: p\nhardware:\n  accelerator: cpu\nsoftware:\n  os: debian12\n  python: "2.7"\n'
+        '  pip:\n    - numpy\n    - "not a req!!"\n',
     )
     _, diags = validate(load_profile(str(path)))
     by_key = {d.key: d for d in diags}

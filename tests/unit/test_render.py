@@ -17,7 +17,9 @@ from aibuild.resolve import plan_for
 
 
 def _load_helpers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dfparse", Path(__file__).parent / "data" / "dfparse.py")
+    spec = importlib.util.spec_from_file_location(
+        "dfparse", Path(__file__).parent / "data" / "dfparse.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -43,7 +45,8 @@ def stages(text: str) -> list[list[tuple[str, str]]]:
 def tree_hashes(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -60,7 +63,11 @@ def test_write_context_twice_gives_identical_trees(tmp_path: Path) -> None:
     assert first == tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")
     assert {"Dockerfile", ".dockerignore", "profile.yaml", "requirements.txt"} <= set(first)
     assert "runtime/aibuild/cli.py" in first
-    assert not [k for k in first if k.endswith(".pyc") or "__pycache__" in k or k.startswith("runtime/aibuild/templates")]
+    assert not [
+        k
+        for k in first
+        if k.endswith(".pyc") or "__pycache__" in k or k.startswith("runtime/aibuild/templates")
+    ]
 
 
 def test_context_files_content(tmp_path: Path) -> None:
@@ -84,13 +91,23 @@ def test_layer_order(name: str) -> None:
         assert hits, f"no instruction matches {pattern!r}"
         return hits[0]
 
-    order_b = [idx(b, r"^FROM "), idx(b, r"-m venv|uv venv"), idx(b, r"torch=="), idx(b, r"COPY requirements\.txt"),
-               idx(b, r"-r /tmp/aibuild-build/requirements\.txt")]
+    order_b = [
+        idx(b, r"^FROM "),
+        idx(b, r"-m venv|uv venv"),
+        idx(b, r"torch=="),
+        idx(b, r"COPY requirements\.txt"),
+        idx(b, r"-r /tmp/aibuild-build/requirements\.txt"),
+    ]
     assert order_b == sorted(order_b), b
     if name == "gpu-a100":  # system packages before python in the builder
         assert idx(b, r"apt-get install") < idx(b, r"uv venv")
-    order_r = [idx(r, r"^FROM "), idx(r, r"COPY --from=builder /opt/venv"), idx(r, r"COPY runtime/aibuild/"),
-               idx(r, r"COPY profile\.yaml"), idx(r, r"^USER ")]
+    order_r = [
+        idx(r, r"^FROM "),
+        idx(r, r"COPY --from=builder /opt/venv"),
+        idx(r, r"COPY runtime/aibuild/"),
+        idx(r, r"COPY profile\.yaml"),
+        idx(r, r"^USER "),
+    ]
     assert order_r == sorted(order_r), r
     if name == "gpu-a100":
         assert idx(r, r"apt-get install .*git") < idx(r, r"COPY --from=builder /opt/venv")
@@ -102,7 +119,10 @@ def test_multi_stage_copies_the_venv() -> None:
     assert builder[0] == ("FROM", "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04 AS builder")
     assert runtime[0] == ("FROM", "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 AS runtime")
     copies = [a for w, a in runtime if w == "COPY" and a.startswith("--from=builder")]
-    assert copies == ["--from=builder /opt/python /opt/python", "--from=builder /opt/venv /opt/venv"]
+    assert copies == [
+        "--from=builder /opt/python /opt/python",
+        "--from=builder /opt/venv /opt/venv",
+    ]
     assert not any("pip install" in a for w, a in runtime if w == "RUN")
 
 
@@ -119,7 +139,9 @@ def test_nvidia_env_and_arch_list() -> None:
     assert 'TORCH_CUDA_ARCH_LIST="8.0"' in text
     assert 'NVIDIA_VISIBLE_DEVICES="all"' in text
     assert 'NVIDIA_DRIVER_CAPABILITIES="compute,utility"' in text
-    assert re.search(r"^FROM nvidia/cuda:12\.\d+\.\d+-cudnn[0-9]*-runtime-ubuntu\S+ AS runtime$", text, re.M)
+    assert re.search(
+        r"^FROM nvidia/cuda:12\.\d+\.\d+-cudnn[0-9]*-runtime-ubuntu\S+ AS runtime$", text, re.M
+    )
     cpu = render("cpu")
     assert "NVIDIA_" not in cpu and "TORCH_CUDA_ARCH_LIST" not in cpu and "nvidia/cuda" not in cpu
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in cpu
@@ -127,10 +149,17 @@ def test_nvidia_env_and_arch_list() -> None:
 
 def test_labels() -> None:
     (label,) = [a for w, a in dfparse.instructions(render("gpu-a100")) if w == "LABEL"]
-    for key in ("org.opencontainers.image.title=\"gpu-a100\"", "org.opencontainers.image.version=",
-                "org.opencontainers.image.description=", "ai.aibuild.profile=\"gpu-a100\"",
-                "ai.aibuild.profile-hash=", "ai.aibuild.cuda=\"12.4\"", "ai.aibuild.torch=\"2.5.1\"",
-                "ai.aibuild.arch-list=\"8.0\"", "ai.aibuild.min-driver=\"550.54.15\""):
+    for key in (
+        'org.opencontainers.image.title="gpu-a100"',
+        "org.opencontainers.image.version=",
+        "org.opencontainers.image.description=",
+        'ai.aibuild.profile="gpu-a100"',
+        "ai.aibuild.profile-hash=",
+        'ai.aibuild.cuda="12.4"',
+        'ai.aibuild.torch="2.5.1"',
+        'ai.aibuild.arch-list="8.0"',
+        'ai.aibuild.min-driver="550.54.15"',
+    ):
         assert key in label, key
 
 
@@ -158,8 +187,10 @@ def test_build_only_files_stay_in_the_builder() -> None:
 
 
 def test_find_links_and_extra_index_url() -> None:
-    options = RenderOptions(find_links=("https://example.com/wheels/",),
-                            extra_index_urls=("https://pypi.example.com/simple",))
+    options = RenderOptions(
+        find_links=("https://example.com/wheels/",),
+        extra_index_urls=("https://pypi.example.com/simple",),
+    )
     builder, _ = stages(render("cpu", options))
     runs = [a for w, a in builder if w == "RUN" and "pip install" in a]
     torch_run = next(a for a in runs if "torch==" in a)
@@ -176,7 +207,9 @@ def test_wheelhouse_and_ca_cert_in_context(tmp_path: Path) -> None:
     (wheels / "x-1-py3-none-any.whl").write_bytes(b"wheel")
     ca = tmp_path / "ca.pem"
     ca.write_text("PEM")
-    out = write_context(plan_for("cpu"), tmp_path / "ctx", RenderOptions(wheelhouse=str(wheels), ca_cert=str(ca)))
+    out = write_context(
+        plan_for("cpu"), tmp_path / "ctx", RenderOptions(wheelhouse=str(wheels), ca_cert=str(ca))
+    )
     assert (out / "wheelhouse" / "x-1-py3-none-any.whl").read_bytes() == b"wheel"
     assert (out / "build-ca.pem").read_text() == "PEM"
     # rendering again without them removes the stale files
@@ -186,12 +219,15 @@ def test_wheelhouse_and_ca_cert_in_context(tmp_path: Path) -> None:
 
 def test_missing_wheelhouse_is_a_render_error(tmp_path: Path) -> None:
     with pytest.raises(RenderError):
-        write_context(plan_for("cpu"), tmp_path / "ctx", RenderOptions(wheelhouse=str(tmp_path / "nope")))
+        write_context(
+            plan_for("cpu"), tmp_path / "ctx", RenderOptions(wheelhouse=str(tmp_path / "nope"))
+        )
 
 
 def test_user_template_overrides_one_block(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile.j2").write_text(
-        '{% extends "aibuild/Dockerfile.j2" %}\n{% block runtime_extra %}\nRUN echo custom-step\n{% endblock %}\n'
+        '{% extends "aibuild/Dockerfile.j2" %}\n'
+        "{% block runtime_extra %}\nRUN echo custom-step\n{% endblock %}\n"
     )
     options = RenderOptions(template_dir=str(tmp_path))
     text = render("gpu-a100", options)
@@ -206,8 +242,10 @@ def test_user_template_overrides_one_block(tmp_path: Path) -> None:
 
 
 def test_bad_template_is_a_render_error(tmp_path: Path) -> None:
-    (tmp_path / "Dockerfile.j2").write_text('{% extends "aibuild/Dockerfile.j2" %}{% block x %}{{ nope }}{% endblock %}'
-                                            "{% block header %}{{ undefined_thing }}{% endblock %}")
+    (tmp_path / "Dockerfile.j2").write_text(
+        '{% extends "aibuild/Dockerfile.j2" %}{% block x %}{{ nope }}{% endblock %}'
+        "{% block header %}{{ undefined_thing }}{% endblock %}"
+    )
     with pytest.raises(RenderError):
         render("cpu", RenderOptions(template_dir=str(tmp_path)))
     with pytest.raises(RenderError):

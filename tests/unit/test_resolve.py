@@ -36,7 +36,9 @@ def only_error(ref: str, *overrides: str) -> Diagnostic:
 
 
 def test_torch_without_wheels_for_the_cuda_names_the_available_ones() -> None:
-    plan, diags = check("gpu-h100", "software.torch=2.8", "software.cuda=11.8", "software.os=ubuntu22.04")
+    plan, diags = check(
+        "gpu-h100", "software.torch=2.8", "software.cuda=11.8", "software.os=ubuntu22.04"
+    )
     assert plan is None
     (err,) = [d for d in errors(diags) if "no wheels" in d.message]
     assert "torch 2.8.0 has no wheels for CUDA 11.8; it has 12.6, 12.8, 12.9" in err.message
@@ -123,7 +125,10 @@ def test_cuda13_cannot_target_sm70() -> None:
 
 
 def test_unknown_cuda_is_an_error() -> None:
-    assert "CUDA 10.9 is not in the knowledge base" in only_error("gpu-a100", "software.cuda=10.9").message
+    assert (
+        "CUDA 10.9 is not in the knowledge base"
+        in only_error("gpu-a100", "software.cuda=10.9").message
+    )
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -163,9 +168,21 @@ def test_no_base_image_for_cuda_and_os_suggests_another_os() -> None:
 @pytest.mark.parametrize(
     ("cuda", "devel", "runtime"),
     [
-        ("12.2", "nvidia/cuda:12.2.2-cudnn8-devel-ubuntu22.04", "nvidia/cuda:12.2.2-cudnn8-runtime-ubuntu22.04"),
-        ("12.3", "nvidia/cuda:12.3.2-cudnn9-devel-ubuntu22.04", "nvidia/cuda:12.3.2-cudnn9-runtime-ubuntu22.04"),
-        ("12.4", "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04", "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"),
+        (
+            "12.2",
+            "nvidia/cuda:12.2.2-cudnn8-devel-ubuntu22.04",
+            "nvidia/cuda:12.2.2-cudnn8-runtime-ubuntu22.04",
+        ),
+        (
+            "12.3",
+            "nvidia/cuda:12.3.2-cudnn9-devel-ubuntu22.04",
+            "nvidia/cuda:12.3.2-cudnn9-runtime-ubuntu22.04",
+        ),
+        (
+            "12.4",
+            "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04",
+            "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04",
+        ),
     ],
 )
 def test_cudnn_tag_names_resolve_to_real_tags(cuda: str, devel: str, runtime: str) -> None:
@@ -192,14 +209,19 @@ def test_cpu_profile_uses_cpu_wheels_and_no_cuda() -> None:
     plan = plan_for("cpu")
     assert plan.torch_index_url == "https://download.pytorch.org/whl/cpu"
     assert plan.torch_variant == "cpu" and plan.cuda is None and plan.arch_list == ()
-    assert not plan.base_image.startswith("nvidia/") and plan.base_image == "python:3.11-slim-bookworm"
+    assert (
+        not plan.base_image.startswith("nvidia/") and plan.base_image == "python:3.11-slim-bookworm"
+    )
     assert plan.min_driver is None and plan.gpu_count == 0
 
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("software.cuda=12.4", "software.cuda"), ("hardware.gpu=A100", "hardware.gpu"),
-     ("hardware.driver=550.54.15", "hardware.driver")],
+    [
+        ("software.cuda=12.4", "software.cuda"),
+        ("hardware.gpu=A100", "hardware.gpu"),
+        ("hardware.driver=550.54.15", "hardware.driver"),
+    ],
 )
 def test_cuda_or_gpu_on_a_cpu_profile_is_an_error(override: str, key: str) -> None:
     err = only_error("cpu", override)
@@ -228,7 +250,12 @@ def test_uncertain_compute_capability_is_a_warning_not_an_error() -> None:
 
 def test_gpu_a100_plan() -> None:
     plan = plan_for("gpu-a100")
-    assert (plan.cuda, plan.cuda_full, plan.torch, plan.torch_variant) == ("12.4", "12.4.1", "2.5.1", "cu124")
+    assert (plan.cuda, plan.cuda_full, plan.torch, plan.torch_variant) == (
+        "12.4",
+        "12.4.1",
+        "2.5.1",
+        "cu124",
+    )
     assert plan.torch_index_url == "https://download.pytorch.org/whl/cu124"
     assert plan.base_image == "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04"
     assert plan.runtime_image == "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"

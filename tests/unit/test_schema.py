@@ -33,7 +33,9 @@ def messages(diags: list[Diagnostic]) -> dict[str, str]:
         ("training:\n  epoch: 3\n", "training.epoch", "did you mean 'epochs'?"),
     ],
 )
-def test_unknown_key_with_did_you_mean_at_each_level(tmp_path: Path, text: str, key: str, hint: str) -> None:
+def test_unknown_key_with_did_you_mean_at_each_level(
+    tmp_path: Path, text: str, key: str, hint: str
+) -> None:
     got = messages(diags_for(tmp_path, text))
     assert key in got, got
     assert hint in got[key]
@@ -66,7 +68,11 @@ def test_unknown_key_without_close_match_lists_known(tmp_path: Path) -> None:
         ("image:\n  name: team/Train\n", "image.name", "image repository"),
         ("image:\n  tag: 'a:b'\n", "image.tag", "Docker tag"),
         ("software:\n  base_image: 'not an image!'\n", "software.base_image", "image reference"),
-        ("software:\n  pip: ['--index-url=http://x']\n", "software.pip[0]", "pip options are not allowed"),
+        (
+            "software:\n  pip: ['--index-url=http://x']\n",
+            "software.pip[0]",
+            "pip options are not allowed",
+        ),
         ("software:\n  pip: ['torch==2.5.1']\n", "software.pip[0]", "set software.torch instead"),
         ("software:\n  apt: ['Git']\n", "software.apt[0]", "Debian package name"),
         ("software:\n  env: {'1BAD': x}\n", "software.env.1BAD", "POSIX environment variable"),
@@ -108,12 +114,19 @@ def test_null_means_default(tmp_path: Path) -> None:
 def test_all_errors_reported_at_once(tmp_path: Path) -> None:
     text = (
         "nmae: x\nhardware:\n  accelerator: amd\n  gpus: two\nsoftware:\n  pyhton: '3.11'\n"
-        "  pip: ['ok', 'bad req!!']\n  apt: ['Bad']\nrun:\n  shm_size: lots\ntraining:\n  epoch: 3\n"
+        "  pip: ['ok', 'bad req!!']\n  apt: ['Bad']\n"
+        "run:\n  shm_size: lots\ntraining:\n  epoch: 3\n"
     )
     got = messages(diags_for(tmp_path, text))
     assert set(got) >= {
-        "nmae", "hardware.accelerator", "hardware.gpus", "software.pyhton", "software.pip[1]",
-        "software.apt[0]", "run.shm_size", "training.epoch",
+        "nmae",
+        "hardware.accelerator",
+        "hardware.gpus",
+        "software.pyhton",
+        "software.pip[1]",
+        "software.apt[0]",
+        "run.shm_size",
+        "training.epoch",
     }, got
     path = tmp_path / "p.yaml"
     plan, all_diags = validate(load_profile(str(path)))
@@ -128,4 +141,13 @@ def test_schema_fields_are_documented() -> None:
         assert field.doc
         if field.type != "section":
             assert f"`{field.path}`" in table
-    assert schema.children("") == ["name", "description", "extends", "hardware", "software", "training", "run", "image"]
+    assert schema.children("") == [
+        "name",
+        "description",
+        "extends",
+        "hardware",
+        "software",
+        "training",
+        "run",
+        "image",
+    ]
