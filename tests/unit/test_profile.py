@@ -217,3 +217,10 @@ def test_non_utf8_file_is_a_profile_error(tmp_path: Path) -> None:
     path = tmp_path / "bin.yaml"
     path.write_bytes(b"name: \xff\xfe\n")
     assert "cannot read profile" in str(load_error(str(path)))
+
+
+def test_set_list_item_errors_point_at_the_set() -> None:
+    # cpu inherits `pip: []` from _base: no item positions exist before the --set
+    _, diags = validate(load_profile("cpu", ("software.pip=['bad!!']",)))
+    (diag,) = [d for d in diags if d.key == "software.pip[0]"]
+    assert (diag.file, diag.line) == ("--set", 1), diag.format()

@@ -290,3 +290,10 @@ def test_resolve_raises_every_error() -> None:
 def test_explicit_base_image_is_used_for_both_stages(tmp_path: Path) -> None:
     plan = plan_for("gpu-a100", ("software.base_image=registry.example.com/cuda:12.4",))
     assert plan.base_image == plan.runtime_image == "registry.example.com/cuda:12.4"
+
+
+@pytest.mark.parametrize("null", ["null", "~", ""])
+def test_set_null_unsets_a_version_key(null: str) -> None:
+    # `--set software.cuda=null` must mean "derive it", as `cuda: null` does in a file
+    plan = plan_for("gpu-h100", (f"hardware.driver={null}",))
+    assert plan.driver is None and plan.cuda == "13.2"

@@ -151,3 +151,13 @@ def test_schema_fields_are_documented() -> None:
         "run",
         "image",
     ]
+
+
+@pytest.mark.parametrize("name", ["UPPER/case", "Team/train", "My-Registry/x"])
+def test_image_name_first_component_without_dot_or_port_must_be_lowercase(
+    tmp_path: Path, name: str
+) -> None:
+    # Docker reads the first component as a registry only when it has '.', ':' or is
+    # 'localhost'; otherwise it is part of the (lowercase-only) repository path.
+    got = messages(diags_for(tmp_path, f"image:\n  name: {name}\n"))
+    assert "image.name" in got, got
