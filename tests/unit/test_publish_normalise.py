@@ -1,0 +1,228 @@
+"""The normaliser's pure parts: layer tars, configs, gzip, diff, SBOM, without Docker."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from aibuild.diff import FileEntry, compare_files, flatten
+from aibuild.publish import gzip_deterministic
+from aibuild.reproducible import (
+    REPRODUCIBLE_LABEL,
+    drop_reason,
+    is_timestamp_pyc,
+    normalise_config,
+    normalise_layer,
+    rfc3339,
+)
+from aibuild.sbom import cyclonedx, sbom_bytes, split_pins
+
+EPOCH = 1_700_000_000
+PYC_TIMESTAMP = b"\xa7\r\r\n" + b"\0\0\0\0" + b"\x01" * 8 + b"code"
+PYC_HASH = b"\xa7\r\r\n" + b"\x01\0\0\0" + b"\x02" * 8 + b"code"
+
+
+def _layer(path: Path, entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return path
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, **fields: object) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mtime = fields.pop("mtime", EPOCH + 1000)  # type: ignore[assignment]
+    info.uname, info.gname = "builder", "builders"
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info
+
+
+def _entries(path: Path) -> list[tarfile.TarInfo]:
+    with tarfile.open(path) as tar:
+        return tar.getmembers()
+
+
+def test_layer_sorted_clamped_names_blanked_metadata_kept(tmp_path: Path) -> None:
+    xattr = {"SCHILY.xattr.security.capability": "\x01\x00", "atime": "1.5", "ctime": "2.5"}
+    src = _layer(
+        tmp_path / "src.tar",
+        [
+            (_info("usr/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("usr/b", mode=0o4755, uid=1000, gid=1000, pax_headers=xattr), b"bbb"),
+            (_info("usr/a", mtime=100), b"aaa"),  # older than the epoch: kept as is
+            (_info("usr/.wh.gone", mode=0o644), b""),
+            (_info("usr/link", tarfile.SYMTYPE, linkname="a"), None),
+        ],
+    )
+    report = normalise_layer(src, tmp_path / "out.tar", EPOCH)
+    out = _entries(tmp_path / "out.tar")
+    assert [m.name for m in out] == ["usr", "usr/.wh.gone", "usr/a", "usr/b", "usr/link"]
+    by_name = {m.name: m for m in out}
+    assert by_name["usr/a"].mtime == 100
+    assert by_name["usr/b"].mtime == EPOCH
+    assert by_name["usr/b"].mode == 0o4755
+    assert (by_name["usr/b"].uid, by_name["usr/b"].gid) == (1000, 1000)
+    assert by_name["usr/b"].pax_headers == {"SCHILY.xattr.security.capability": "\x01\x00"}
+    assert all(m.uname == "" and m.gname == "" for m in out)
+    assert by_name["usr/link"].linkname == "a"
+    assert report.entries == 5 and report.clamped == 4 and report.dropped == []
+    # The same input always gives the same bytes; a second pass changes nothing.
+    again = normalise_layer(src, tmp_path / "again.tar", EPOCH)
+    assert again.diff_id == report.diff_id
+    twice = normalise_layer(tmp_path / "out.tar", tmp_path / "twice.tar", EPOCH)
+    assert twice.diff_id == report.diff_id
+
+
+def test_hardlink_target_is_written_before_the_link(tmp_path: Path) -> None:
+    src = _layer(
+        tmp_path / "src.tar",
+        [
+            (_info("z/target"), b"data"),
+            (_info("a/link", tarfile.LNKTYPE, linkname="z/target"), None),
+        ],
+    )
+    normalise_layer(src, tmp_path / "out.tar", EPOCH)
+    out = _entries(tmp_path / "out.tar")
+    assert [m.name for m in out] == ["z/target", "a/link"]
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        handle = tar.extractfile("a/link")
+        assert handle is not None and handle.read() == b"data"
+
+
+def test_content_rules_drop_caches_logs_and_timestamp_pyc(tmp_path: Path) -> None:
+    src = _layer(
+        tmp_path / "src.tar",
+        [
+            (_info("var/cache/ldconfig/aux-cache"), b"x"),
+            (_info("var/cache/apt/pkgcache.bin"), b"x"),
+            (_info("var/log/apt/history.log"), b"x"),
+            (_info("var/log/dpkg.log"), b"x"),
+            (_info("var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease"), b"x"),
+            (_info("var/lib/apt/lists/lock"), b""),
+            (_info("m/__pycache__/t.cpython-311.pyc"), PYC_TIMESTAMP),
+            (_info("m/__pycache__/h.cpython-311.pyc"), PYC_HASH),
+            (
+                _info(
+                    "m/__pycache__/link.pyc",
+                    tarfile.LNKTYPE,
+                    linkname="m/__pycache__/t.cpython-311.pyc",
+                ),
+                None,
+            ),
+            (_info("etc/keep.conf"), b"x"),
+        ],
+    )
+    report = normalise_layer(src, tmp_path / "out.tar", EPOCH)
+    kept = {m.name for m in _entries(tmp_path / "out.tar")}
+    assert kept == {"var/lib/apt/lists/lock", "m/__pycache__/h.cpython-311.pyc", "etc/keep.conf"}
+    assert len(report.dropped) == 7
+
+
+def test_drop_reason_and_pyc_header() -> None:
+    assert drop_reason("var/cache/ldconfig/aux-cache")
+    assert drop_reason("usr/lib/python3/x.py") is None
+    assert is_timestamp_pyc("a.pyc", PYC_TIMESTAMP)
+    assert not is_timestamp_pyc("a.pyc", PYC_HASH)
+    assert not is_timestamp_pyc("a.txt", PYC_TIMESTAMP)
+
+
+def test_config_times_container_fields_labels_canonical() -> None:
+    raw = json.dumps(
+        {
+            "architecture": "amd64",
+            "created": "2026-11-28T13:00:00.123Z",
+            "container": "abc",
+            "container_config": {"Cmd": ["sh"]},
+            "docker_version": "20.10.24",
+            "config": {"Image": "sha256:parent", "Hostname": "abc", "Labels": {"a": "1"}},
+            "history": [{"created": "2026-11-28T13:00:00Z", "created_by": "RUN x"}],
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:old"]},
+        }
+    ).encode()
+    out = normalise_config(raw, ["sha256:new"], EPOCH, {"org.opencontainers.image.revision": "c"})
+    config = json.loads(out)
+    assert config["created"] == rfc3339(EPOCH) == "2023-11-14T22:13:20Z"
+    assert config["history"] == [{"created": rfc3339(EPOCH), "created_by": "RUN x"}]
+    for key in ("container", "container_config", "docker_version"):
+        assert key not in config
+    assert "Image" not in config["config"] and "Hostname" not in config["config"]
+    assert config["config"]["Labels"] == {
+        "a": "1",
+        "org.opencontainers.image.revision": "c",
+        REPRODUCIBLE_LABEL: str(EPOCH),
+    }
+    assert config["rootfs"]["diff_ids"] == ["sha256:new"]
+    assert out == json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def test_gzip_is_deterministic(tmp_path: Path) -> None:
+    src = tmp_path / "layer.tar"
+    src.write_bytes(b"some layer bytes " * 1000)
+    first = gzip_deterministic(src, tmp_path / "a.gz")
+    second = gzip_deterministic(src, tmp_path / "b.gz")
+    assert first == second
+    data = (tmp_path / "a.gz").read_bytes()
+    assert data[4:8] == b"\0\0\0\0"  # mtime 0
+    assert data[3] & 0x08 == 0  # no file name
+    assert gzip.decompress(data) == src.read_bytes()
+
+
+def test_diff_compare_files_and_flatten() -> None:
+    def entry(path: str, sha: str, mtime: int = 0) -> FileEntry:
+        return FileEntry(path, "file", 1, "0o644", "0:0", mtime, "", sha, "")
+
+    a = {"x": entry("x", "1"), "y": entry("y", "2", 5), "only-a": entry("only-a", "3")}
+    b = {"x": entry("x", "1"), "y": entry("y", "9", 6), "only-b": entry("only-b", "4")}
+    changes = compare_files(a, b)
+    assert [c.what for c in changes] == ["only-a", "only-b", "y"]
+    assert changes[0].a == "present" and changes[0].b == "absent"
+    assert changes[2].a == {"mtime": 5, "sha256": "2"}
+    assert dict(flatten({"a": {"b": [1, {"c": 2}]}, "d": {}})) == {
+        "a.b[0]": 1,
+        "a.b[1].c": 2,
+        "d": {},
+    }
+
+
+def test_sbom_cyclonedx_document() -> None:
+    doc = cyclonedx(
+        ["torch==2.13.0+cpu", "Jinja2==3.1.6", "aibuild @ file:///x"],
+        ["bash=5.2.15-2+b2", "libc6=2.36-9+deb12u10"],
+        image_name="aibuild",
+        image_version="cpu-torch2.13.0-cpu",
+        os_name="debian12",
+        source_date_epoch=EPOCH,
+        hashes={"torch": ["ab" * 32]},
+    )
+    assert doc["bomFormat"] == "CycloneDX" and doc["specVersion"] == "1.5"
+    assert doc["metadata"]["timestamp"] == rfc3339(EPOCH)
+    purls = [c["purl"] for c in doc["components"]]
+    assert purls == [
+        "pkg:pypi/jinja2@3.1.6",
+        "pkg:pypi/torch@2.13.0+cpu",
+        "pkg:deb/debian/bash@5.2.15-2+b2?distro=debian-12",
+        "pkg:deb/debian/libc6@2.36-9+deb12u10?distro=debian-12",
+    ]
+    torch = doc["components"][1]
+    assert torch["hashes"] == [{"alg": "SHA-256", "content": "ab" * 32}]
+    assert doc["serialNumber"].startswith("urn:uuid:")
+    same = cyclonedx(
+        ["Jinja2==3.1.6", "torch==2.13.0+cpu"],
+        ["libc6=2.36-9+deb12u10", "bash=5.2.15-2+b2"],
+        image_name="aibuild",
+        image_version="cpu-torch2.13.0-cpu",
+        os_name="debian12",
+        source_date_epoch=EPOCH,
+        hashes={"torch": ["ab" * 32]},
+    )
+    assert sbom_bytes(doc) == sbom_bytes(same)
+    assert split_pins(["a==1", "b @ x", "c==2"], "==") == [("a", "1"), ("c", "2")]
