@@ -1,0 +1,126 @@
+#!/bin/bash
+# Prepare the real parts the integration tests use, then write .aibuild-test-env.
+#
+#   scripts/test-env.sh          (make engine; make test runs it first)
+#
+# Steps, each idempotent and quick when warm:
+#   1. the main Docker engine, with the fake NVIDIA hook (scripts/ensure-docker.sh)
+#   2. the offline base image aibuild-test/bookworm:12 (scripts/bootstrap-base.sh)
+#   3. which network builds/containers reach Debian's mirror and PyPI through
+#   4. a second engine without the hook, holding the base image too
+#   5. the wheelhouse (scripts/make-wheelhouse.sh)
+#   6. the registries: plain :5000, auth :5001 (scripts/registry.sh)
+#   7. .aibuild-test-env: `export VAR=value` lines for the tests and the shell
+# Timings go to stderr and to .cache/test-env-timings.log.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+scripts=$root/scripts
+cd "$root"
+export AIBUILD_TEST_CACHE=${AIBUILD_TEST_CACHE:-$root/.cache}
+export AIBUILD_TEST_STATE=${AIBUILD_TEST_STATE:-/var/lib/aibuild-test}
+mkdir -p "$AIBUILD_TEST_CACHE"
+env_file=$root/.aibuild-test-env
+timings=()
+
+log() { printf 'test-env: %s\n' "$*" >&2; }
+step() {
+    # step NAME COMMAND...: run, time it, stop everything on failure.
+    local name=$1 t0=$EPOCHREALTIME dt
+    shift
+    if ! "$@"; then
+        log "FAILED: $name"
+        exit 1
+    fi
+    dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+    timings+=("$name=${dt}s")
+}
+
+# 1. main engine
+step engine bash "$scripts/ensure-docker.sh" main
+export DOCKER_HOST
+DOCKER_HOST=$(bash "$scripts/ensure-docker.sh" host main)
+storage_driver=$(docker info --format '{{.Driver}}')
+
+# 2. base image
+base_image=${AIBUILD_TEST_BASE_IMAGE:-aibuild-test/bookworm:12}
+step base-image bash "$scripts/bootstrap-base.sh" "$base_image"
+
+# 3. networking: does the default bridge (NAT) reach Debian's mirror? Fall back
+# to host networking when it does not (no iptables/NAT in some sandboxes).
+probe_network() {
+    local mode
+    for mode in bridge host; do
+        if docker run --rm --network "$mode" "$base_image" \
+            timeout 10 bash -c 'exec 3<>/dev/tcp/deb.debian.org/80' >/dev/null 2>&1; then
+            build_network=$mode
+            return 0
+        fi
+        log "containers on the $mode network cannot reach deb.debian.org:80"
+    done
+    log "no network mode reaches Debian's mirror: builds that apt-get install will fail"
+    build_network=none
+}
+step network probe_network
+
+# The fake hook: a GPU request on the main engine must start the container.
+probe_hook() {
+    gpu_hook=1
+    if ! docker run --rm --gpus all "$base_image" true >/dev/null 2>&1; then
+        gpu_hook=0
+        log "WARNING: the engine at $DOCKER_HOST refuses --gpus: it was not started with"
+        log "  nvidia-container-runtime-hook on its PATH. Stop it and rerun this script,"
+        log "  which then starts dockerd with scripts/fake-nvidia first on its PATH."
+    fi
+}
+step gpu-hook probe_hook
+
+# 4. the engine without the hook, with the base image in it
+nohook_host=$(bash "$scripts/ensure-docker.sh" host nohook)
+load_into_nohook() {
+    bash "$scripts/ensure-docker.sh" nohook || return 1
+    if ! docker -H "$nohook_host" image inspect "$base_image" >/dev/null 2>&1; then
+        docker save "$base_image" | docker -H "$nohook_host" load >/dev/null
+    fi
+}
+step nohook-engine load_into_nohook
+
+# 5. wheelhouse
+wheelhouse=${AIBUILD_TEST_WHEELHOUSE:-$AIBUILD_TEST_CACHE/wheelhouse}
+step wheelhouse bash "$scripts/make-wheelhouse.sh" "$wheelhouse"
+
+# 6. registries
+step registries bash -c "'$scripts/registry.sh' start plain && '$scripts/registry.sh' start auth"
+registry=$(bash "$scripts/registry.sh" addr plain)
+auth_registry=$(bash "$scripts/registry.sh" addr auth)
+creds=$AIBUILD_TEST_STATE/registry/credentials
+
+# 7. the env file, written whole then moved into place
+tmp=$(mktemp "$env_file.XXXXXX")
+{
+    echo "# Written by scripts/test-env.sh on $(date -Is); source it: . ./.aibuild-test-env"
+    vars=(
+        DOCKER_HOST "$DOCKER_HOST"
+        AIBUILD_TEST_NOHOOK_DOCKER_HOST "$nohook_host"
+        AIBUILD_TEST_BASE_IMAGE "$base_image"
+        AIBUILD_TEST_BUILD_NETWORK "$build_network"
+        AIBUILD_TEST_STORAGE_DRIVER "$storage_driver"
+        AIBUILD_TEST_GPU_HOOK "$gpu_hook"
+        AIBUILD_TEST_HOOK_LOG "/var/log/aibuild-test/nvidia-hook.jsonl"
+        AIBUILD_TEST_WHEELHOUSE "$wheelhouse"
+        AIBUILD_TEST_REGISTRY "$registry"
+        AIBUILD_TEST_AUTH_REGISTRY "$auth_registry"
+        AIBUILD_TEST_AUTH_USER "$(<"$creds/user")"
+        AIBUILD_TEST_AUTH_PASSWORD "$(<"$creds/password")"
+        AIBUILD_TEST_CA_CERT "/etc/ssl/certs/ca-certificates.crt"
+        AIBUILD_TEST_STATE "$AIBUILD_TEST_STATE"
+    )
+    for ((i = 0; i < ${#vars[@]}; i += 2)); do
+        printf 'export %s=%q\n' "${vars[i]}" "${vars[i + 1]}"
+    done
+} >"$tmp"
+chmod 600 "$tmp" # it holds the registry password
+mv "$tmp" "$env_file"
+
+printf '%s %s\n' "$(date -Is)" "${timings[*]}" >>"$AIBUILD_TEST_CACHE/test-env-timings.log"
+log "ready (${timings[*]}); wrote $env_file"
