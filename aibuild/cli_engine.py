@@ -21,6 +21,7 @@ from aibuild.cli_options import (
     render_options,
     set_option,
 )
+from aibuild.cli_publish import publish_options
 
 
 def _render_options(
@@ -83,6 +84,7 @@ def _build_args(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
 @json_option
+@publish_options
 def image(
     profile: str,
     overrides: tuple[str, ...],
@@ -100,6 +102,11 @@ def image(
     context_dir: str | None,
     quiet: bool,
     as_json: bool,
+    reproducible: bool,
+    locked: bool,
+    push: bool,
+    username: str | None,
+    password_stdin: bool,
 ) -> None:
     """Render PROFILE's build context and build its image.
 
@@ -107,10 +114,13 @@ def image(
     the build record (plan, base, packages, steps) is written under .aibuild/builds/.
     """
     from aibuild.build import BuildSettings, build_image, reporter_for
+    from aibuild.cli_publish import after_build, prepare_build, publish_settings
 
+    publishing = publish_settings(reproducible, locked, push, username, password_stdin)
     options = _render_options(
         base_image, wheelhouse, ca_cert, find_links, extra_index_url, template_dir
     )
+    prepared = prepare_build(profile, overrides, options, publishing)
     settings = BuildSettings(
         tags=tags,
         nocache=no_cache,
@@ -120,12 +130,13 @@ def image(
         context_dir=context_dir,
     )
     result = build_image(
-        profile, overrides, options, settings, reporter_for(sys.stderr, quiet=quiet)
+        profile, overrides, prepared.options, settings, reporter_for(sys.stderr, quiet=quiet)
     )
+    published = after_build(result, prepared, publishing, quiet=quiet or as_json)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps({**result.to_dict(), **published.to_dict()}, indent=2))
     elif quiet:
-        click.echo(result.image_id)
+        click.echo(published.image_id)
     else:
         steps = len(result.steps)
         click.echo(
@@ -135,6 +146,8 @@ def image(
         for tag in result.tags:
             click.echo(f"tagged {tag}")
         click.echo(f"build record: {result.record_path}")
+        for line in published.lines:
+            click.echo(line)
 
 
 def _gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:

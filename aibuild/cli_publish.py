@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +36,18 @@ def _retry(retries: int) -> Any:
     return RetryPolicy(attempts=retries)
 
 
-def read_credentials(registry: str, username: str | None, password_stdin: bool) -> Any:
-    """Credentials for ``registry`` from the options, the environment or the Docker config."""
-    from aibuild.publish import resolve_credentials
-
-    password = None
+def read_password(username: str | None, password_stdin: bool) -> str | None:
+    """The password given on stdin (``--password-stdin``), read once, before any work."""
     if password_stdin:
         if not username:
             raise click.UsageError("--password-stdin needs --username")
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise PublishError("--password-stdin: nothing was read from stdin")
-    elif username:
+        return password
+    if username:
         raise click.UsageError("--username needs --password-stdin (passwords never go in argv)")
-    return resolve_credentials(registry, username=username, password=password)
+    return None
 
 
 username_option = click.option(
@@ -121,14 +119,20 @@ def do_push(
     *,
     method: str,
     username: str | None,
-    password_stdin: bool,
+    password: str | None,
     retries: int,
     log: Callable[[str], None],
     record_dir: Path | None = None,
 ) -> list[Any]:
     """Push ``image`` to every target (default: its own name); record the digests."""
     from aibuild.build import RECORD_DIR
-    from aibuild.publish import find_records, parse_reference, push, record_push
+    from aibuild.publish import (
+        find_records,
+        parse_reference,
+        push,
+        record_push,
+        resolve_credentials,
+    )
 
     found = client.images.get(image)
     names = list(targets) or [image]
@@ -140,7 +144,7 @@ def do_push(
                 f"{target} has no registry part: tag it for a registry "
                 "(REGISTRY/NAME:TAG, e.g. with --to) before pushing"
             )
-        credentials = read_credentials(ref.registry, username, password_stdin)
+        credentials = resolve_credentials(ref.registry, username=username, password=password)
         result = push(
             client,
             found.id,
@@ -208,6 +212,7 @@ def push(
     """
     from aibuild.engine import get_client
 
+    password = read_password(username, password_stdin)
     client = get_client()
     log = _log(quiet or as_json)
     local, target = _image_for(client, image)
@@ -232,7 +237,7 @@ def push(
         targets,
         method=method,
         username=username,
-        password_stdin=password_stdin,
+        password=password,
         retries=retries,
         log=log,
     )
@@ -381,10 +386,59 @@ class PublishSettings:
     reproducible: bool = False
     locked: bool = False
     push: bool = False
-    epoch: int | None = None
     username: str | None = None
-    password_stdin: bool = False
+    password: str | None = field(default=None, repr=False)
     retries: int = 8
+
+    @property
+    def active(self) -> bool:
+        return self.reproducible or self.locked or self.push
+
+
+def publish_options(func: Any) -> Any:
+    """The options ``aibuild image`` takes for publishing (defined here, with their code)."""
+    for option in reversed(
+        [
+            click.option(
+                "--reproducible",
+                is_flag=True,
+                help="Bit-identical rebuilds: render for reproducibility, add the SBOM, "
+                "normalise layers and config (SOURCE_DATE_EPOCH from the lock, "
+                "$SOURCE_DATE_EPOCH or the profile's git commit time).",
+            ),
+            click.option(
+                "--locked",
+                is_flag=True,
+                help="Build from <profile>.lock.json (aibuild lock): exact pins and build "
+                "time; fails when the profile changed since.",
+            ),
+            click.option(
+                "--push",
+                "push",
+                is_flag=True,
+                help="Push the image to its registry (the profile's image.name) and print "
+                "NAME@sha256:DIGEST.",
+            ),
+            username_option,
+            password_stdin_option,
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def publish_settings(
+    reproducible: bool, locked: bool, push: bool, username: str | None, password_stdin: bool
+) -> PublishSettings:
+    """The settings from ``publish_options``' values; reads the password now, not after
+    a build that takes minutes."""
+    return PublishSettings(
+        reproducible=reproducible,
+        locked=locked,
+        push=push,
+        username=username,
+        password=read_password(username, password_stdin),
+    )
 
 
 @dataclass
@@ -413,7 +467,7 @@ def prepare_build(
     )
 
     lock_data = lock_path = None
-    epoch = settings.epoch
+    epoch = None
     if settings.locked:
         from aibuild.build import resolve_for_build
         from aibuild.engine import get_client
@@ -425,8 +479,7 @@ def prepare_build(
         base = _local_image(client, plan.runtime_image)
         check_lock(lock_data, plan, lock_path, base.id if base is not None else None)
         options = locked_options(lock_data, options)
-        if epoch is None:
-            epoch = int(lock_data["source_date_epoch"])
+        epoch = int(lock_data["source_date_epoch"])
     if settings.reproducible:
         if epoch is None:
             epoch, _ = choose_epoch(profile_file(profile))
@@ -434,17 +487,31 @@ def prepare_build(
     return Prepared(profile, options, epoch, lock_data, lock_path)
 
 
+@dataclass
+class Published:
+    """What the publishing half did: the final image, pinned references, lines to print."""
+
+    image_id: str
+    pinned: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"final_image_id": self.image_id, "pushed": self.pinned}
+
+
 def after_build(
     result: Any, prepared: Prepared, settings: PublishSettings, *, quiet: bool = False
-) -> list[str]:
+) -> Published:
     """After the build: check OS versions against the lock, add the SBOM and normalise
-    (``--reproducible``), push (``--push``). Returns lines to print."""
+    (``--reproducible``), push (``--push``)."""
+    published = Published(result.image_id)
+    if not settings.active:
+        return published
     from aibuild.engine import get_client
     from aibuild.lock import check_os_packages, profile_file, source_labels
     from aibuild.reproducible import finish_reproducible
 
     log = _log(quiet)
-    lines: list[str] = []
     client = get_client()
     if prepared.lock is not None:
         drift = check_os_packages(prepared.lock, result.os_packages)
@@ -452,7 +519,6 @@ def after_build(
             log(f"warning: {len(drift)} OS package(s) differ from {prepared.lock_path}:")
             for line in drift[:20]:
                 log(f"  {line}")
-    image_id = result.image_id
     if settings.reproducible:
         assert prepared.epoch is not None
         wheelhouse = prepared.options.wheelhouse
@@ -464,33 +530,38 @@ def after_build(
             wheelhouse=Path(wheelhouse) if wheelhouse else None,
             log=log,
         )
-        image_id = normalised.image_id
-        lines.append(
-            f"reproducible image {image_id} (normalised in {normalised.seconds:.1f}s, "
-            f"SOURCE_DATE_EPOCH {prepared.epoch})"
+        published.image_id = normalised.image_id
+        published.lines.append(
+            f"reproducible image {normalised.image_id} (normalised in "
+            f"{normalised.seconds:.1f}s, SOURCE_DATE_EPOCH {prepared.epoch})"
         )
     if settings.push:
         results = do_push(
             client,
-            image_id,
+            published.image_id,
             (result.plan.image_ref,),
             method="direct" if settings.reproducible else "auto",
             username=settings.username,
-            password_stdin=settings.password_stdin,
+            password=settings.password,
             retries=settings.retries,
             log=log,
             record_dir=result.record_path.parent,
         )
-        lines.extend(r.pinned for r in results)
-    return lines
+        published.pinned = [r.pinned for r in results]
+        published.lines.extend(published.pinned)
+    return published
 
 
 __all__ = [
+    "Prepared",
     "PublishSettings",
+    "Published",
     "after_build",
     "diff",
     "do_push",
     "lock",
     "prepare_build",
+    "publish_options",
+    "publish_settings",
     "push",
 ]
