@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +172,139 @@ def test_normalising_twice_changes_nothing(
         docker_client, normalised[0].image_id, source_date_epoch=EPOCH, base=base_image, tags=[]
     )
     assert again.image_id == normalised[0].image_id
+
+
+# ------------------------------------------------------- the cpu profile with torch
+
+CPU_SETS = (
+    "--set",
+    "software.torch=2.13.0",
+    "--set",
+    "software.python=3.11",
+    "--set",
+    "image.name=aibuild-test/repro-cpu",
+)
+
+
+def _aibuild(*args: str, cwd: Path, network: str, cache: Path | None = None) -> Any:
+    """The real CLI in a subprocess; its own blob cache (``cache``, default under cwd)."""
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+    env["AIBUILD_BUILD_NETWORK"] = network
+    env["AIBUILD_CACHE_DIR"] = str(cache or cwd / "blob-cache")
+    return subprocess.run(
+        [sys.executable, "-m", "aibuild", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_cpu_profile_locked_reproducible_builds_are_identical_and_run_torch(
+    docker_client: docker.DockerClient,
+    base_image: str,
+    wheelhouse: Path,
+    build_network: str,
+    registry: Any,
+    tmp_path: Path,
+    unique_name: str,
+) -> None:
+    """The real thing: lock the cpu profile, build it twice with --locked
+    --reproducible --no-cache, get one image ID, one registry digest from fresh blob
+    caches, an SBOM in the image, and torch that imports."""
+    source = ("--base-image", base_image, "--wheelhouse", str(wheelhouse), *CPU_SETS)
+    locked = _aibuild(
+        "lock",
+        "cpu",
+        *source,
+        "--source-date-epoch",
+        str(EPOCH),
+        cwd=tmp_path,
+        network=build_network,
+    )
+    assert locked.returncode == 0, locked.stderr[-3000:]
+    lock = json.loads((tmp_path / "cpu.lock.json").read_text())
+    assert lock["source_date_epoch"] == EPOCH
+    torch_pin = next(p for p in lock["python"] if p["name"] == "torch")
+    assert torch_pin["version"] == "2.13.0+cpu" and torch_pin["sha256"]
+    assert any(p["name"] == "libc6" for p in lock["os"])
+
+    ids = []
+    for _ in range(2):
+        built = _aibuild(
+            "image",
+            "cpu",
+            *source,
+            "--locked",
+            "--reproducible",
+            "--no-cache",
+            "-q",
+            cwd=tmp_path,
+            network=build_network,
+        )
+        assert built.returncode == 0, built.stderr[-3000:]
+        ids.append(built.stdout.strip().splitlines()[-1])
+    assert ids[0] == ids[1], _aibuild(
+        "diff", ids[0], ids[1], cwd=tmp_path, network=build_network
+    ).stdout[-3000:]
+    image_id = ids[0]
+
+    labels = docker_client.images.get(image_id).attrs["Config"]["Labels"]
+    assert labels[REPRODUCIBLE_LABEL] == str(EPOCH)
+    sbom_path = labels["ai.aibuild.sbom"]
+    out = (
+        docker_client.containers.run(
+            image_id,
+            [
+                "-c",
+                f"import json, torch; print(torch.__version__); "
+                f"print(len(json.load(open('{sbom_path}'))['components']))",
+            ],
+            entrypoint=["python"],
+            remove=True,
+            network_disabled=True,
+        )
+        .decode()
+        .split()
+    )
+    assert out[0] == "2.13.0+cpu"
+    assert int(out[1]) == len(lock["python"]) + len(lock["os"])
+
+    record = json.loads((tmp_path / ".aibuild" / "builds" / "latest.json").read_text())
+    assert record["reproducible"]["image_id"] == image_id
+    assert Path(record["sbom"]).is_file()
+
+    digests = []
+    for name in ("a", "b"):
+        # A fresh blob cache for each push: the layers are compressed again and must
+        # come out byte for byte the same.
+        pushed = _aibuild(
+            "push",
+            image_id,
+            "--to",
+            registry.repo(f"repro/{unique_name}-{name}:v1"),
+            cwd=tmp_path,
+            network=build_network,
+            cache=tmp_path / f"cache-{name}",
+        )
+        assert pushed.returncode == 0, pushed.stderr[-3000:]
+        digests.append(pushed.stdout.strip().rpartition("@")[2])
+    assert digests[0] == digests[1]
+    assert registry.manifest_digest(f"repro/{unique_name}-b", "v1") == digests[0]
+
+    changed = _aibuild(
+        "image",
+        "cpu",
+        *source,
+        "--set",
+        "training.epochs=99",
+        "--locked",
+        cwd=tmp_path,
+        network=build_network,
+    )
+    assert changed.returncode == 1
+    assert "does not match the profile any more" in changed.stderr
+    assert "Traceback" not in changed.stderr
