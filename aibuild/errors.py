@@ -6,7 +6,16 @@ Anything else escaping to the CLI is a bug (a traceback).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """Control characters (a newline above all) shown as escapes, so that a hostile key
+    or value echoed in a message can never fake another diagnostic line."""
+    return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
 
 
 @dataclass(frozen=True)
@@ -22,9 +31,9 @@ class Diagnostic:
 
     def format(self) -> str:
         """``FILE:LINE:COL: error: MESSAGE (key.path)``; without a location when there is none."""
-        where = f"{self.file}:{self.line}:{self.col}: " if self.line else ""
-        suffix = f" ({self.key})" if self.key else ""
-        return f"{where}{self.severity}: {self.message}{suffix}"
+        where = f"{one_line(self.file)}:{self.line}:{self.col}: " if self.line else ""
+        suffix = f" ({one_line(self.key)})" if self.key else ""
+        return f"{where}{self.severity}: {one_line(self.message)}{suffix}"
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -165,8 +165,9 @@ def _is_scalar(node: yaml.Node) -> bool:
 
 def parse_yaml(text: str, file: str) -> tuple[Any, dict[str, Pos]]:
     """Parse YAML text into data and key-path positions; YAML errors become ProfileError."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader refuses control characters here
         node = loader.get_single_node()
         if node is None:
             return None, {}
@@ -178,9 +179,11 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[str, Pos]]:
         problem = exc.problem or exc.context or "invalid YAML"
         raise ProfileError(Diagnostic("error", f"invalid YAML: {problem}", "", file, line, col)) from None
     except yaml.YAMLError as exc:
-        raise ProfileError(Diagnostic("error", f"invalid YAML: {exc}", "", file, 1, 1)) from None
+        message = " ".join(str(exc).split())
+        raise ProfileError(Diagnostic("error", f"invalid YAML: {message}", "", file, 1, 1)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, Pos], str]:

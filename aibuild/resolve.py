@@ -212,7 +212,11 @@ class Resolver:
         spec = str(self.sw.get("torch") or kb.DEFAULT_TORCH)
         known = sorted(kb.TORCH_PATCHES.values(), key=Version)
         if spec[:1] in "<>=!~":
-            matches = [v for v in known if Version(v) in SpecifierSet(spec)]
+            # A specifier picks the newest verified release it admits; a release the knowledge
+            # base does not know as released is taken only when nothing else matches.
+            admitted = [v for v in known if Version(v) in SpecifierSet(spec)]
+            verified = [v for v in admitted if not kb.torch_unverified(kb.torch_minor(v))]
+            matches = verified or admitted
             if not matches:
                 self.error(f"no known torch release matches '{spec}'; known: {', '.join(known)}", "software.torch")
                 return None
@@ -234,7 +238,7 @@ class Resolver:
             self.error(f"torch {minor} is not in the knowledge base; known releases: "
                        f"{', '.join(sorted(kb.torch_releases(), key=kb.vkey))}", "software.torch")
             return None
-        if rel.uncertain and "not verified as released" in rel.notes:
+        if kb.torch_unverified(minor):
             self.warn(f"torch {minor} is not verified as released (knowledge base: {rel.notes})", "software.torch")
         return version, rel
 

@@ -73,11 +73,11 @@ def _show(value: Any) -> str:
 
 def _torch_spec(value: Any) -> str | None:
     if not isinstance(value, str) or CONTROL_RE.search(value):
-        return "must be a version (\"2.5.1\") or a specifier (\"~=2.5\")"
+        return "must be a version (\"2.5.1\") or a specifier (\"~=2.5.0\")"
     try:
         SpecifierSet(value) if value[:1] in "<>=!~" else SpecifierSet(f"=={value}")
     except InvalidSpecifier:
-        return f"'{_show(value)}' is not a version (\"2.5.1\") or specifier (\"~=2.5\")"
+        return f"'{_show(value)}' is not a version (\"2.5.1\") or specifier (\"~=2.5.0\")"
     return None
 
 
@@ -168,7 +168,7 @@ FIELDS: tuple[Field, ...] = (
     Field("software.cudnn", "bool", "true", "Use an nvidia/cuda image with cuDNN (nvidia only).", _bool),
     Field("software.python", "str", "3.11", "Python X.Y; the OS's own python when it matches, else uv-managed.",
           _pattern(MINOR_RE, "a Python version like \"3.11\"")),
-    Field("software.torch", "str", "2.13.0", "PyTorch version or specifier (\"2.5.1\", \"~=2.5\").", _torch_spec),
+    Field("software.torch", "str", "2.13.0", "PyTorch version or PEP 440 specifier (\"2.5.1\", \"2.5\" = newest 2.5.x, \"~=2.5.0\", \">=2.7\").", _torch_spec),
     Field("software.pip", "list", "[]", "Extra PEP 508 requirements. Appended to the parent's on extends.",
           _pip_list),
     Field("software.apt", "list", "[]", "Extra Debian/Ubuntu packages. Appended to the parent's on extends.",

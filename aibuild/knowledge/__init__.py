@@ -181,6 +181,12 @@ def torch_releases() -> dict[str, TorchRelease]:
     return out
 
 
+def torch_unverified(minor: str) -> bool:
+    """A release the sources list as planned, not verified as released (e.g. 2.14 in S1/S3)."""
+    rel = torch_releases().get(minor)
+    return bool(rel and rel.uncertain and "not verified as released" in rel.notes)
+
+
 def torch_minor(version: str) -> str:
     v = Version(version)
     return f"{v.major}.{v.minor}"

@@ -242,3 +242,57 @@ def test_control_characters_are_refused_everywhere(where: str, value: str) -> No
     data = copy.deepcopy(CLEAN)
     _set(data, where, value)
     assert _plan(data) is None
+
+
+@pytest.mark.parametrize("text", ["name: x\x1f\n", "name: x\x00\n", "description: \x07\n"])
+def test_control_character_in_a_profile_file_is_a_profile_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(path))
+    assert info.value.diagnostics[0].line == 1
+
+
+def test_control_character_in_a_set_value_is_a_profile_error() -> None:
+    with pytest.raises(ProfileError):
+        load_profile("cpu", ("description=a\x01b",))
+
+
+@settings(max_examples=25, deadline=None)
+@given(key=HOSTILE)
+def test_diagnostics_stay_on_one_line(key: str) -> None:
+    # an unknown key or env name is echoed in the message and the (key.path) suffix
+    for data in (
+        {**CLEAN, key: 1},
+        {**CLEAN, "software": {**CLEAN["software"], "env": {key: "v"}}},
+    ):
+        _, diags = validate(Profile(name="hostile", data=data, files=["hostile.yaml"]))
+        for diag in diags:
+            assert "\n" not in diag.format() and "\r" not in diag.format(), diag.format()
+
+
+@settings(max_examples=20, deadline=None)
+@given(text=st.text(max_size=200))
+def test_random_yaml_text_never_crashes(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p.yaml"
+        path.write_text(
+            text, encoding="utf-8", errors="surrogatepass"
+        ) if "\ud800" not in text else None
+        if not path.exists():
+            return
+        result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code in (0, 1), (result.exit_code, repr(result.exception))
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+
+
+@settings(max_examples=20, deadline=None)
+@given(override=st.text(max_size=40))
+def test_random_set_never_crashes(override: str) -> None:
+    result = CliRunner().invoke(cli, ["check", "cpu", "--set", override])
+    assert result.exit_code in (0, 1), (result.exit_code, repr(result.exception))
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )

@@ -297,3 +297,15 @@ def test_set_null_unsets_a_version_key(null: str) -> None:
     # `--set software.cuda=null` must mean "derive it", as `cuda: null` does in a file
     plan = plan_for("gpu-h100", (f"hardware.driver={null}",))
     assert plan.driver is None and plan.cuda == "13.2"
+
+
+@pytest.mark.parametrize("spec", ["~=2.5", ">=2.5", ">=2.0,<3"])
+def test_specifier_prefers_a_verified_release(spec: str) -> None:
+    # the knowledge base marks 2.14 "not verified as released": a range that also matches
+    # released versions must not silently pick it (it did: ~=2.5 -> 2.14.1 + a warning)
+    plan, diags = check("cpu", f"software.torch={spec}")
+    assert plan is not None, [d.format() for d in diags]
+    assert not [d for d in diags if "not verified as released" in d.message], [
+        d.format() for d in diags
+    ]
+    assert plan.torch == "2.13.0"
