@@ -72,11 +72,15 @@ def _pattern_images(n: int, h: int, w: int, classes: int, channels: int = 1) -> 
 def make_mnist() -> Callable[..., Path]:
     """Write MNIST-shaped IDX files (28x28 by default) into a directory."""
 
-    def make(root: Path, n_train: int = 96, n_test: int = 32, size: int = 28, compress: bool = True) -> Path:
+    def make(
+        root: Path, n_train: int = 96, n_test: int = 32, size: int = 28, compress: bool = True
+    ) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         for split, n in (("train", n_train), ("t10k", n_test)):
             pixels, labels = _pattern_images(n, size, size, 10)
-            write_idx(root / f"{split}-images-idx3-ubyte", (n, size, size), pixels, compress=compress)
+            write_idx(
+                root / f"{split}-images-idx3-ubyte", (n, size, size), pixels, compress=compress
+            )
             write_idx(root / f"{split}-labels-idx1-ubyte", (n,), labels, compress=compress)
         return root
 
@@ -141,11 +145,15 @@ def png_bytes(pixels: list[list[list[int]]], filters: list[int] | None = None) -
         prev = row
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, ctype, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(out)))
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(bytes(out)))
         + chunk(b"IEND", b"")
     )
 

@@ -30,9 +30,22 @@ def test_required_keys_and_defaults() -> None:
         assert fields[key].default == default
     assert set(fields["model"].choices) == {"cnn", "mlp", "rnn", "lstm", "transformer"}
     assert set(fields["precision"].choices) == {"auto", "fp32", "bf16", "fp16"}
-    for key in ("dataset", "optimizer", "weight_decay", "warmup_steps", "grad_accum_steps",
-                "clip_grad_norm", "compile", "channels_last", "num_workers", "seed",
-                "deterministic", "checkpoint_every", "keep_checkpoints", "eval"):
+    for key in (
+        "dataset",
+        "optimizer",
+        "weight_decay",
+        "warmup_steps",
+        "grad_accum_steps",
+        "clip_grad_norm",
+        "compile",
+        "channels_last",
+        "num_workers",
+        "seed",
+        "deterministic",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "eval",
+    ):
         assert key in fields
     for f in TRAINING_FIELDS:
         assert f.doc and "\n" not in f.doc, f.name
@@ -46,8 +59,16 @@ def test_required_keys_and_defaults() -> None:
 def test_valid_mapping_has_no_problems() -> None:
     assert validate_training({}) == []
     assert validate_training(None) == []
-    good = {"model": "transformer", "lr": "3e-4", "epochs": 2, "n_embd": 64, "n_head": 4,
-            "device": "cuda:1", "synthetic_shape": [1, 28, 28], "max_steps": None}
+    good = {
+        "model": "transformer",
+        "lr": "3e-4",
+        "epochs": 2,
+        "n_embd": 64,
+        "n_head": 4,
+        "device": "cuda:1",
+        "synthetic_shape": [1, 28, 28],
+        "max_steps": None,
+    }
     assert validate_training(good) == []
     cfg = load_training_config(good)
     assert cfg.lr == pytest.approx(3e-4)
@@ -55,16 +76,20 @@ def test_valid_mapping_has_no_problems() -> None:
 
 
 def test_every_problem_is_reported_with_its_key() -> None:
-    problems = dict(validate_training({
-        "modle": "cnn",
-        "batch_size": True,
-        "lr": "fast",
-        "precision": "bf61",
-        "epochs": 0,
-        "device": "gpu",
-        "n_embd": 130,
-        "synthetic_shape": [3, 0],
-    }))
+    problems = dict(
+        validate_training(
+            {
+                "modle": "cnn",
+                "batch_size": True,
+                "lr": "fast",
+                "precision": "bf61",
+                "epochs": 0,
+                "device": "gpu",
+                "n_embd": 130,
+                "synthetic_shape": [3, 0],
+            }
+        )
+    )
     assert problems["modle"] == "unknown training key 'modle'; did you mean 'model'?"
     assert "integer" in problems["batch_size"]
     assert "number" in problems["lr"]
@@ -79,9 +104,13 @@ def test_training_section_must_be_a_mapping() -> None:
     assert validate_training(["model"])[0][0] == ""
 
 
-def test_cli_reports_unknown_key_with_location(tmp_path: Path, train_cli: Callable[..., Result]) -> None:
+def test_cli_reports_unknown_key_with_location(
+    tmp_path: Path, train_cli: Callable[..., Result]
+) -> None:
     profile = tmp_path / "p.yaml"
-    profile.write_text("name: x\nhardware:\n  accelerator: cpu\ntraining:\n  model: cnn\n  epoch: 3\n")
+    profile.write_text(
+        "name: x\nhardware:\n  accelerator: cpu\ntraining:\n  model: cnn\n  epoch: 3\n"
+    )
     result = train_cli("--config", str(profile), "--output", str(tmp_path / "out"))
     assert result.exit_code == 1
     assert result.stderr.strip() == (
@@ -126,4 +155,7 @@ def test_cli_config_file_errors(tmp_path: Path, train_cli: Callable[..., Result]
     assert "Traceback" not in result.output
     bad_set = train_cli("--set", "n_layer=many")
     assert bad_set.exit_code == 1
-    assert bad_set.stderr.strip() == "--set n_layer: error: must be an integer, not 'many' (training.n_layer)"
+    assert (
+        bad_set.stderr.strip()
+        == "--set n_layer: error: must be an integer, not 'many' (training.n_layer)"
+    )

@@ -39,7 +39,9 @@ def test_embedded_digits_are_idx_and_licensed() -> None:
 
 
 @pytest.mark.parametrize("compress", [True, False])
-def test_mnist_reads_raw_and_gz(tmp_path: Path, make_mnist: Callable[..., Path], compress: bool) -> None:
+def test_mnist_reads_raw_and_gz(
+    tmp_path: Path, make_mnist: Callable[..., Path], compress: bool
+) -> None:
     root = make_mnist(tmp_path / "m", n_train=12, n_test=4, compress=compress)
     bundle = load_mnist(root)
     assert bundle.input_shape == (1, 28, 28)
@@ -54,7 +56,9 @@ def test_idx_truncated_and_bad_magic(tmp_path: Path, make_mnist: Callable[..., P
     root = make_mnist(tmp_path / "m", n_train=4, n_test=2, compress=False)
     images = root / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-100])
-    with pytest.raises(TrainError, match=r"header says 4x28x28 = 3136 bytes of data, the file has 3036"):
+    with pytest.raises(
+        TrainError, match=r"header says 4x28x28 = 3136 bytes of data, the file has 3036"
+    ):
         read_idx(images)
     images.write_bytes(b"\x08\x03\x00\x00" + bytes(20))
     with pytest.raises(TrainError, match="not an IDX file"):
@@ -98,7 +102,10 @@ def test_cifar10_refuses_foreign_pickles(tmp_path: Path, make_cifar: Callable[..
 
 def test_png_decoder_all_filters(png: Callable[..., bytes]) -> None:
     h, w = 7, 5
-    rgb = [[[(x * 40 + y * 9) % 256, (y * 50 + 3) % 256, (x * y * 11) % 256] for x in range(w)] for y in range(h)]
+    rgb = [
+        [[(x * 40 + y * 9) % 256, (y * 50 + 3) % 256, (x * y * 11) % 256] for x in range(w)]
+        for y in range(h)
+    ]
     img = decode_png(png(rgb))
     assert img.shape == (3, h, w)
     assert img.permute(1, 2, 0).tolist() == rgb
@@ -143,7 +150,10 @@ def test_text(tmp_path: Path) -> None:
     bundle = load_text(tmp_path, block_size=16, eval_fraction=0.1)
     x, y = bundle.train[1]
     assert x.shape == (16,) and torch.equal(x[1:], y[:-1])
-    assert bundle.vocab is not None and "".join(bundle.vocab[i] for i in x.tolist()) in "hello world, " * 40
+    assert (
+        bundle.vocab is not None
+        and "".join(bundle.vocab[i] for i in x.tolist()) in "hello world, " * 40
+    )
     f.write_bytes(b"caf\xe9")
     with pytest.raises(TrainError, match="not UTF-8"):
         load_text(f, 16, 0.1)
@@ -164,12 +174,18 @@ def _one_error_line(result: Result) -> str:
     return lines[0]
 
 
-def test_cli_dataset_errors(tmp_path: Path, train_cli: Callable[..., Result], make_mnist: Callable[..., Path]) -> None:
+def test_cli_dataset_errors(
+    tmp_path: Path, train_cli: Callable[..., Result], make_mnist: Callable[..., Path]
+) -> None:
     out = str(tmp_path / "out")
-    line = _one_error_line(train_cli("--dataset", "mnist", "--data", str(tmp_path / "none"), "--output", out))
-    assert line == f"mnist dataset: directory {tmp_path / 'none'} does not exist; expected " \
-        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, " \
+    line = _one_error_line(
+        train_cli("--dataset", "mnist", "--data", str(tmp_path / "none"), "--output", out)
+    )
+    assert (
+        line == f"mnist dataset: directory {tmp_path / 'none'} does not exist; expected "
+        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte (each raw or .gz)"
+    )
 
     root = make_mnist(tmp_path / "m", n_train=4, n_test=2)
     (root / "t10k-labels-idx1-ubyte.gz").unlink()
@@ -178,7 +194,9 @@ def test_cli_dataset_errors(tmp_path: Path, train_cli: Callable[..., Result], ma
 
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    line = _one_error_line(train_cli("--model", "transformer", "--dataset", "text", "--data", str(empty)))
+    line = _one_error_line(
+        train_cli("--model", "transformer", "--dataset", "text", "--data", str(empty))
+    )
     assert line == f"text dataset: {empty} is empty"
 
     line = _one_error_line(train_cli("--dataset", "cifar10", "--output", out))
@@ -193,8 +211,20 @@ def test_malformed_idx_in_a_real_process(tmp_path: Path, make_mnist: Callable[..
     path = root / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:50])
     proc = subprocess.run(
-        [sys.executable, "-m", "aibuild", "train", "--data", str(root), "--output", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "aibuild",
+            "train",
+            "--data",
+            str(root),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == (
