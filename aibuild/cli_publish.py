@@ -265,26 +265,6 @@ def push(
 # ---------------------------------------------------------------------------
 
 
-def _options(
-    base_image: str | None,
-    wheelhouse: str | None,
-    ca_cert: str | None,
-    find_links: tuple[str, ...],
-    extra_index_url: tuple[str, ...],
-    template_dir: str | None,
-) -> Any:
-    from aibuild.plan import RenderOptions
-
-    return RenderOptions(
-        base_image=base_image,
-        wheelhouse=str(Path(wheelhouse).resolve()) if wheelhouse else None,
-        ca_cert=str(Path(ca_cert).resolve()) if ca_cert else None,
-        find_links=tuple(find_links),
-        extra_index_urls=tuple(extra_index_url),
-        template_dir=template_dir,
-    )
-
-
 @click.command()
 @profile_argument
 @set_option
@@ -325,9 +305,12 @@ def lock(
     then builds from the lock, and fails when the profile has changed since.
     """
     from aibuild.build import reporter_for
+    from aibuild.cli_engine import _render_options
     from aibuild.lock import lock_profile
 
-    options = _options(base_image, wheelhouse, ca_cert, find_links, extra_index_url, template_dir)
+    options = _render_options(
+        base_image, wheelhouse, ca_cert, find_links, extra_index_url, template_dir
+    )
     path, data = lock_profile(
         profile,
         overrides,

@@ -131,14 +131,14 @@ def _read_layer(source: IO[bytes]) -> tuple[str, dict[str, FileEntry] | None]:
 def snapshot(client: docker.DockerClient, image: str) -> Snapshot:
     """Export ``image`` and list every file of every layer (streamed)."""
     from aibuild.engine import engine_errors
-    from aibuild.publish import _ChunkReader
+    from aibuild.publish import ChunkReader
 
     with engine_errors(f"exporting {image}"):
         found = client.images.get(image)
         diff_ids: list[str] = list(found.attrs["RootFS"]["Layers"])
         listings: dict[str, dict[str, FileEntry]] = {}
         config: dict[str, Any] | None = None
-        stream = io.BufferedReader(_ChunkReader(found.save(named=False)), CHUNK)
+        stream = io.BufferedReader(ChunkReader(found.save(named=False)), CHUNK)
         with tarfile.open(fileobj=stream, mode="r|") as outer:
             for member in outer:
                 if not member.isreg():

@@ -694,29 +694,41 @@ def sha256_file(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+class HashingWriter(io.RawIOBase):
+    """A write-only file that hashes what passes through to ``out`` (tarfile and gzip
+    need ``write`` and ``tell``)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.sha.update(view)
+        self.out.write(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
 def gzip_deterministic(src: Path, dst: Path, level: int = GZIP_LEVEL) -> str:
     """gzip ``src`` into ``dst`` with a fixed header (mtime 0, no name); its sha256 digest."""
-    digest = hashlib.sha256()
-
-    class _Tee(io.RawIOBase):
-        def __init__(self, out: IO[bytes]) -> None:
-            self.out = out
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, data: Any) -> int:
-            view = memoryview(data)
-            digest.update(view)
-            self.out.write(view)
-            return len(view)
-
     with src.open("rb") as raw, dst.open("wb") as out:
-        tee = _Tee(out)
+        tee = HashingWriter(out)
         with gzip.GzipFile(filename="", mode="wb", fileobj=tee, compresslevel=level, mtime=0) as gz:
             while chunk := raw.read(CHUNK):
                 gz.write(chunk)
-    return "sha256:" + digest.hexdigest()
+    return tee.digest
 
 
 @dataclass(frozen=True)
@@ -795,7 +807,7 @@ class BlobCache:
         return Blob(digest, path.stat().st_size, LAYER_GZIP, path)
 
 
-class _ChunkReader(io.RawIOBase):
+class ChunkReader(io.RawIOBase):
     """A read-only file over an iterator of byte chunks (docker-py's ``save()`` stream)."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
@@ -855,7 +867,7 @@ def save_image(
     manifest: list[dict[str, Any]] = []
     with engine_errors(f"exporting {image}"):
         stream = client.images.get(image).save(named=False)
-        reader = io.BufferedReader(_ChunkReader(stream), buffer_size=CHUNK)
+        reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK)
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             for n, member in enumerate(tar):
                 if member.issym():
@@ -1213,7 +1225,9 @@ def find_records(image_id: str, record_dir: Path) -> list[Path]:
 __all__ = [
     "Blob",
     "BlobCache",
+    "ChunkReader",
     "Credentials",
+    "HashingWriter",
     "PushResult",
     "Reference",
     "RegistryClient",

@@ -41,9 +41,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from aibuild.errors import PublishError
+from aibuild.publish import HashingWriter
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker
@@ -93,28 +94,6 @@ def drop_reason(path: str) -> str | None:
 def is_timestamp_pyc(name: str, head: bytes) -> bool:
     """A ``.pyc`` whose header validates by source mtime (PEP 552 flags == 0)."""
     return name.endswith(".pyc") and len(head) >= 8 and int.from_bytes(head[4:8], "little") == 0
-
-
-class _HashingWriter(io.RawIOBase):
-    """Writes through to a file while hashing (tarfile needs ``write`` and ``tell``)."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out = out
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        self.sha.update(view)
-        self.out.write(view)
-        self.size += len(view)
-        return len(view)
-
-    def tell(self) -> int:
-        return self.size
 
 
 @dataclass
@@ -167,7 +146,7 @@ def normalise_layer(src: Path, dst: Path, epoch: int) -> LayerReport:
         report.dropped = sorted(dropped)
         written: set[str] = set()
         with dst.open("wb") as out:
-            writer = _HashingWriter(out)
+            writer = HashingWriter(out)
             with tarfile.open(
                 fileobj=writer, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8"
             ) as result:
@@ -188,7 +167,7 @@ def normalise_layer(src: Path, dst: Path, epoch: int) -> LayerReport:
 
                 for member in sorted(members, key=lambda m: m.name):
                     emit(member)
-    report.diff_id = "sha256:" + writer.sha.hexdigest()
+    report.diff_id = writer.digest
     return report
 
 
