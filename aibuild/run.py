@@ -384,20 +384,25 @@ class _Pump(threading.Thread):
         self.out = out
         self.err = err
         self.error: BaseException | None = None
+        # An Event, not join()/is_alive(): a join interrupted by Ctrl-C can leave
+        # is_alive() False while the thread still runs (CPython 3.11).
+        self.done = threading.Event()
 
     def run(self) -> None:
         try:
             _stream(self.attached, self.out, self.err)
         except Exception as exc:  # reported by the main thread
             self.error = exc
+        finally:
+            self.done.set()
 
     def wait(self, seconds: float | None = None) -> bool:
-        """Join in short slices (so signals are handled); True when the output ended."""
+        """Wait in short slices (so signals are handled); True when the output ended."""
         deadline = None if seconds is None else time.monotonic() + seconds
-        while self.is_alive():
+        while not self.done.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            self.join(0.2)
+            self.done.wait(0.2)
         return True
 
 
@@ -437,7 +442,7 @@ def _stop(container: Any, grace_s: float, say: Any, pump: _Pump | None) -> None:
         say("aibuild: killing the container")
         _kill(container)
     if pump is not None:
-        pump.join(5)
+        pump.wait(5)
 
 
 def _ensure_image(client: Any, target: RunTarget) -> None:

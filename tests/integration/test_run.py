@@ -211,12 +211,29 @@ def test_ctrl_c_sends_sigterm_and_removes_the_container(
 ) -> None:
     client = docker_cleanup.client
     label = docker_cleanup.label
-    script = 'trap "echo got-sigterm; exit 7" TERM; while :; do sleep 0.2; done'
-    proc = _start_and_wait_running(
-        [base_image, *label_args(label), "--grace", "20", "--", "bash", "-c", script],
-        client,
-        label,
+    script = 'trap "echo got-sigterm; exit 7" TERM; echo ready; while :; do sleep 0.2; done'
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aibuild",
+            "run",
+            base_image,
+            *label_args(label),
+            "--grace",
+            "20",
+            "--",
+            "bash",
+            "-c",
+            script,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # the trap is installed once this arrives
+    assert first == "ready\n", (first, proc.stderr.read() if proc.stderr else "")
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
