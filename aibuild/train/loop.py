@@ -524,7 +524,8 @@ class Trainer:
                     self.step += 1
                     micro = 0
                     if self.step % cfg.log_every == 0 or self.opts.dry_run:
-                        self.last_loss = float(loss.detach()) * accum  # syncs the device, so only here
+                        # .item() syncs the device: only at log steps
+                        self.last_loss = float(loss.detach()) * accum
                         now = time.perf_counter()
                         rate = window_samples / max(now - window_start, 1e-9)
                         train_time += now - window_start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from pathlib import Path
@@ -101,7 +102,7 @@ def test_lr_schedule_warmup_cosine_constant() -> None:
     assert lr_at(110, **kw) == pytest.approx(0.1)
     assert lr_at(500, **kw) == pytest.approx(0.1)
     values = [lr_at(s, **kw) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     assert lr_at(50, lr=0.5, total_steps=100, schedule="constant") == 0.5
     assert lr_at(3, lr=0.5, total_steps=100, warmup_steps=4, schedule="constant") == 0.5
     assert lr_at(0, lr=2.0, total_steps=4) == 2.0
