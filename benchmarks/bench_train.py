@@ -7,15 +7,16 @@ TensorDataset with shuffle, zero_grad/forward/loss/backward/step, ``loss.item()`
 every 10 batches) driving the same model on the same tensors with the same AdamW.
 Two workloads: the tutorial's CNN on MNIST-shaped 1x28x28 inputs, and the MLP on
 the embedded digits' 1x8x8 (small enough that per-batch overhead shows). The
-trainer runs ``aibuild train``'s loop (``run_training``) with ``dataset: synthetic`` on those tensors, evaluation off.
-Both are timed over their training loop only (no model build, no checkpoint
-write). Runs are interleaved and the best of ``--repeats`` is kept for each, so
-other load on the machine hurts every variant alike.
+trainer runs ``aibuild train``'s loop (``run_training``) with ``dataset:
+synthetic`` on those tensors, evaluation off. Both are timed over their training
+loop only (no model build, no checkpoint write). Runs are interleaved and the
+best of ``--repeats`` is kept for each, so other load on the machine hurts every
+variant alike.
 
 Printed: samples/s of each variant, and each as a ratio to the plain loop at
 batch 64. The trainer at equal settings should be >= 1.0; its recommended
-settings (channels_last, batch 256, and torch.compile where it helps) should be
-faster still.
+settings (batch 256, channels_last for the CNN, and torch.compile where it
+helps) should be faster still.
 """
 
 from __future__ import annotations
