@@ -270,6 +270,16 @@ def main(
 
     from aibuild.train.loop import RunOptions, run_training
 
+    if source.accelerator == "nvidia" and cfg.device == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            click.echo(
+                "warning: the profile expects an NVIDIA GPU (hardware.accelerator: nvidia) but "
+                "none is usable here; training on CPU (aibuild train --selftest tells more)",
+                err=True,
+            )
+
     output = Path(output_dir or _env_default("AIBUILD_OUTPUT") or "aibuild-output")
     opts = RunOptions(output=output, resume=resume, dry_run=dry_run, stream=sys.stdout)
     summary = run_training(cfg, opts)

@@ -82,6 +82,9 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model")
     channels_last: bool = _f(False, "channels_last memory format for conv nets (cnn)")
     num_workers: int = _f(0, "DataLoader worker processes (persistent when > 0)", minimum=0)
+    cpu_threads: int = _f(
+        0, "intra-op CPU threads; 0 = torch's default (one per core; torchrun: 1)", minimum=0
+    )
     pin_memory: bool = _f(True, "pin host memory for faster copies to CUDA (ignored on CPU)")
     # reproducibility
     seed: int = _f(1337, "seed for model init, data order and dropout")

@@ -206,9 +206,13 @@ class SignalFlag:
 
 @contextlib.contextmanager
 def determinism(cfg: TrainConfig) -> Iterator[None]:
-    """Seeds and (optionally) deterministic algorithms; restores global flags afterwards."""
+    """Seeds, CPU threads and (optionally) deterministic algorithms; restores the global
+    flags afterwards."""
     was_det = torch.are_deterministic_algorithms_enabled()
     was_bench = torch.backends.cudnn.benchmark
+    was_threads = torch.get_num_threads()
+    if cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
@@ -222,6 +226,7 @@ def determinism(cfg: TrainConfig) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(was_det)
         torch.backends.cudnn.benchmark = was_bench
+        torch.set_num_threads(was_threads)
 
 
 def versions() -> dict[str, Any]:

@@ -26,9 +26,21 @@ ENV_VARS = ("AIBUILD_PROFILE", "AIBUILD_DATA", "AIBUILD_OUTPUT", "RANK", "WORLD_
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No inherited trainer variables; one CPU thread here and in subprocesses.
+
+    One thread keeps these small models fast on a shared 2-core machine (two
+    OpenMP threads spin against other load), and makes in-process and
+    subprocess runs bit-comparable.
+    """
+    import torch
+
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ def _same_weights(a: Path, b: Path) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
+@pytest.mark.slow
 def test_embedded_default_reaches_documented_accuracy(
     tmp_path: Path, train_cli: Callable[..., Result]
 ) -> None:
@@ -59,6 +60,7 @@ def test_embedded_default_reaches_documented_accuracy(
     assert summary["elapsed_s"] < 120
 
 
+@pytest.mark.slow
 def test_resume_after_epoch_gives_identical_weights(
     tmp_path: Path, train_cli: Callable[..., Result]
 ) -> None:
@@ -80,6 +82,7 @@ def test_resume_after_epoch_gives_identical_weights(
         assert torch.equal(sa["exp_avg"], sb["exp_avg"])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_matches(tmp_path: Path, train_cli: Callable[..., Result]) -> None:
     """A real SIGTERM mid-epoch: checkpoint, exit 143, then --resume auto ends where a
     straight run ends, bit for bit (deterministic mode on CPU)."""
