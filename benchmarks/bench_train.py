@@ -157,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per variant")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)  # both loops run in this process: same threads
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads")
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     results = {name: run_workload(name, args) for name in names}
