@@ -72,9 +72,7 @@ class Profile:
 
 def builtin_profiles() -> dict[str, Path]:
     """Built-in name -> file. Names starting with '_' are shared bases, not listed."""
-    return {
-        p.stem: p for p in sorted(profiles_dir().glob("*.yaml")) if not p.stem.startswith("_")
-    }
+    return {p.stem: p for p in sorted(profiles_dir().glob("*.yaml")) if not p.stem.startswith("_")}
 
 
 def _builtin_path(name: str) -> Path | None:
@@ -129,13 +127,20 @@ class _Walker:
                 key = self.loader.construct_object(key_node, deep=True)
                 if not isinstance(key, str):
                     raise ProfileError(
-                        Diagnostic("error", f"keys must be strings, got {key!r}", path,
-                                   self.file, *self._lc(key_node))
+                        Diagnostic(
+                            "error",
+                            f"keys must be strings, got {key!r}",
+                            path,
+                            self.file,
+                            *self._lc(key_node),
+                        )
                     )
                 sub = f"{path}.{key}" if path else key
                 if key in out:
                     raise ProfileError(
-                        Diagnostic("error", f"duplicate key '{key}'", sub, self.file, *self._lc(key_node))
+                        Diagnostic(
+                            "error", f"duplicate key '{key}'", sub, self.file, *self._lc(key_node)
+                        )
                     )
                 self.positions[sub] = self.pos(value_node if _is_scalar(value_node) else key_node)
                 out[key] = self.walk(value_node, sub)
@@ -147,9 +152,14 @@ class _Walker:
                 self.positions[sub] = self.pos(item)
                 items.append(self.walk(item, sub))
             return items
-        if path in RAW_SCALAR_KEYS and isinstance(node, yaml.ScalarNode) and node.tag in (
-            "tag:yaml.org,2002:float",
-            "tag:yaml.org,2002:int",
+        if (
+            path in RAW_SCALAR_KEYS
+            and isinstance(node, yaml.ScalarNode)
+            and node.tag
+            in (
+                "tag:yaml.org,2002:float",
+                "tag:yaml.org,2002:int",
+            )
         ):
             return node.value
         return self.loader.construct_object(node, deep=True)
@@ -177,10 +187,14 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[str, Pos]]:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
-        raise ProfileError(Diagnostic("error", f"invalid YAML: {problem}", "", file, line, col)) from None
+        raise ProfileError(
+            Diagnostic("error", f"invalid YAML: {problem}", "", file, line, col)
+        ) from None
     except yaml.YAMLError as exc:
         message = " ".join(str(exc).split())
-        raise ProfileError(Diagnostic("error", f"invalid YAML: {message}", "", file, 1, 1)) from None
+        raise ProfileError(
+            Diagnostic("error", f"invalid YAML: {message}", "", file, 1, 1)
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -191,13 +205,22 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Pos], str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(Diagnostic("error", f"cannot read profile: {exc}", "", file, 1, 1)) from None
+        raise ProfileError(
+            Diagnostic("error", f"cannot read profile: {exc}", "", file, 1, 1)
+        ) from None
     data, positions = parse_yaml(text, file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ProfileError(
-            Diagnostic("error", f"a profile must be a mapping of keys, got {type(data).__name__}", "", file, 1, 1)
+            Diagnostic(
+                "error",
+                f"a profile must be a mapping of keys, got {type(data).__name__}",
+                "",
+                file,
+                1,
+                1,
+            )
         )
     return data, positions, file
 
@@ -227,7 +250,14 @@ def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[str,
     if not isinstance(parent_ref, str) or not parent_ref.strip():
         p = positions.get("extends", Pos(file, 1, 1))
         raise ProfileError(
-            Diagnostic("error", "extends must be a profile name or a relative path", "extends", p.file, p.line, p.col)
+            Diagnostic(
+                "error",
+                "extends must be a profile name or a relative path",
+                "extends",
+                p.file,
+                p.line,
+                p.col,
+            )
         )
     try:
         parent_path = locate(parent_ref, relative_to=path.parent)
@@ -269,7 +299,9 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(nxt, dict):
             where = ".".join(parts[: i + 1])
             raise ProfileError(
-                Diagnostic("error", f"cannot set '{key}': '{where}' is not a mapping", key, "--set", 1, 1)
+                Diagnostic(
+                    "error", f"cannot set '{key}': '{where}' is not a mapping", key, "--set", 1, 1
+                )
             )
         node = nxt
     node[parts[-1]] = value

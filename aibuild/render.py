@@ -105,10 +105,14 @@ def _labels(plan: BuildPlan) -> list[tuple[str, str]]:
 
 
 def _summary(plan: BuildPlan) -> list[str]:
-    lines = [f"torch {plan.torch} ({plan.torch_variant}), Python {plan.python} ({plan.python_install}), {plan.os}"]
+    lines = [
+        f"torch {plan.torch} ({plan.torch_variant}), Python "
+        f"{plan.python} ({plan.python_install}), {plan.os}"
+    ]
     if plan.accelerator == "nvidia":
         lines.append(
-            f"{plan.gpu} x{plan.gpu_count}: compute capability {plan.compute_capability}, CUDA {plan.cuda_full}"
+            f"{plan.gpu} x{plan.gpu_count}: compute capability "
+            f"{plan.compute_capability}, CUDA {plan.cuda_full}"
             f"{' + cuDNN' if plan.cudnn else ''}, driver >= {plan.min_driver}"
         )
     else:
@@ -176,7 +180,9 @@ def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
         "python_exe": python_exe,
         "uv_install": _pip_install([*pip_flags, *index_flags, UV_REQUIREMENT]),
         "torch_install": _pip_install([*pip_flags, *torch_flags, f"torch=={plan.torch}"]),
-        "requirements_install": _pip_install([*pip_flags, *index_flags, "-r", f"{BUILD_DIR}/requirements.txt"]),
+        "requirements_install": _pip_install(
+            [*pip_flags, *index_flags, "-r", f"{BUILD_DIR}/requirements.txt"]
+        ),
         "constraints_file": bool(options.constraints),
         "image_env": image_env,
         "site_packages": f"/opt/venv/lib/python{plan.python}/site-packages",
@@ -195,7 +201,9 @@ def render_dockerfile(plan: BuildPlan, options: RenderOptions | None = None) -> 
         template = env.get_template("Dockerfile.j2")
         text: str = template.render(**template_context(plan, options))
     except jinja2.TemplateError as exc:
-        where = f" ({exc.filename}:{exc.lineno})" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
+        where = (
+            f" ({exc.filename}:{exc.lineno})" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
+        )
         raise RenderError(f"cannot render the Dockerfile: {exc}{where}") from None
     # Collapse the blank lines left by empty blocks: deterministic, readable output.
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
@@ -235,7 +243,9 @@ def write_context(plan: BuildPlan, out_dir: Path, options: RenderOptions | None 
         for optional in ("constraints.txt", "build-ca.pem"):
             (out_dir / optional).unlink(missing_ok=True)
         if options.constraints:
-            (out_dir / "constraints.txt").write_text("\n".join(sorted(options.constraints)) + "\n", encoding="utf-8")
+            (out_dir / "constraints.txt").write_text(
+                "\n".join(sorted(options.constraints)) + "\n", encoding="utf-8"
+            )
         _copy_tree(package_dir(), out_dir / "runtime" / "aibuild", RUNTIME_EXCLUDE)
         if options.wheelhouse:
             source = Path(options.wheelhouse)
@@ -253,7 +263,9 @@ def write_context(plan: BuildPlan, out_dir: Path, options: RenderOptions | None 
             try:
                 shutil.copyfile(options.ca_cert, out_dir / "build-ca.pem")
             except OSError as exc:
-                raise RenderError(f"cannot read the CA certificate {options.ca_cert}: {exc.strerror}") from None
+                raise RenderError(
+                    f"cannot read the CA certificate {options.ca_cert}: {exc.strerror}"
+                ) from None
     except OSError as exc:
         raise RenderError(f"cannot write the build context to {out_dir}: {exc}") from None
     return out_dir

@@ -60,7 +60,11 @@ def validate_schema(profile: Profile) -> list[Diagnostic]:
             path = f"{prefix}.{key}" if prefix else key
             if key not in known:
                 where = f"in '{prefix}'" if prefix else "at the top level"
-                diags.append(profile.diag("error", f"unknown key '{key}' {where}{_did_you_mean(key, known)}", path))
+                diags.append(
+                    profile.diag(
+                        "error", f"unknown key '{key}' {where}{_did_you_mean(key, known)}", path
+                    )
+                )
                 continue
             field = schema.BY_PATH[path]
             if value is None and field.type != "section" and not field.required:
@@ -69,8 +73,11 @@ def validate_schema(profile: Profile) -> list[Diagnostic]:
                 diags.append(
                     profile.diag(
                         "error",
-                        f"'{schema._show(value)}' is not allowed; use one of: {', '.join(field.choices)}"
-                        + _did_you_mean(str(value), field.choices).replace("; known keys:", "; options:"),
+                        f"'{schema._show(value)}' is not allowed; "
+                        f"use one of: {', '.join(field.choices)}"
+                        + _did_you_mean(str(value), field.choices).replace(
+                            "; known keys:", "; options:"
+                        ),
                         path,
                     )
                 )
@@ -86,16 +93,23 @@ def validate_schema(profile: Profile) -> list[Diagnostic]:
     walk(data, "")
     software = data.get("software") if isinstance(data.get("software"), dict) else {}
     assert isinstance(software, dict)
-    for i, item in enumerate(software.get("pip") or [] if isinstance(software.get("pip"), list) else []):
+    for i, item in enumerate(
+        software.get("pip") or [] if isinstance(software.get("pip"), list) else []
+    ):
         problem = schema.check_pip_item(item)
         if problem:
             diags.append(profile.diag("error", problem, f"software.pip[{i}]"))
         elif canonicalize_name(Requirement(item).name) in ("torch", "aibuild"):
             diags.append(
-                profile.diag("error", f"'{item}' does not belong in software.pip; set software.torch instead",
-                             f"software.pip[{i}]")
+                profile.diag(
+                    "error",
+                    f"'{item}' does not belong in software.pip; set software.torch instead",
+                    f"software.pip[{i}]",
+                )
             )
-    for i, item in enumerate(software.get("apt") or [] if isinstance(software.get("apt"), list) else []):
+    for i, item in enumerate(
+        software.get("apt") or [] if isinstance(software.get("apt"), list) else []
+    ):
         problem = schema.check_apt_item(item)
         if problem:
             diags.append(profile.diag("error", problem, f"software.apt[{i}]"))
@@ -104,12 +118,24 @@ def validate_schema(profile: Profile) -> list[Diagnostic]:
         for key, value in env.items():
             path = f"software.env.{key}"
             if not schema.ENV_KEY_RE.fullmatch(key):
-                diags.append(profile.diag("error", f"'{schema._show(key)}' is not a POSIX environment variable name "
-                                                   "(letters, digits, '_'; not starting with a digit)", path))
+                diags.append(
+                    profile.diag(
+                        "error",
+                        f"'{schema._show(key)}' is not a POSIX environment variable name "
+                        "(letters, digits, '_'; not starting with a digit)",
+                        path,
+                    )
+                )
             elif isinstance(value, (dict, list)) or value is None:
-                diags.append(profile.diag("error", f"{key} must be a string, number or boolean", path))
+                diags.append(
+                    profile.diag("error", f"{key} must be a string, number or boolean", path)
+                )
             elif schema.CONTROL_RE.search(str(value)):
-                diags.append(profile.diag("error", f"{key} must not contain newlines or control characters", path))
+                diags.append(
+                    profile.diag(
+                        "error", f"{key} must not contain newlines or control characters", path
+                    )
+                )
     training = data.get("training")
     if isinstance(training, dict):
         from aibuild.train.config import validate_training
@@ -218,28 +244,43 @@ class Resolver:
             verified = [v for v in admitted if not kb.torch_unverified(kb.torch_minor(v))]
             matches = verified or admitted
             if not matches:
-                self.error(f"no known torch release matches '{spec}'; known: {', '.join(known)}", "software.torch")
+                self.error(
+                    f"no known torch release matches '{spec}'; known: {', '.join(known)}",
+                    "software.torch",
+                )
                 return None
             version = matches[-1]
         elif spec.count(".") == 1:
             version = kb.TORCH_PATCHES.get(spec, "")
             if not version:
-                self.error(f"torch {spec} is not in the knowledge base; known: {', '.join(known)}", "software.torch")
+                self.error(
+                    f"torch {spec} is not in the knowledge base; known: {', '.join(known)}",
+                    "software.torch",
+                )
                 return None
         else:
             version = str(Version(spec))
             if Version(version).local:
-                self.error(f"write torch without a local suffix ('{spec}'): the CUDA variant comes from "
-                           "software.cuda", "software.torch")
+                self.error(
+                    f"write torch without a local suffix ('{spec}'): the CUDA variant comes from "
+                    "software.cuda",
+                    "software.torch",
+                )
                 return None
         minor = kb.torch_minor(version)
         rel = kb.torch_releases().get(minor)
         if rel is None:
-            self.error(f"torch {minor} is not in the knowledge base; known releases: "
-                       f"{', '.join(sorted(kb.torch_releases(), key=kb.vkey))}", "software.torch")
+            self.error(
+                f"torch {minor} is not in the knowledge base; known releases: "
+                f"{', '.join(sorted(kb.torch_releases(), key=kb.vkey))}",
+                "software.torch",
+            )
             return None
         if kb.torch_unverified(minor):
-            self.warn(f"torch {minor} is not verified as released (knowledge base: {rel.notes})", "software.torch")
+            self.warn(
+                f"torch {minor} is not verified as released (knowledge base: {rel.notes})",
+                "software.torch",
+            )
         return version, rel
 
     def check_python(self, python: str, torch: str, rel: kb.TorchRelease) -> None:
@@ -249,20 +290,37 @@ class Resolver:
         low, high = kb.vkey(rel.python_min), kb.vkey(rel.python_max)
         if low <= kb.vkey(python) <= high:
             return
-        fits = [m for m, r in kb.torch_releases().items()
-                if kb.vkey(r.python_min) <= kb.vkey(python) <= kb.vkey(r.python_max)]
+        fits = [
+            m
+            for m, r in kb.torch_releases().items()
+            if kb.vkey(r.python_min) <= kb.vkey(python) <= kb.vkey(r.python_max)
+        ]
         hint = ""
         if fits:
             lo, hi = min(fits, key=kb.vkey), max(fits, key=kb.vkey)
-            hint = f", or torch {lo} to {hi} for Python {python}" if lo != hi else f", or torch {lo}"
+            hint = (
+                f", or torch {lo} to {hi} for Python {python}" if lo != hi else f", or torch {lo}"
+            )
         nearest = rel.python_min if kb.vkey(python) < low else rel.python_max
-        message = (f"torch {torch} supports Python {rel.python_min} to {rel.python_max}, not {python}; "
-                   f"use python {nearest}{hint}")
-        (self.warn if rel.uncertain and kb.vkey(python) > high else self.error)(message, "software.python")
+        message = (
+            f"torch {torch} supports Python {rel.python_min} to {rel.python_max}, not {python}; "
+            f"use python {nearest}{hint}"
+        )
+        (self.warn if rel.uncertain and kb.vkey(python) > high else self.error)(
+            message, "software.python"
+        )
 
     # -- CUDA ----------------------------------------------------------------
-    def evaluate(self, cuda: str, torch: str, rel: kb.TorchRelease, gpu: kb.Gpu, os_name: str,
-                 cudnn: bool, driver: str | None) -> Candidate:
+    def evaluate(
+        self,
+        cuda: str,
+        torch: str,
+        rel: kb.TorchRelease,
+        gpu: kb.Gpu,
+        os_name: str,
+        cudnn: bool,
+        driver: str | None,
+    ) -> Candidate:
         errors: list[str] = []
         warnings: list[str] = []
         minor = rel.minor
@@ -271,50 +329,73 @@ class Resolver:
         targets = kb.targets_for(cuda)
         can = toolkit_can_target(cuda, cc)
         if targets is None:
-            errors.append(f"CUDA {cuda} is not in the knowledge base; known: "
-                          f"{', '.join(sorted(kb.cuda_targets(), key=kb.vkey))}")
+            errors.append(
+                f"CUDA {cuda} is not in the knowledge base; known: "
+                f"{', '.join(sorted(kb.cuda_targets(), key=kb.vkey))}"
+            )
             return Candidate(cuda, tuple(errors), ())
         if not can:
             first = first_cuda_for(cc)
-            with_wheels = [c for c in rel.cuda if toolkit_can_target(c, cc)
-                           and (a := kb.wheel_archs().get((minor, c))) is not None and covers(cc, a)]
+            with_wheels = [
+                c
+                for c in rel.cuda
+                if toolkit_can_target(c, cc)
+                and (a := kb.wheel_archs().get((minor, c))) is not None
+                and covers(cc, a)
+            ]
             if first and version_lt(cuda, first):
                 fix = f"CUDA >= {first} can; use " + (
                     f"cuda {with_wheels[-1]} (torch {minor} has wheels for {', '.join(rel.cuda)})"
-                    if with_wheels else self.torch_fix(cc)
+                    if with_wheels
+                    else self.torch_fix(cc)
                 )
             else:
                 newer_dropped = f"CUDA {cuda.split('.')[0]} dropped it"
                 fix = f"{newer_dropped}; use " + (
-                    f"cuda {with_wheels[-1]} (torch {minor} has {with_wheels[-1]} wheels with {kb.sm(cc)})"
-                    if with_wheels else "a CUDA 12.x stack: " + self.torch_fix(cc)
+                    f"cuda {with_wheels[-1]} (torch {minor} has "
+                    f"{with_wheels[-1]} wheels with {kb.sm(cc)})"
+                    if with_wheels
+                    else "a CUDA 12.x stack: " + self.torch_fix(cc)
                 )
             errors.append(f"CUDA {cuda} cannot target {gpu_desc}: {fix}")
             return Candidate(cuda, tuple(errors), ())
         if targets.inferred_from:
             pass  # documented: same-major rows carry over (e.g. 13.2 targets as 13.0)
         if cuda not in rel.cuda:
-            message = (f"torch {torch} has no wheels for CUDA {cuda}; it has {', '.join(rel.cuda)}"
-                       f" (use cuda {rel.cuda[-1]}, or {self.torch_for_cuda(cuda)})")
+            message = (
+                f"torch {torch} has no wheels for CUDA {cuda}; it has {', '.join(rel.cuda)}"
+                f" (use cuda {rel.cuda[-1]}, or {self.torch_for_cuda(cuda)})"
+            )
             in_range = kb.vkey(rel.cuda[0]) <= kb.vkey(cuda) <= kb.vkey(rel.cuda[-1])
             (warnings if rel.uncertain and in_range else errors).append(message)
         else:
             arch = kb.wheel_archs().get((minor, cuda))
             if arch is None:
-                warnings.append(f"the GPU architectures in torch {minor} cu{cuda.replace('.', '')} wheels are "
-                                f"not recorded; {kb.sm(cc)} is assumed to be included")
+                warnings.append(
+                    f"the GPU architectures in torch {minor} cu{cuda.replace('.', '')} wheels are "
+                    f"not recorded; {kb.sm(cc)} is assumed to be included"
+                )
             elif not covers(cc, arch):
-                built = ", ".join(kb.sm(a.rstrip("a")) + ("a" if a.endswith("a") else "") for a in arch.sass)
+                built = ", ".join(
+                    kb.sm(a.rstrip("a")) + ("a" if a.endswith("a") else "") for a in arch.sass
+                )
                 ptx = f" + PTX compute_{arch.ptx[0].replace('.', '')}" if arch.ptx else ""
-                message = (f"torch {minor} cu{cuda.replace('.', '')} wheels are built for {built}{ptx}, which do "
-                           f"not run on {gpu_desc}; use {self.torch_fix(cc)}")
+                message = (
+                    f"torch {minor} cu{cuda.replace('.', '')} "
+                    f"wheels are built for {built}{ptx}, which do "
+                    f"not run on {gpu_desc}; use {self.torch_fix(cc)}"
+                )
                 (warnings if arch.uncertain else errors).append(message)
         # base image
         flavour_ok = self.pick_images(cuda, os_name, cudnn)
         if flavour_ok is None:
             oses = sorted({i.os for i in kb.cuda_images() if i.cuda == cuda})
             want = " with cuDNN" if cudnn else ""
-            fix = f"use os {' or '.join(o for o in oses if o in schema.OS_CHOICES)}" if oses else "use another cuda"
+            fix = (
+                f"use os {' or '.join(o for o in oses if o in schema.OS_CHOICES)}"
+                if oses
+                else "use another cuda"
+            )
             errors.append(f"there is no nvidia/cuda {cuda} image{want} for {os_name}: {fix}")
             return Candidate(cuda, tuple(errors), tuple(warnings))
         full, builder, runtime = flavour_ok
@@ -323,18 +404,27 @@ class Resolver:
         if driver:
             floor = kb.compat_floor(cuda)
             if floor and version_lt(driver, floor):
-                errors.append(f"driver {driver} is too old for CUDA {cuda}: its minor-version-compatibility floor "
-                              f"is {floor} (CUDA {full} wants >= {min_driver or floor}); upgrade the driver or "
-                              f"use an older cuda")
+                errors.append(
+                    f"driver {driver} is too old for CUDA {cuda}: "
+                    "its minor-version-compatibility floor "
+                    f"is {floor} (CUDA {full} wants >= "
+                    f"{min_driver or floor}); upgrade the driver or "
+                    f"use an older cuda"
+                )
                 driver_ok = False
             elif min_driver and version_lt(driver, min_driver):
-                warnings.append(f"driver {driver} is below CUDA {full}'s minimum {min_driver}: it runs through "
-                                f"minor-version compatibility (no PTX JIT); upgrade to >= {min_driver} for full "
-                                f"support")
+                warnings.append(
+                    f"driver {driver} is below CUDA {full}'s minimum {min_driver}: it runs through "
+                    "minor-version compatibility (no PTX JIT); "
+                    f"upgrade to >= {min_driver} for full "
+                    f"support"
+                )
                 driver_ok = False
             elif min_driver is None:
                 warnings.append(f"cannot check driver {driver}: {note}")
-        return Candidate(cuda, tuple(errors), tuple(warnings), full, builder, runtime, min_driver, driver_ok)
+        return Candidate(
+            cuda, tuple(errors), tuple(warnings), full, builder, runtime, min_driver, driver_ok
+        )
 
     def torch_fix(self, cc: str) -> str:
         pairs = torch_cuda_pairs_for(cc)
@@ -348,13 +438,20 @@ class Resolver:
         if not minors:
             return f"no torch release has CUDA {cuda} wheels"
         ordered = sorted(minors, key=kb.vkey)
-        return f"torch {ordered[0]} to {ordered[-1]} for cuda {cuda}" if len(ordered) > 1 else f"torch {ordered[0]}"
+        return (
+            f"torch {ordered[0]} to {ordered[-1]} for cuda {cuda}"
+            if len(ordered) > 1
+            else f"torch {ordered[0]}"
+        )
 
     def pick_images(self, cuda: str, os_name: str, cudnn: bool) -> tuple[str, str, str] | None:
         """(full, devel tag, runtime tag): the newest update of CUDA X.Y that has both
         flavours for this OS (with cuDNN if asked; NVIDIA's cuDNN tag names vary)."""
-        images = [i for i in kb.cuda_images() if i.cuda == cuda and i.os == os_name
-                  and ((i.cudnn != "none") == cudnn)]
+        images = [
+            i
+            for i in kb.cuda_images()
+            if i.cuda == cuda and i.os == os_name and ((i.cudnn != "none") == cudnn)
+        ]
         by_full: dict[str, dict[str, str]] = {}
         for img in images:
             by_full.setdefault(img.full, {})[img.flavor] = img.tag
@@ -362,7 +459,11 @@ class Resolver:
         if not complete:
             return None
         full = max(complete, key=kb.vkey)
-        return full, f"nvidia/cuda:{by_full[full]['devel']}", f"nvidia/cuda:{by_full[full]['runtime']}"
+        return (
+            full,
+            f"nvidia/cuda:{by_full[full]['devel']}",
+            f"nvidia/cuda:{by_full[full]['runtime']}",
+        )
 
     # -- the whole plan --------------------------------------------------------
     def resolve(self) -> BuildPlan | None:
@@ -371,8 +472,11 @@ class Resolver:
         nvidia = accelerator == "nvidia"
         os_name = self.o.base_os or sw.get("os") or ("ubuntu22.04" if nvidia else "debian12")
         if self.o.base_os and sw.get("os") and sw["os"] != self.o.base_os:
-            self.warn(f"the base image is {self.o.base_os}, not {sw['os']}: building for {self.o.base_os}",
-                      "software.os")
+            self.warn(
+                f"the base image is {self.o.base_os}, not "
+                f"{sw['os']}: building for {self.o.base_os}",
+                "software.os",
+            )
         python = str(sw.get("python") or self.o.base_python or "3.11")
         torch_rel = self.resolve_torch()
         if torch_rel is None:
@@ -389,17 +493,27 @@ class Resolver:
         gpu_count = hw.get("gpus")
         if nvidia:
             if not hw.get("gpu"):
-                self.error("hardware.gpu is required when the accelerator is nvidia (e.g. gpu: A100)", "hardware")
+                self.error(
+                    "hardware.gpu is required when the accelerator is nvidia (e.g. gpu: A100)",
+                    "hardware",
+                )
                 return None
             gpu = kb.find_gpu(str(hw["gpu"]))
             if gpu is None:
-                self.error(f"unknown GPU '{hw['gpu']}'" + _did_you_mean(str(hw["gpu"]).lower().replace(" ", ""),
-                                                                        kb.gpu_names()).replace("known keys", "known"),
-                           "hardware.gpu")
+                self.error(
+                    f"unknown GPU '{hw['gpu']}'"
+                    + _did_you_mean(
+                        str(hw["gpu"]).lower().replace(" ", ""), kb.gpu_names()
+                    ).replace("known keys", "known"),
+                    "hardware.gpu",
+                )
                 return None
             if gpu.uncertain:
-                self.warn(f"{gpu.name}'s compute capability {gpu.cc} rests on secondary sources ({gpu.sources})",
-                          "hardware.gpu")
+                self.warn(
+                    f"{gpu.name}'s compute capability {gpu.cc} "
+                    f"rests on secondary sources ({gpu.sources})",
+                    "hardware.gpu",
+                )
             if gpu_count is None:
                 gpu_count = 1
             elif gpu_count < 1:
@@ -407,8 +521,13 @@ class Resolver:
             chosen = self.choose_cuda(torch, rel, gpu, os_name, cudnn, driver)
             if chosen is None:
                 return None
-            cuda, full, builder, runtime, min_driver = (chosen.cuda, chosen.full, chosen.builder, chosen.runtime,
-                                                        chosen.min_driver)
+            cuda, full, builder, runtime, min_driver = (
+                chosen.cuda,
+                chosen.full,
+                chosen.builder,
+                chosen.runtime,
+                chosen.min_driver,
+            )
             arch_list = (gpu.cc,)
             variant = "cu" + cuda.replace(".", "")
             if explicit_base:
@@ -416,11 +535,17 @@ class Resolver:
         else:
             for key in ("gpu", "driver"):
                 if hw.get(key):
-                    self.error(f"hardware.{key} is set but the accelerator is cpu; remove it or set "
-                               "hardware.accelerator: nvidia", f"hardware.{key}")
+                    self.error(
+                        f"hardware.{key} is set but the accelerator is cpu; remove it or set "
+                        "hardware.accelerator: nvidia",
+                        f"hardware.{key}",
+                    )
             if sw.get("cuda"):
-                self.error("software.cuda is set but the accelerator is cpu; remove it or set "
-                           "hardware.accelerator: nvidia", "software.cuda")
+                self.error(
+                    "software.cuda is set but the accelerator is cpu; remove it or set "
+                    "hardware.accelerator: nvidia",
+                    "software.cuda",
+                )
             gpu_count = gpu_count or 0
             variant = "cpu"
             if explicit_base:
@@ -430,12 +555,17 @@ class Resolver:
             else:
                 builder = runtime = f"ubuntu:{os_name.removeprefix('ubuntu')}"
         assert builder is not None and runtime is not None
-        python_install = self.python_install(python, os_name, builder, explicit_base is not None, nvidia)
+        python_install = self.python_install(
+            python, os_name, builder, explicit_base is not None, nvidia
+        )
 
         run_gpus = self.run_cfg.get("gpus")
         run_gpus = str(run_gpus) if run_gpus is not None else ("all" if nvidia else "none")
         if not nvidia and run_gpus != "none":
-            self.warn(f"run.gpus is {run_gpus} but the accelerator is cpu; the image has no CUDA", "run.gpus")
+            self.warn(
+                f"run.gpus is {run_gpus} but the accelerator is cpu; the image has no CUDA",
+                "run.gpus",
+            )
         if self.has_errors():
             return None
         name = self.p.name
@@ -445,9 +575,22 @@ class Resolver:
         training = self.p.data.get("training") or {}
         image_name = self.image_cfg.get("name") or "aibuild"
         image_tag = self.image_cfg.get("tag") or f"{name}-torch{torch}-{variant}"
-        resolved = self.resolved_profile(name, accelerator, gpu, gpu_count, os_name, cuda, cudnn, python, torch,
-                                         builder if explicit_base else None, run_gpus)
-        profile_yaml = yaml.safe_dump(resolved, sort_keys=True, default_flow_style=False, allow_unicode=True)
+        resolved = self.resolved_profile(
+            name,
+            accelerator,
+            gpu,
+            gpu_count,
+            os_name,
+            cuda,
+            cudnn,
+            python,
+            torch,
+            builder if explicit_base else None,
+            run_gpus,
+        )
+        profile_yaml = yaml.safe_dump(
+            resolved, sort_keys=True, default_flow_style=False, allow_unicode=True
+        )
         profile_hash = hashlib.sha256(
             json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str).encode()
         ).hexdigest()
@@ -486,7 +629,9 @@ class Resolver:
             warnings=tuple(d.format() for d in self.diags if d.severity == "warning"),
         )
 
-    def python_install(self, python: str, os_name: str, base: str, explicit: bool, nvidia: bool) -> str:
+    def python_install(
+        self, python: str, os_name: str, base: str, explicit: bool, nvidia: bool
+    ) -> str:
         """How Python gets into the image: 'base' (the base image has it), 'system' (the OS's own
         python3 from apt, when its version matches) or 'uv' (a uv-managed CPython otherwise)."""
         if explicit and self.o.base_python is not None:
@@ -498,33 +643,61 @@ class Resolver:
             return "system"
         return "uv"
 
-    def choose_cuda(self, torch: str, rel: kb.TorchRelease, gpu: kb.Gpu, os_name: str, cudnn: bool,
-                    driver: str | None) -> Candidate | None:
+    def choose_cuda(
+        self,
+        torch: str,
+        rel: kb.TorchRelease,
+        gpu: kb.Gpu,
+        os_name: str,
+        cudnn: bool,
+        driver: str | None,
+    ) -> Candidate | None:
         asked = self.sw.get("cuda")
         if asked:
             cand = self.evaluate(str(asked), torch, rel, gpu, os_name, cudnn, driver)
             for message in cand.errors:
-                self.error(message, "hardware.driver" if message.startswith("driver ") else "software.cuda")
+                self.error(
+                    message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
+                )
             for message in cand.warnings:
-                self.warn(message, "hardware.driver" if message.startswith("driver ") else "software.cuda")
+                self.warn(
+                    message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
+                )
             return None if cand.errors else cand
-        candidates = [self.evaluate(c, torch, rel, gpu, os_name, cudnn, driver)
-                      for c in sorted(rel.cuda, key=kb.vkey, reverse=True)]
+        candidates = [
+            self.evaluate(c, torch, rel, gpu, os_name, cudnn, driver)
+            for c in sorted(rel.cuda, key=kb.vkey, reverse=True)
+        ]
         ok = [c for c in candidates if not c.errors]
         best = next((c for c in ok if c.driver_ok), ok[0] if ok else None)
         if best is None:
             reasons = "; ".join(f"cuda {c.cuda}: {c.errors[0]}" for c in candidates)
-            self.error(f"no CUDA version works for torch {torch} on {gpu.name} ({kb.sm(gpu.cc)})"
-                       f"{' with driver ' + str(driver) if driver else ''} on {os_name}: {reasons}",
-                       "software.torch")
+            self.error(
+                f"no CUDA version works for torch {torch} on {gpu.name} ({kb.sm(gpu.cc)})"
+                f"{' with driver ' + str(driver) if driver else ''} on {os_name}: {reasons}",
+                "software.torch",
+            )
             return None
         for message in best.warnings:
-            self.warn(message, "hardware.driver" if message.startswith("driver ") else "software.cuda")
+            self.warn(
+                message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
+            )
         return best
 
-    def resolved_profile(self, name: str, accelerator: str, gpu: kb.Gpu | None, gpus: int, os_name: str,
-                         cuda: str | None, cudnn: bool, python: str, torch: str, base: str | None,
-                         run_gpus: str) -> dict[str, Any]:
+    def resolved_profile(
+        self,
+        name: str,
+        accelerator: str,
+        gpu: kb.Gpu | None,
+        gpus: int,
+        os_name: str,
+        cuda: str | None,
+        cudnn: bool,
+        python: str,
+        torch: str,
+        base: str | None,
+        run_gpus: str,
+    ) -> dict[str, Any]:
         data = json.loads(json.dumps(self.p.data, default=str))
         data["name"] = name
         hw = data.setdefault("hardware", {})
@@ -551,7 +724,9 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
-def validate(profile: Profile, options: RenderOptions | None = None) -> tuple[BuildPlan | None, list[Diagnostic]]:
+def validate(
+    profile: Profile, options: RenderOptions | None = None
+) -> tuple[BuildPlan | None, list[Diagnostic]]:
     """Every diagnostic for the profile, and the plan when there is no error."""
     diags = validate_schema(profile)
     if any(d.severity == "error" for d in diags):
@@ -572,6 +747,8 @@ def resolve(profile: Profile, options: RenderOptions | None = None) -> BuildPlan
     return plan
 
 
-def plan_for(ref: str, overrides: Sequence[str] = (), options: RenderOptions | None = None) -> BuildPlan:
+def plan_for(
+    ref: str, overrides: Sequence[str] = (), options: RenderOptions | None = None
+) -> BuildPlan:
     """Load, validate and resolve a profile by path or built-in name."""
     return resolve(load_profile(ref, overrides), options)

@@ -73,11 +73,11 @@ def _show(value: Any) -> str:
 
 def _torch_spec(value: Any) -> str | None:
     if not isinstance(value, str) or CONTROL_RE.search(value):
-        return "must be a version (\"2.5.1\") or a specifier (\"~=2.5.0\")"
+        return 'must be a version ("2.5.1") or a specifier ("~=2.5.0")'
     try:
         SpecifierSet(value) if value[:1] in "<>=!~" else SpecifierSet(f"=={value}")
     except InvalidSpecifier:
-        return f"'{_show(value)}' is not a version (\"2.5.1\") or specifier (\"~=2.5.0\")"
+        return f'\'{_show(value)}\' is not a version ("2.5.1") or specifier ("~=2.5.0")'
     return None
 
 
@@ -102,7 +102,8 @@ def check_pip_item(value: Any) -> str | None:
 def check_apt_item(value: Any) -> str | None:
     if not isinstance(value, str) or not APT_RE.fullmatch(value):
         return (
-            f"'{_show(value)}' is not a Debian package name (lowercase letters, digits, '+', '-', '.'; "
+            f"'{_show(value)}' is not a Debian package name "
+            "(lowercase letters, digits, '+', '-', '.'; "
             "optionally =VERSION)"
         )
     return None
@@ -113,7 +114,11 @@ def _gpus(value: Any) -> str | None:
         return "must be all, none, a count, or device=0,1"
     if isinstance(value, int):
         return None if value >= 0 else "must not be negative"
-    return None if GPUS_RE.fullmatch(value) else f"'{_show(value)}' is not all, none, a count, or device=0,1"
+    return (
+        None
+        if GPUS_RE.fullmatch(value)
+        else f"'{_show(value)}' is not all, none, a count, or device=0,1"
+    )
 
 
 @dataclass(frozen=True)
@@ -149,46 +154,141 @@ def _section(value: Any) -> str | None:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("name", "str", "file name", "Profile name; used in image tags and labels.",
-          _pattern(NAME_RE, "a name of lowercase letters, digits, '.', '_', '-'")),
-    Field("description", "str", '""', "One line shown by `aibuild profiles` and in the image's labels.", _text),
-    Field("extends", "str", "none", "Parent profile: a built-in name or a path relative to this file."),
+    Field(
+        "name",
+        "str",
+        "file name",
+        "Profile name; used in image tags and labels.",
+        _pattern(NAME_RE, "a name of lowercase letters, digits, '.', '_', '-'"),
+    ),
+    Field(
+        "description",
+        "str",
+        '""',
+        "One line shown by `aibuild profiles` and in the image's labels.",
+        _text,
+    ),
+    Field(
+        "extends", "str", "none", "Parent profile: a built-in name or a path relative to this file."
+    ),
     Field("hardware", "section", "", "The machine the image is for.", _section),
     Field("hardware.accelerator", "str", "cpu", "nvidia or cpu.", choices=("nvidia", "cpu")),
-    Field("hardware.gpu", "str", "none", "GPU model (A100, H100, L4, RTX 4090, ...); sets the compute capability.",
-          lambda v: _text(v, 80)),
+    Field(
+        "hardware.gpu",
+        "str",
+        "none",
+        "GPU model (A100, H100, L4, RTX 4090, ...); sets the compute capability.",
+        lambda v: _text(v, 80),
+    ),
     Field("hardware.gpus", "int", "1 (nvidia), 0 (cpu)", "GPUs per node.", _int_min(0)),
-    Field("hardware.driver", "str", "none",
-          "The host's NVIDIA driver (e.g. \"550.54.15\"); checked against the CUDA release's minimum.",
-          _pattern(DRIVER_RE, "a driver version like 550.54.15")),
+    Field(
+        "hardware.driver",
+        "str",
+        "none",
+        'The host\'s NVIDIA driver (e.g. "550.54.15"); '
+        "checked against the CUDA release's minimum.",
+        _pattern(DRIVER_RE, "a driver version like 550.54.15"),
+    ),
     Field("software", "section", "", "What goes into the image.", _section),
-    Field("software.os", "str", "ubuntu22.04 (nvidia), debian12 (cpu)", "Base OS of the image.", choices=OS_CHOICES),
-    Field("software.cuda", "str", "newest that torch, GPU and driver allow",
-          "CUDA version X.Y (nvidia only).", _pattern(MINOR_RE, "a CUDA version like \"12.4\"")),
-    Field("software.cudnn", "bool", "true", "Use an nvidia/cuda image with cuDNN (nvidia only).", _bool),
-    Field("software.python", "str", "3.11", "Python X.Y; the OS's own python when it matches, else uv-managed.",
-          _pattern(MINOR_RE, "a Python version like \"3.11\"")),
-    Field("software.torch", "str", "2.13.0", "PyTorch version or PEP 440 specifier (\"2.5.1\", \"2.5\" = newest 2.5.x, \"~=2.5.0\", \">=2.7\").", _torch_spec),
-    Field("software.pip", "list", "[]", "Extra PEP 508 requirements. Appended to the parent's on extends.",
-          _pip_list),
-    Field("software.apt", "list", "[]", "Extra Debian/Ubuntu packages. Appended to the parent's on extends.",
-          lambda v: None if isinstance(v, list) else "must be a list of package names"),
-    Field("software.env", "map", "{}", "Environment variables set in the image (POSIX names).", _map),
-    Field("software.base_image", "str", "derived",
-          "Explicit base image for both stages (overrides the nvidia/cuda or python image).",
-          _pattern(IMAGE_REF_RE, "an image reference")),
-    Field("training", "section", "", "Settings of the embedded trainer (see the training reference).", _section),
+    Field(
+        "software.os",
+        "str",
+        "ubuntu22.04 (nvidia), debian12 (cpu)",
+        "Base OS of the image.",
+        choices=OS_CHOICES,
+    ),
+    Field(
+        "software.cuda",
+        "str",
+        "newest that torch, GPU and driver allow",
+        "CUDA version X.Y (nvidia only).",
+        _pattern(MINOR_RE, 'a CUDA version like "12.4"'),
+    ),
+    Field(
+        "software.cudnn",
+        "bool",
+        "true",
+        "Use an nvidia/cuda image with cuDNN (nvidia only).",
+        _bool,
+    ),
+    Field(
+        "software.python",
+        "str",
+        "3.11",
+        "Python X.Y; the OS's own python when it matches, else uv-managed.",
+        _pattern(MINOR_RE, 'a Python version like "3.11"'),
+    ),
+    Field(
+        "software.torch",
+        "str",
+        "2.13.0",
+        'PyTorch version or PEP 440 specifier ("2.5.1", "2.5" = newest 2.5.x, "~=2.5.0", ">=2.7").',
+        _torch_spec,
+    ),
+    Field(
+        "software.pip",
+        "list",
+        "[]",
+        "Extra PEP 508 requirements. Appended to the parent's on extends.",
+        _pip_list,
+    ),
+    Field(
+        "software.apt",
+        "list",
+        "[]",
+        "Extra Debian/Ubuntu packages. Appended to the parent's on extends.",
+        lambda v: None if isinstance(v, list) else "must be a list of package names",
+    ),
+    Field(
+        "software.env", "map", "{}", "Environment variables set in the image (POSIX names).", _map
+    ),
+    Field(
+        "software.base_image",
+        "str",
+        "derived",
+        "Explicit base image for both stages (overrides the nvidia/cuda or python image).",
+        _pattern(IMAGE_REF_RE, "an image reference"),
+    ),
+    Field(
+        "training",
+        "section",
+        "",
+        "Settings of the embedded trainer (see the training reference).",
+        _section,
+    ),
     Field("run", "section", "", "Defaults for `aibuild run`.", _section),
-    Field("run.gpus", "str", "all (nvidia), none (cpu)", "GPUs passed to the container: all, none, N, device=0,1.",
-          _gpus),
-    Field("run.shm_size", "str", "16g (nvidia), 2g (cpu)", "Size of /dev/shm (DataLoader workers need it).",
-          _pattern(SHM_RE, "a size like 16g")),
-    Field("run.ipc", "str", "private", "IPC namespace: private or host.", choices=("private", "host")),
+    Field(
+        "run.gpus",
+        "str",
+        "all (nvidia), none (cpu)",
+        "GPUs passed to the container: all, none, N, device=0,1.",
+        _gpus,
+    ),
+    Field(
+        "run.shm_size",
+        "str",
+        "16g (nvidia), 2g (cpu)",
+        "Size of /dev/shm (DataLoader workers need it).",
+        _pattern(SHM_RE, "a size like 16g"),
+    ),
+    Field(
+        "run.ipc", "str", "private", "IPC namespace: private or host.", choices=("private", "host")
+    ),
     Field("image", "section", "", "Where the image is published.", _section),
-    Field("image.name", "str", "aibuild", "Image repository, e.g. registry.example.com/team/train.",
-          _pattern(IMAGE_REPO_RE, "an image repository name")),
-    Field("image.tag", "str", "<profile>-torch<version>-<cuXYZ|cpu>", "Explicit tag instead of the scheme.",
-          _pattern(TAG_RE, "a Docker tag")),
+    Field(
+        "image.name",
+        "str",
+        "aibuild",
+        "Image repository, e.g. registry.example.com/team/train.",
+        _pattern(IMAGE_REPO_RE, "an image repository name"),
+    ),
+    Field(
+        "image.tag",
+        "str",
+        "<profile>-torch<version>-<cuXYZ|cpu>",
+        "Explicit tag instead of the scheme.",
+        _pattern(TAG_RE, "a Docker tag"),
+    ),
 )
 
 BY_PATH = {f.path: f for f in FIELDS}

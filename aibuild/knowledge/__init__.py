@@ -136,7 +136,11 @@ def gpus() -> dict[str, Gpu]:
     out = {}
     for r in _rows("gpu_cc.csv"):
         out[r["gpu_name"]] = Gpu(
-            r["gpu_name"], r["compute_capability"], r["architecture"], r["uncertain"] == "?", r["sources"]
+            r["gpu_name"],
+            r["compute_capability"],
+            r["architecture"],
+            r["uncertain"] == "?",
+            r["sources"],
         )
     return out
 
@@ -252,10 +256,7 @@ def cuda_targets() -> dict[str, CudaTargets]:
     for r in rows:
         raw = r["sm_targets"]
         same_as = re.search(r"\bas ([\d.]+)", raw)
-        if same_as:
-            targets = out[same_as.group(1)].targets
-        else:
-            targets = tuple(raw.split(";"))
+        targets = out[same_as.group(1)].targets if same_as else tuple(raw.split(";"))
         inferred = same_as.group(1) if same_as and r["uncertain"] == "?" else None
         out[r["cuda_version"]] = CudaTargets(
             r["cuda_version"], r["min_cc"], r["max_cc"], targets, inferred, r["sources"]
@@ -269,7 +270,9 @@ def targets_for(cuda: str) -> CudaTargets | None:
     table = cuda_targets()
     if cuda in table:
         return table[cuda]
-    same_major = [v for v in table if v.split(".")[0] == cuda.split(".")[0] and vkey(v) < vkey(cuda)]
+    same_major = [
+        v for v in table if v.split(".")[0] == cuda.split(".")[0] and vkey(v) < vkey(cuda)
+    ]
     if not same_major:
         return None
     base = table[max(same_major, key=vkey)]
@@ -323,7 +326,15 @@ def compat_floor(cuda: str) -> str | None:
 @functools.cache
 def cuda_images() -> list[CudaImage]:
     return [
-        CudaImage(r["tag"], r["cuda_full"], r["cuda_version"], r["flavor"], r["cudnn"], r["os"], r["uncertain"] == "?")
+        CudaImage(
+            r["tag"],
+            r["cuda_full"],
+            r["cuda_version"],
+            r["flavor"],
+            r["cudnn"],
+            r["os"],
+            r["uncertain"] == "?",
+        )
         for r in _rows("cuda_images.csv")
     ]
 
