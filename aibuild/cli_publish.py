@@ -492,6 +492,7 @@ def after_build(
         return published
     from aibuild.engine import get_client
     from aibuild.lock import check_os_packages, profile_file, source_labels
+    from aibuild.publish import BlobCache
     from aibuild.reproducible import finish_reproducible
 
     log = _log(quiet)
@@ -511,6 +512,8 @@ def after_build(
             source_date_epoch=prepared.epoch,
             labels=source_labels(profile_file(prepared.profile)),
             wheelhouse=Path(wheelhouse) if wheelhouse else None,
+            # Pushing next: gzip the layers while they are at hand, not after a second export.
+            cache=BlobCache() if settings.push else None,
             log=log,
         )
         published.image_id = normalised.image_id

@@ -786,6 +786,11 @@ class BlobCache:
             tmp.replace(path)
         return Blob(digest, len(data), CONFIG_V1, path)
 
+    def add_layers(self, layers: Mapping[str, Path]) -> None:
+        """``add_layer`` for each (diff ID, tar), in parallel (zlib releases the GIL)."""
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+            list(pool.map(lambda item: self.add_layer(*item), layers.items()))
+
     def add_layer(self, diff_id: str, layer_tar: Path) -> Blob:
         """Compress an uncompressed layer tar into the cache (no-op when already there)."""
         found = self.layer(diff_id)
@@ -946,8 +951,7 @@ def image_blobs(
         config = cache.add_config(saved.config)
         todo = {d: p for d, p in zip(saved.diff_ids, saved.layers, strict=True) if d in missing}
         started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            list(pool.map(lambda item: cache.add_layer(*item), todo.items()))
+        cache.add_layers(todo)
         log(f"compressed {len(todo)} layer(s) in {time.monotonic() - started:.1f}s")
     blobs = [cache.layer(d) for d in diff_ids]
     assert all(blobs)

@@ -361,8 +361,7 @@ def normalise_image(
         image_id = _load(client, config, new_layers, keep_tags, work)
         if cache is not None:
             cache.add_config(config)
-            for index, (diff_id, path) in enumerate(new_layers):
-                cache.add_layer(diff_id, path or saved.layers[index])
+            cache.add_layers({d: path or saved.layers[i] for i, (d, path) in enumerate(new_layers)})
     seconds = round(time.monotonic() - started, 3)
     log(f"normalised {image} -> {image_id[:19]} in {seconds:.1f}s")
     return NormaliseResult(

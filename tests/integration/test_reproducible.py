@@ -308,3 +308,29 @@ def test_cpu_profile_locked_reproducible_builds_are_identical_and_run_torch(
     assert changed.returncode == 1
     assert "does not match the profile any more" in changed.stderr
     assert "Traceback" not in changed.stderr
+
+
+def test_normalising_into_a_blob_cache_saves_the_export_at_push(
+    docker_client: docker.DockerClient,
+    base_image: str,
+    two_builds: Any,
+    registry: Any,
+    tmp_path: Path,
+    unique_name: str,
+) -> None:
+    raw, normalised = two_builds
+    cache = BlobCache(tmp_path / "cache")
+    again = normalise_image(
+        docker_client, raw[0], source_date_epoch=EPOCH, base=base_image, tags=[], cache=cache
+    )
+    assert again.image_id == normalised[0].image_id
+    lines: list[str] = []
+    pushed = direct_push(
+        docker_client,
+        again.image_id,
+        registry.repo(f"repro/{unique_name}:cached"),
+        cache=cache,
+        log=lines.append,
+    )
+    assert not any(line.startswith("exporting") for line in lines), lines
+    assert registry.manifest_digest(f"repro/{unique_name}", "cached") == pushed.digest
