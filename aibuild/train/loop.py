@@ -478,7 +478,8 @@ class Trainer:
             self.output.mkdir(parents=True, exist_ok=True)
             metrics = (self.output / "metrics.jsonl").open("a", encoding="utf-8")
         start = time.perf_counter()
-        train_time = 0.0
+        train_time = 0.0  # wall seconds in the training loop (no eval, no checkpoints)
+        self.train_cpu_time = 0.0  # this process's CPU seconds in the same spans
         samples_total = 0
         status = "completed"
         try:
@@ -489,6 +490,7 @@ class Trainer:
                 self.sampler.skip = self.batch_in_epoch * cfg.batch_size
                 micro = 0
                 window_samples, window_start = 0, time.perf_counter()
+                window_cpu = time.process_time()
                 stop = False
                 for x, y in self.train_loader:
                     x, y = self._to_device(x, y)
@@ -534,8 +536,10 @@ class Trainer:
                         now = time.perf_counter()
                         rate = window_samples / max(now - window_start, 1e-9)
                         train_time += now - window_start
+                        cpu_now = time.process_time()
+                        self.train_cpu_time += cpu_now - window_cpu
                         samples_total += window_samples
-                        window_samples, window_start = 0, now
+                        window_samples, window_start, window_cpu = 0, now, cpu_now
                         record = {
                             "type": "train",
                             "step": self.step,
@@ -570,6 +574,7 @@ class Trainer:
                         break
                 now = time.perf_counter()
                 train_time += now - window_start
+                self.train_cpu_time += time.process_time() - window_cpu
                 samples_total += window_samples
                 if self.opts.dry_run:
                     if self.eval_loader is not None:
@@ -645,6 +650,10 @@ class Trainer:
             "eval": self.last_eval,
             "samples_per_s": round(samples / train_time, 2) if train_time > 0 else None,
             "train_time_s": round(train_time, 3),
+            # per CPU-second of this process: steadier than wall time on a shared host
+            "samples_per_cpu_s": (
+                round(samples / self.train_cpu_time, 2) if self.train_cpu_time > 0 else None
+            ),
             "elapsed_s": round(elapsed, 3),
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "device": str(self.device),
