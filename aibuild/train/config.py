@@ -83,7 +83,10 @@ class TrainConfig:
     channels_last: bool = _f(False, "channels_last memory format for conv nets (cnn)")
     num_workers: int = _f(0, "DataLoader worker processes (persistent when > 0)", minimum=0)
     cpu_threads: int = _f(
-        0, "intra-op CPU threads; 0 = torch's default (one per core; torchrun: 1)", minimum=0
+        0,
+        "intra-op CPU threads; 0 = auto (1 for models under 1M parameters, whose ops are "
+        "too small to split, else torch's default)",
+        minimum=0,
     )
     pin_memory: bool = _f(True, "pin host memory for faster copies to CUDA (ignored on CPU)")
     # reproducibility
