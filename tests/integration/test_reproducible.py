@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -186,10 +187,25 @@ CPU_SETS = (
 )
 
 
-def _aibuild(*args: str, cwd: Path, network: str, cache: Path | None = None) -> Any:
-    """The real CLI in a subprocess; its own blob cache (``cache``, default under cwd)."""
+def _snapshot_source(dest: Path) -> Path:
+    """A frozen copy of aibuild (package, templates, profiles). The image embeds
+    aibuild's own code, so builds from a working tree edited between them differ, and
+    rightly: the two builds must come from one snapshot."""
+    root = Path(__file__).resolve().parents[2]
+    for name in ("aibuild", "templates", "profiles"):
+        shutil.copytree(root / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _aibuild(
+    *args: str, cwd: Path, network: str, cache: Path | None = None, source: Path | None = None
+) -> Any:
+    """The real CLI in a subprocess (from ``source`` when given); its own blob cache
+    (``cache``, default under cwd)."""
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     env["AIBUILD_BUILD_NETWORK"] = network
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     env["AIBUILD_CACHE_DIR"] = str(cache or cwd / "blob-cache")
     return subprocess.run(
         [sys.executable, "-m", "aibuild", *args],
@@ -216,6 +232,7 @@ def test_cpu_profile_locked_reproducible_builds_are_identical_and_run_torch(
     --reproducible --no-cache, get one image ID, one registry digest from fresh blob
     caches, an SBOM in the image, and torch that imports."""
     source = ("--base-image", base_image, "--wheelhouse", str(wheelhouse), *CPU_SETS)
+    code = _snapshot_source(tmp_path / "src")
     locked = _aibuild(
         "lock",
         "cpu",
@@ -224,6 +241,7 @@ def test_cpu_profile_locked_reproducible_builds_are_identical_and_run_torch(
         str(EPOCH),
         cwd=tmp_path,
         network=build_network,
+        source=code,
     )
     assert locked.returncode == 0, locked.stderr[-3000:]
     lock = json.loads((tmp_path / "cpu.lock.json").read_text())
@@ -244,11 +262,12 @@ def test_cpu_profile_locked_reproducible_builds_are_identical_and_run_torch(
             "-q",
             cwd=tmp_path,
             network=build_network,
+            source=code,
         )
         assert built.returncode == 0, built.stderr[-3000:]
         ids.append(built.stdout.strip().splitlines()[-1])
     assert ids[0] == ids[1], _aibuild(
-        "diff", ids[0], ids[1], cwd=tmp_path, network=build_network
+        "diff", ids[0], ids[1], cwd=tmp_path, network=build_network, source=code
     ).stdout[-3000:]
     image_id = ids[0]
 
@@ -288,6 +307,7 @@ def test_cpu_profile_locked_reproducible_builds_are_identical_and_run_torch(
             registry.repo(f"repro/{unique_name}-{name}:v1"),
             cwd=tmp_path,
             network=build_network,
+            source=code,
             cache=tmp_path / f"cache-{name}",
         )
         assert pushed.returncode == 0, pushed.stderr[-3000:]
@@ -304,6 +324,7 @@ def test_cpu_profile_locked_reproducible_builds_are_identical_and_run_torch(
         "--locked",
         cwd=tmp_path,
         network=build_network,
+        source=code,
     )
     assert changed.returncode == 1
     assert "does not match the profile any more" in changed.stderr
