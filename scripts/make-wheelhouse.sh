@@ -58,7 +58,7 @@ log "downloading wheels into $dir"
 "$python" -m pip download --dest "$dir" --find-links "$dir" \
     --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
     --platform manylinux_2_28_x86_64 --progress-bar off -q \
-    "${reqs[@]}"
+    "${reqs[@]}" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 
 # pip may have added PyPI's (CUDA) torch next to ours only if something went
 # wrong above; refuse rather than hand a test image a multi-GB download.

@@ -49,14 +49,16 @@ step base-image bash "$scripts/bootstrap-base.sh" "$base_image"
 # 3. networking: does the default bridge (NAT) reach Debian's mirror? Fall back
 # to host networking when it does not (no iptables/NAT in some sandboxes).
 probe_network() {
-    local mode
+    local mode out
     for mode in bridge host; do
-        if docker run --rm --network "$mode" "$base_image" \
-            timeout 10 bash -c 'exec 3<>/dev/tcp/deb.debian.org/80' >/dev/null 2>&1; then
+        if out=$(docker run --rm --network "$mode" "$base_image" \
+            timeout 10 bash -c 'exec 3<>/dev/tcp/deb.debian.org/80 && echo reached' 2>&1) &&
+            [[ $out == *reached* ]]; then
             build_network=$mode
+            [[ $mode == bridge ]] || log "using host networking for builds and containers"
             return 0
         fi
-        log "containers on the $mode network cannot reach deb.debian.org:80"
+        log "containers on the $mode network cannot reach deb.debian.org:80: ${out:0:300}"
     done
     log "no network mode reaches Debian's mirror: builds that apt-get install will fail"
     build_network=none
@@ -65,12 +67,13 @@ step network probe_network
 
 # The fake hook: a GPU request on the main engine must start the container.
 probe_hook() {
+    local out
     gpu_hook=1
-    if ! docker run --rm --gpus all "$base_image" true >/dev/null 2>&1; then
+    if ! out=$(docker run --rm --gpus all "$base_image" true 2>&1); then
         gpu_hook=0
-        log "WARNING: the engine at $DOCKER_HOST refuses --gpus: it was not started with"
-        log "  nvidia-container-runtime-hook on its PATH. Stop it and rerun this script,"
-        log "  which then starts dockerd with scripts/fake-nvidia first on its PATH."
+        log "WARNING: the engine at $DOCKER_HOST refuses --gpus (${out:0:300})."
+        log "  It was not started with nvidia-container-runtime-hook on its PATH: stop it"
+        log "  and rerun this script, which then starts dockerd with the fake hook."
     fi
 }
 step gpu-hook probe_hook

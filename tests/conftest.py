@@ -45,4 +45,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if require_gpu:
             continue  # run; a missing GPU fails the test on a GPU runner
         if not _host_has_gpu():
-            item.add_marker(pytest.mark.skip(reason="needs a real NVIDIA GPU (nvidia-smi -L lists none)"))
+            item.add_marker(
+                pytest.mark.skip(reason="needs a real NVIDIA GPU (nvidia-smi -L lists none)")
+            )

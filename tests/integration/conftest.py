@@ -347,9 +347,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def disposable_registry(
-    registry_control: RegistryControl, test_env: TestEnv
-) -> Iterator[Registry]:
+def disposable_registry(registry_control: RegistryControl, test_env: TestEnv) -> Iterator[Registry]:
     """A registry of this test's own (no auth), stopped and deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     port = _free_port()
@@ -410,7 +408,13 @@ class DockerCleanup:
         return container
 
     def image(self, ref: Any) -> Any:
-        self.images.append(getattr(ref, "id", ref))
+        """Register an image: a tag or id (str) is removed as given; an Image object
+        by its tags, so an identical image another test tagged differently stays."""
+        tags = getattr(ref, "tags", None)
+        if tags:
+            self.images.extend(tags)
+        else:
+            self.images.append(getattr(ref, "id", ref))
         return ref
 
     def run(self) -> None:

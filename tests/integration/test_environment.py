@@ -86,8 +86,7 @@ def test_classic_build_reaches_debian_mirror(
     # docker-py's build API is the classic builder: the network a build's RUN
     # steps get is the build's network_mode.
     dockerfile = (
-        f"FROM {base_image}\n"
-        "RUN bash -c 'exec 3<>/dev/tcp/deb.debian.org/80' && echo reached\n"
+        f"FROM {base_image}\nRUN bash -c 'exec 3<>/dev/tcp/deb.debian.org/80' && echo reached\n"
     )
     image, logs = docker_client.images.build(
         fileobj=io.BytesIO(dockerfile.encode()),
@@ -158,9 +157,7 @@ def test_no_gpu_request_does_not_call_hook(
     hook_calls: Callable[[str], list[dict[str, Any]]],
 ) -> None:
     container = docker_cleanup.container(
-        docker_client.containers.run(
-            base_image, ["true"], labels=docker_cleanup.label, detach=True
-        )
+        docker_client.containers.run(base_image, ["true"], labels=docker_cleanup.label, detach=True)
     )
     assert container.wait(timeout=60)["StatusCode"] == 0
     assert hook_calls(container.id) == []
