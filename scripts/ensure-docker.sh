@@ -104,6 +104,11 @@ if answers; then
     exit 0
 fi
 
+if [[ $engine == main && $host != unix:///var/run/docker.sock ]]; then
+    # The data-root below belongs to the default socket's engine; a second
+    # dockerd on it would corrupt it.
+    die "no engine answers at DOCKER_HOST=$host; unset DOCKER_HOST to let this script start one at the default socket"
+fi
 case $host in
     unix://*) sock=${host#unix://} ;;
     *) die "no engine answers at $host, and only a local unix socket can be started here" ;;
