@@ -52,8 +52,8 @@ class TrainConfig:
     )
     data_dir: str | None = _f(
         None,
-        "where the dataset's files are (a directory, or a .txt file for text); null = "
-        "$AIBUILD_DATA, else the embedded data",
+        "where the dataset's files are (a directory, or a .txt file for text); --data and "
+        "$AIBUILD_DATA override it; null = the embedded data",
     )
     # optimisation
     epochs: int = _f(10, "passes over the training set", minimum=1)
@@ -67,7 +67,7 @@ class TrainConfig:
     lr: float = _f(0.001, "peak learning rate", minimum=0.0)
     min_lr: float = _f(0.0, "learning rate at the end of the cosine decay", minimum=0.0)
     lr_schedule: str = _f("cosine", "cosine (after warmup) or constant", choices=LR_SCHEDULES)
-    warmup_steps: int = _f(0, "linear warmup from 0 over this many optimizer steps", minimum=0)
+    warmup_steps: int = _f(0, "linear warmup up to lr over this many optimizer steps", minimum=0)
     optimizer: str = _f("adamw", "adamw, or sgd with momentum", choices=OPTIMIZERS)
     momentum: float = _f(0.9, "SGD momentum", minimum=0.0)
     weight_decay: float = _f(0.01, "decoupled (AdamW) or L2 (SGD) weight decay", minimum=0.0)
