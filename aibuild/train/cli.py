@@ -231,7 +231,11 @@ def train(
     try:
         code = main(config_path, data_dir, output_dir, sets, resume, dry_run, selftest, flags)
     except AibuildError as exc:
-        click.echo(exc.format(), err=True)
+        message = exc.format()
+        rank = os.environ.get("RANK", "0")
+        if rank not in ("", "0"):  # under torchrun every rank reports; say which one
+            message = "\n".join(f"[rank {rank}] {line}" for line in message.splitlines())
+        click.echo(message, err=True)
         ctx.exit(exc.exit_code)
     ctx.exit(code)
 

@@ -217,6 +217,40 @@ def test_transformer_on_embedded_text_samples(
     assert "macbeth.txt" in summary["dataset"]
 
 
+def test_imagefolder_of_pngs(
+    tmp_path: Path, train_cli: Callable[..., Result], png: Callable[..., bytes]
+) -> None:
+    root = tmp_path / "shapes"
+    for k, name in enumerate(["bars", "dots", "flat"]):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            px = [
+                [[(k * 90 + (x * y if k == 1 else x) * (k + 1) + i) % 256] for x in range(10)]
+                for y in range(10)
+            ]
+            (root / name / f"{i:02d}.png").write_bytes(png(px))
+    out = tmp_path / "out"
+    result = train_cli(
+        "--dataset",
+        "imagefolder",
+        "--data",
+        str(root),
+        "--model",
+        "mlp",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--set",
+        "eval_fraction=0.2",
+        "--output",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    summary = _summary(out)
+    assert "24 train / 6 eval samples, shape [1, 10, 10], 3 classes" in summary["dataset"]
+
+
 def test_dry_run_writes_nothing(tmp_path: Path, train_cli: Callable[..., Result]) -> None:
     out = tmp_path / "out"
     result = train_cli("--dry-run", "--output", str(out), "--model", "lstm")
