@@ -52,6 +52,7 @@ def base_config(model: str, shape: list[int], samples: int, device: str) -> Trai
         device=device,
         precision="fp32",
         keep_checkpoints=1,
+        cpu_threads=torch.get_num_threads(),  # the plain loop's thread count: equal settings
     )
 
 
