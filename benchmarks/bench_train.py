@@ -157,6 +157,11 @@ def run_workload(name: str, args: argparse.Namespace) -> dict[str, float]:
         f"at batch 64 (per CPU-second {out['recommended_cpu_ratio']:.2f}x; "
         f"{out['recommended_vs_plain_same_batch_cpu']:.2f}x the plain loop at batch 256)"
     )
+    if cpu[rec] < cpu[eq]:
+        print(
+            "  (slower here: this workload is bound by arithmetic that this device does not "
+            "speed up with bigger batches or channels_last; keep batch 64 on it)"
+        )
     return {
         **{f"wall:{k}": v for k, v in wall.items()},
         **{f"cpu:{k}": v for k, v in cpu.items()},
