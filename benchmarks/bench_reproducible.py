@@ -16,7 +16,9 @@ given, and the two image IDs and registry digests are compared.
     python benchmarks/bench_reproducible.py [--base-image IMG] [--wheelhouse DIR]
         [--registry HOST:PORT] [--network MODE] [--no-cache] [--twice] [--json FILE]
 
-Defaults come from the test environment (``.aibuild-test-env``).
+Defaults come from the test environment (``.aibuild-test-env``). The image embeds
+aibuild's own code: run it from a checkout nobody edits meanwhile, or ``--twice``
+reports (rightly) two different images; ``aibuild diff`` names the files.
 """
 
 from __future__ import annotations
@@ -150,10 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     repro_publish = first["SBOM + normalise"] + first["push (direct)"]
     print()
     print(f"{'step':<24}{'plain':>10}{'reproducible':>14}")
-    print(f"{'build':<24}{figures['plain']['build']:>9.1f}s{first['build']:>13.1f}s")
+    print(f"{'build (see note)':<24}{figures['plain']['build']:>9.1f}s{first['build']:>13.1f}s")
     print(f"{'SBOM + normalise':<24}{'-':>10}{first['SBOM + normalise']:>13.1f}s")
     print(f"{'push':<24}{plain_publish:>9.1f}s{first['push (direct)']:>13.1f}s")
     print(f"{'total':<24}{figures['plain']['total']:>9.1f}s{first['total']:>13.1f}s")
+    print("note: the builds differ in what the engine's layer cache holds (a reproducible")
+    print("render changes the package steps); compare the publishing rows.")
     overhead = repro_publish - plain_publish
     print(
         f"--reproducible adds {overhead:.1f}s to publishing (normalise + own push vs engine push)"
