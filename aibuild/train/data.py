@@ -153,6 +153,10 @@ _EXPECTED = {
 }
 
 
+def _absent(path: Path) -> str:
+    return "is a file, not a directory" if path.exists() else "does not exist"
+
+
 def _guess_format(path: Path) -> str:
     if path.is_file():
         return "text"
@@ -256,7 +260,7 @@ def load_mnist(root: Path) -> DataBundle:
     """MNIST-format IDX files: train-* for training, t10k-* for evaluation."""
     if not root.is_dir():
         raise TrainError(
-            f"mnist dataset: directory {root} does not exist; expected {_EXPECTED['mnist']}"
+            f"mnist dataset: directory {root} {_absent(root)}; expected {_EXPECTED['mnist']}"
         )
     wanted = [(s, k, r) for s in ("train", "t10k") for k, r in (("images", 3), ("labels", 1))]
     found = {w: _find_idx(root, *w) for w in wanted}
@@ -429,7 +433,7 @@ def load_cifar10(root: Path) -> DataBundle:
         root = root / "cifar-10-batches-py"
     if not root.is_dir():
         raise TrainError(
-            f"cifar10 dataset: directory {root} does not exist; expected {_EXPECTED['cifar10']}"
+            f"cifar10 dataset: directory {root} {_absent(root)}; expected {_EXPECTED['cifar10']}"
         )
     train_files = sorted(root.glob("data_batch_[0-9]*"))
     missing = [n for n in ("data_batch_1", "test_batch") if not (root / n).is_file()]
@@ -622,7 +626,7 @@ def load_imagefolder(root: Path, eval_fraction: float) -> DataBundle:
     """A class per sub-directory; train/ + val/ (or test/) when present, else a split."""
     if not root.is_dir():
         raise TrainError(
-            f"imagefolder dataset: directory {root} does not exist; "
+            f"imagefolder dataset: directory {root} {_absent(root)}; "
             f"expected {_EXPECTED['imagefolder']}"
         )
     train_root = root / "train"
