@@ -287,3 +287,20 @@ def test_selftest(
         )
     else:
         assert "selftest ok" in result.stdout
+
+
+def test_runs_with_only_the_image_runtime_deps(tmp_path: Path) -> None:
+    """Inside the image only torch, click and pyyaml are there: no numpy, jinja2, docker,
+    packaging, PIL or torchvision may be imported on the trainer's path."""
+    code = (
+        "import sys\n"
+        "for m in ('numpy', 'jinja2', 'docker', 'packaging', 'PIL', 'torchvision'):\n"
+        "    sys.modules[m] = None\n"
+        "from aibuild.cli import main\n"
+        f"main(['train', '--dry-run', '--model', 'cnn', '--output', {str(tmp_path)!r}])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dry run ok" in proc.stdout
