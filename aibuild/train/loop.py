@@ -695,6 +695,15 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def run_training(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     """Train as configured; returns the summary (also written to ``summary.json``)."""
+    existing = ckpt.list_checkpoints(ckpt.checkpoint_dir(opts.output))
+    if existing and not opts.resume and not opts.dry_run:
+        # A fresh run here would mix its checkpoints with the old ones (and keep-last-K
+        # would delete the new, lower-numbered ones first).
+        raise TrainError(
+            f"{ckpt.checkpoint_dir(opts.output)} already holds checkpoints of an earlier run "
+            f"(newest: {existing[-1].name}): pass --resume auto to continue it, or use "
+            "another --output"
+        )
     device = pick_device(cfg.device)
     info = init_distributed(device.type)
     flag = SignalFlag()

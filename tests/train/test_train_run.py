@@ -262,6 +262,12 @@ def test_dry_run_writes_nothing(tmp_path: Path, train_cli: Callable[..., Result]
 def test_resume_mismatched_model_is_clear(tmp_path: Path, train_cli: Callable[..., Result]) -> None:
     out = tmp_path / "out"
     assert train_cli("--model", "mlp", "--output", str(out), "--max-steps", "1").exit_code == 0
+    again = train_cli("--model", "mlp", "--output", str(out))  # fresh run over old checkpoints
+    assert again.exit_code == 1
+    assert again.stderr.strip() == (
+        f"{out / 'checkpoints'} already holds checkpoints of an earlier run (newest: "
+        "ckpt-00000001.pt): pass --resume auto to continue it, or use another --output"
+    )
     result = train_cli("--model", "rnn", "--output", str(out), "--resume", "auto")
     assert result.exit_code == 1
     assert "does not fit this model/config" in result.stderr
