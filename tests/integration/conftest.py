@@ -120,7 +120,9 @@ def test_env() -> TestEnv:
 
 def _client(host: str, what: str) -> docker.DockerClient:
     try:
-        client = docker.DockerClient(base_url=host, version="auto", timeout=300)
+        # A long read timeout: a build step can stay silent for minutes on a
+        # loaded 2-core machine (pip installing torch, compileall).
+        client = docker.DockerClient(base_url=host, version="auto", timeout=900)
         client.ping()
     except docker.errors.DockerException as exc:
         pytest.fail(f"{what} at {host} does not answer ({exc}): {SETUP_HINT}", pytrace=False)
