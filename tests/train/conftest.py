@@ -25,7 +25,7 @@ ENV_VARS = ("AIBUILD_PROFILE", "AIBUILD_DATA", "AIBUILD_OUTPUT", "RANK", "WORLD_
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No inherited trainer variables; one CPU thread here and in subprocesses.
 
     One thread keeps these small models fast on a shared 2-core machine (two
@@ -37,6 +37,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)  # the default ./aibuild-output lands in the test's own dir
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from aibuild.errors import TrainError
 from aibuild.train.checkpoint import (
+    _umask,
     atomic_save,
     find_resume,
     list_checkpoints,
@@ -122,6 +123,7 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path: Path) -> None:
         atomic_save({"model": Unpicklable(), "step": 2}, target)
     assert target.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["ckpt-00000001.pt"]  # no temp file left
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 def test_keep_last_k_and_resume_auto(tmp_path: Path) -> None:
