@@ -562,7 +562,12 @@ class Trainer:
                             f"step {self.step}/{self.total_steps} "
                             f"loss {self.last_loss:.4f} lr {lr:.2e} {rate:,.0f} samples/s"
                         )
-                    stop_signal = any_rank(flag.signum is not None, self.device, info)
+                    # Ranks agree on stopping at log steps only: the all-reduce syncs the
+                    # device, which every step would cost GPU throughput.
+                    stop_signal = flag.signum is not None
+                    if info.enabled:
+                        agree = self.step % cfg.log_every == 0 or self.step == self.total_steps
+                        stop_signal = agree and any_rank(stop_signal, self.device, info)
                     if (
                         cfg.checkpoint_every
                         and self.step % cfg.checkpoint_every == 0
