@@ -304,7 +304,7 @@ def test_cpu_profile_reproducible_builds_are_identical_and_run_torch(
 
     record = json.loads((tmp_path / ".aibuild" / "builds" / "latest.json").read_text())
     assert record["reproducible"]["image_id"] == image_id
-    assert Path(record["sbom"]).is_file()
+    assert (tmp_path / record["sbom"]).is_file()  # relative to the build's cwd
 
     digests = []
     for name in ("a", "b"):
