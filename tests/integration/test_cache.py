@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 CPU_SETS = ("--set", "software.torch=2.13.0", "--set", "software.python=3.11")
 NAME = ("--set", "image.name=aibuild-test/cache")
 
@@ -71,18 +69,37 @@ def is_install(instruction: str) -> bool:
     )
 
 
+# The engine is shared: a concurrent --no-cache build (another test, another checkout)
+# makes fresh copies of the metadata layers (SHELL, ARG, ENV), and the classic builder
+# then continues from the newest copy, whose children hold no installs. A pair of
+# consecutive builds is therefore tried twice; a real cache-busting change to the
+# Dockerfile's layer order misses on both tries.
+ATTEMPTS = 2
+
+
 def test_training_change_rebuilds_no_package_install(
     base_image: str, wheelhouse: Path, build_network: str, tmp_path: Path
 ) -> None:
-    first, _ = build(base_image, wheelhouse, build_network, tmp_path, "--set", "training.epochs=2")
-    second, progress = build(
-        base_image, wheelhouse, build_network, tmp_path, "--set", "training.epochs=7"
-    )
+    for attempt in range(1, ATTEMPTS + 1):
+        first, _ = build(
+            base_image, wheelhouse, build_network, tmp_path, "--set", f"training.epochs={attempt}"
+        )
+        second, progress = build(
+            base_image,
+            wheelhouse,
+            build_network,
+            tmp_path,
+            "--set",
+            f"training.epochs={attempt + 7}",
+        )
+        installs = [s for s in second["steps"] if is_install(s["instruction"])]
+        missed = [s for s in installs if not s["cached"]]
+        if not missed or attempt == ATTEMPTS:
+            break
     assert second["profile_hash"] != first["profile_hash"]
     assert second["image_id"] != first["image_id"]
-    installs = [s for s in second["steps"] if is_install(s["instruction"])]
     assert len(installs) >= 3, second["steps"]  # apt (builder, runtime), torch, requirements
-    assert all(s["cached"] for s in installs), [s for s in installs if not s["cached"]]
+    assert not missed, missed
     # ... and the build output says so, step by step
     said = reported_cached(progress)
     for step in installs:
@@ -106,23 +123,30 @@ def test_code_change_rebuilds_no_package_install(
     plan, options, _ = resolve_for_build(docker_client, "cpu", sets, options)
     context = write_context(plan, tmp_path / "context", options)
     tag = "aibuild-test/cache:code"
-    build_context(docker_client, context, tags=[tag], network_mode=build_network)
     code = sorted((context / "runtime").rglob("*.py"))[0]
-    code.write_text(code.read_text() + "\n# a user's edit\n")
-    outcome = build_context(docker_client, context, tags=[tag], network_mode=build_network)
-    installs = [s for s in outcome.steps if s.installs_packages]
+    for attempt in range(1, ATTEMPTS + 1):
+        build_context(docker_client, context, tags=[tag], network_mode=build_network)
+        code.write_text(code.read_text() + f"\n# a user's edit {attempt}\n")
+        outcome = build_context(docker_client, context, tags=[tag], network_mode=build_network)
+        installs = [s for s in outcome.steps if s.installs_packages]
+        if all(s.cached for s in installs):
+            break
     assert len(installs) >= 3
     assert all(s.cached for s in installs), [s for s in installs if not s.cached]
     rebuilt = [s.instruction for s in outcome.steps if not s.cached]
     assert any("runtime/" in i for i in rebuilt), rebuilt
 
 
-@pytest.mark.parametrize("runs", [2])
 def test_noop_rebuild_is_all_cache(
-    runs: int, base_image: str, wheelhouse: Path, build_network: str, tmp_path: Path
+    base_image: str, wheelhouse: Path, build_network: str, tmp_path: Path
 ) -> None:
-    results = [build(base_image, wheelhouse, build_network, tmp_path)[0] for _ in range(runs)]
-    last = results[-1]
-    assert last["image_id"] == results[0]["image_id"]
-    non_from = [s for s in last["steps"] if not s["instruction"].startswith("FROM")]
-    assert all(s["cached"] for s in non_from), [s for s in non_from if not s["cached"]]
+    previous = build(base_image, wheelhouse, build_network, tmp_path)[0]
+    for _ in range(ATTEMPTS):
+        last = build(base_image, wheelhouse, build_network, tmp_path)[0]
+        non_from = [s for s in last["steps"] if not s["instruction"].startswith("FROM")]
+        missed = [s for s in non_from if not s["cached"]]
+        if not missed and last["image_id"] == previous["image_id"]:
+            break
+        previous = last
+    assert last["image_id"] == previous["image_id"]
+    assert not missed, missed
