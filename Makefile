@@ -4,10 +4,10 @@ PIP ?= $(PYTHON) -m pip
 # The CPU torch build. Never install an unpinned torch: it resolves to a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install engine test test-unit lint goldens bench demo clean
+.PHONY: install engine test test-unit test-gpu lint goldens bench demo clean
 
 install:
-	$(PIP) install $(TORCH_PIN)
+	$(PIP) install $(TORCH_PIN) numpy
 	$(PIP) install -e '.[dev]'
 
 # Make sure a Docker engine answers (installs and starts dockerd when root on Debian),
@@ -15,9 +15,13 @@ install:
 engine:
 	bash scripts/test-env.sh
 
-# The README's test command: unit tests, then the real-engine tier.
+# The README's test command: the unit and real-engine tiers (the gpu tier needs a GPU).
 test: engine
-	. ./.aibuild-test-env && $(PYTHON) -m pytest
+	. ./.aibuild-test-env && $(PYTHON) -m pytest -m "not gpu"
+
+# The gpu tier, on a machine with an NVIDIA GPU: fails (never skips) when none works.
+test-gpu:
+	$(PYTHON) -m pytest -m gpu
 
 test-unit:
 	$(PYTHON) -m pytest -m "not docker and not gpu"

@@ -1,4 +1,4 @@
-"""On a real NVIDIA GPU (marker ``gpu``; skipped where nvidia-smi lists none)."""
+"""On a real NVIDIA GPU (marker ``gpu``): `make test-gpu` runs these; `make test` deselects them."""
 
 from __future__ import annotations
 
