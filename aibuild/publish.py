@@ -943,7 +943,12 @@ def image_blobs(
         return config, [b for b in layers if b is not None]
     missing = {d for d, b in zip(diff_ids, layers, strict=True) if b is None}
     log(f"exporting {image} ({len(missing)} layer(s) to compress)")
-    with tempfile.TemporaryDirectory(prefix="aibuild-save-", dir=_tmp_root(cache)) as tmp:
+    from aibuild.reproducible import disk_errors
+
+    with (
+        disk_errors(f"exporting {image} for the push"),
+        tempfile.TemporaryDirectory(prefix="aibuild-save-", dir=_tmp_root(cache)) as tmp,
+    ):
         wanted = {*missing, image_id}
         saved = save_image(client, image_id, Path(tmp), keep=lambda d: d in wanted)
         if saved.image_id != image_id:

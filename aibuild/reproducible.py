@@ -37,7 +37,8 @@ import json
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,6 +77,19 @@ Progress = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     return None
+
+
+@contextmanager
+def disk_errors(what: str) -> Iterator[None]:
+    """A local file error (a full disk, most often: an export is as large as the image)
+    as one clear line instead of a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise PublishError(
+            f"{what} failed: {exc.strerror or exc} ({exc.filename or tempfile.gettempdir()}); "
+            "it needs about twice the image's size free in the temporary directory (TMPDIR)"
+        ) from None
 
 
 def rfc3339(epoch: int) -> str:
@@ -339,7 +353,10 @@ def normalise_image(
     keep_tags = list(tags) if tags is not None else list(found.tags)
     count, base_name = base_layer_count(client, layers, base)
     log(f"normalising {image}: {len(layers) - count} layer(s) above base {base_name or '(none)'}")
-    with tempfile.TemporaryDirectory(prefix="aibuild-normalise-") as tmp:
+    with (
+        disk_errors(f"normalising {image}"),
+        tempfile.TemporaryDirectory(prefix="aibuild-normalise-") as tmp,
+    ):
         work = Path(workdir or tmp)
         saved = save_image(client, source_id, work / "saved")
         if saved.diff_ids != layers:
