@@ -264,8 +264,9 @@ def test_cpu_profile_reproducible_builds_are_identical_and_run_torch(
             "image",
             "cpu",
             *source,
-            # Not --locked yet: the renderer uses constraints.txt before copying it
-            # (reported to the lead); the lock's epoch comes through the environment.
+            # Not --locked: written while the renderer used constraints.txt before
+            # copying it (fixed in 841a31b; a --locked --push variant ran out of disk
+            # here). The lock's epoch comes through the environment.
             "--reproducible",
             "--no-cache",
             "-q",
