@@ -34,9 +34,12 @@ lint:
 goldens:
 	$(PYTHON) tests/unit/regen_goldens.py
 
+# Figures against a baseline run side by side; the engine ones need `make engine`.
 bench:
 	$(PYTHON) benchmarks/bench_startup.py
 	$(PYTHON) benchmarks/bench_train.py
+	. ./.aibuild-test-env && $(PYTHON) benchmarks/bench_cache.py
+	. ./.aibuild-test-env && $(PYTHON) benchmarks/bench_reproducible.py
 
 # The main job: build the cpu profile's image and train on the bundled dataset.
 demo:
