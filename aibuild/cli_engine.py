@@ -19,29 +19,10 @@ from aibuild.cli_options import (
     json_option,
     profile_argument,
     render_options,
+    render_options_from,
     set_option,
 )
 from aibuild.cli_publish import publish_options
-
-
-def _render_options(
-    base_image: str | None,
-    wheelhouse: str | None,
-    ca_cert: str | None,
-    find_links: tuple[str, ...],
-    extra_index_url: tuple[str, ...],
-    template_dir: str | None,
-) -> Any:
-    from aibuild.plan import RenderOptions
-
-    return RenderOptions(
-        base_image=base_image,
-        wheelhouse=str(Path(wheelhouse).resolve()) if wheelhouse else None,
-        ca_cert=str(Path(ca_cert).resolve()) if ca_cert else None,
-        find_links=tuple(find_links),
-        extra_index_urls=tuple(extra_index_url),
-        template_dir=template_dir,
-    )
 
 
 def _build_args(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
@@ -117,7 +98,7 @@ def image(
     from aibuild.cli_publish import after_build, prepare_build, publish_settings
 
     publishing = publish_settings(reproducible, locked, push, username, password_stdin)
-    options = _render_options(
+    options = render_options_from(
         base_image, wheelhouse, ca_cert, find_links, extra_index_url, template_dir
     )
     prepared = prepare_build(profile, overrides, options, publishing)

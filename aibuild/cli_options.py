@@ -64,3 +64,27 @@ def render_options(func: F) -> F:
     ):
         func = option(func)
     return func
+
+
+def render_options_from(
+    base_image: str | None,
+    wheelhouse: str | None,
+    ca_cert: str | None,
+    find_links: tuple[str, ...],
+    extra_index_url: tuple[str, ...],
+    template_dir: str | None,
+) -> Any:
+    """The RenderOptions that the ``render_options`` decorator's values describe
+    (paths made absolute, so a build context written elsewhere still finds them)."""
+    from pathlib import Path
+
+    from aibuild.plan import RenderOptions
+
+    return RenderOptions(
+        base_image=base_image,
+        wheelhouse=str(Path(wheelhouse).resolve()) if wheelhouse else None,
+        ca_cert=str(Path(ca_cert).resolve()) if ca_cert else None,
+        find_links=tuple(find_links),
+        extra_index_urls=tuple(extra_index_url),
+        template_dir=template_dir,
+    )

@@ -7,29 +7,14 @@ from pathlib import Path
 
 import click
 
-from aibuild.cli_options import json_option, profile_argument, render_options, set_option
+from aibuild.cli_options import (
+    json_option,
+    profile_argument,
+    render_options,
+    render_options_from,
+    set_option,
+)
 from aibuild.plan import RenderOptions
-
-
-def options_from_cli(
-    base_image: str | None,
-    wheelhouse: str | None,
-    ca_cert: str | None,
-    find_links: tuple[str, ...],
-    extra_index_url: tuple[str, ...],
-    template_dir: str | None,
-    **extra: object,
-) -> RenderOptions:
-    """RenderOptions from the shared render options (see cli_options.render_options)."""
-    return RenderOptions(
-        base_image=base_image,
-        wheelhouse=wheelhouse,
-        ca_cert=ca_cert,
-        find_links=tuple(find_links),
-        extra_index_urls=tuple(extra_index_url),
-        template_dir=template_dir,
-        **extra,  # type: ignore[arg-type]
-    )
 
 
 @click.command()
@@ -116,7 +101,7 @@ def render(profile: str, overrides: tuple[str, ...], output: str | None, **opts:
     from aibuild.render import render_dockerfile, write_context
     from aibuild.resolve import plan_for
 
-    options = options_from_cli(**opts)  # type: ignore[arg-type]
+    options = render_options_from(**opts)  # type: ignore[arg-type]
     plan = plan_for(profile, overrides, options)
     for warning in plan.warnings:
         click.echo(warning, err=True)

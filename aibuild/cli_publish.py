@@ -305,10 +305,10 @@ def lock(
     then builds from the lock, and fails when the profile has changed since.
     """
     from aibuild.build import reporter_for
-    from aibuild.cli_engine import _render_options
+    from aibuild.cli_options import render_options_from
     from aibuild.lock import lock_profile
 
-    options = _render_options(
+    options = render_options_from(
         base_image, wheelhouse, ca_cert, find_links, extra_index_url, template_dir
     )
     path, data = lock_profile(
