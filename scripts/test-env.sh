@@ -36,6 +36,24 @@ step() {
     timings+=("$name=${dt}s")
 }
 
+# 0. system packages the steps below need, when missing (root on Debian/Ubuntu only), so
+#    that `make test` works on a fresh machine as well as after .ci/run.
+system_packages() {
+    local wanted=(docker.io iptables iproute2 debootstrap docker-registry apache2-utils) missing=() p
+    for p in "${wanted[@]}"; do
+        [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
+    done
+    ((${#missing[@]})) || return 0
+    if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+        log "missing system packages: ${missing[*]} (install them as root: apt-get install ${missing[*]})"
+        return 1
+    fi
+    log "installing ${missing[*]}"
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+step system-packages system_packages
+
 # 1. main engine
 step engine bash "$scripts/ensure-docker.sh" main
 export DOCKER_HOST
