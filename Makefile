@@ -18,7 +18,7 @@ engine:
 # The README's test command: the unit and real-engine tiers (the gpu tier needs a GPU).
 # On a fresh machine it installs what it needs first (make install, make engine).
 test: engine
-	$(PYTHON) -c "import aibuild, hypothesis, pytest, torch" 2>/dev/null || $(MAKE) install
+	$(PYTHON) -c "import aibuild, hatchling, hypothesis, pytest, torch" 2>/dev/null || $(MAKE) install
 	. ./.aibuild-test-env && $(PYTHON) -m pytest -m "not gpu"
 
 # The gpu tier, on a machine with an NVIDIA GPU: fails (never skips) when none works.
