@@ -3,8 +3,8 @@
 The public API mirrors the pipeline, one module a stage:
 
 - :mod:`aibuild.profile`   load YAML profiles (``extends:``, ``--set``) -> ``Profile``
-- :mod:`aibuild.resolve`   validate against the knowledge base -> frozen ``BuildPlan``
-- :mod:`aibuild.render`    ``BuildPlan`` -> build context (Dockerfile, runtime, profile)
+- :mod:`aibuild.profile.resolve`   validate against the knowledge base -> frozen ``BuildPlan``
+- :mod:`aibuild.image.render`    ``BuildPlan`` -> build context (Dockerfile, runtime, profile)
 - :mod:`aibuild.build`     build context -> image, through the Docker SDK
 - :mod:`aibuild.run`       image -> container with GPU passthrough
 - :mod:`aibuild.publish`   image -> registry digest, reproducibly

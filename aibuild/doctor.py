@@ -20,10 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aibuild import knowledge as kb
+from aibuild import labels
+from aibuild.engine import engine_address, get_client
 from aibuild.errors import AibuildError
+from aibuild.run.gpus import NO_DRIVER_MARKER, GpuRequest
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from aibuild.plan import BuildPlan
+    from aibuild.profile.plan import BuildPlan
 
 SMI_QUERY = "name,driver_version,compute_cap,memory.total"
 SMI_QUERY_OLD = "name,driver_version,memory.total"  # drivers before 510 lack compute_cap
@@ -38,7 +42,7 @@ OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 
 
 @dataclass(frozen=True)
-class Gpu:
+class HostGpu:
     """One GPU as nvidia-smi reports it."""
 
     index: int
@@ -63,7 +67,7 @@ class Report:
     """Everything doctor found."""
 
     checks: list[Check] = field(default_factory=list)
-    gpus: list[Gpu] = field(default_factory=list)
+    gpus: list[HostGpu] = field(default_factory=list)
     engine: dict[str, Any] = field(default_factory=dict)
     profile: str | None = None
 
@@ -90,13 +94,13 @@ class SmiError(AibuildError):
     """nvidia-smi is absent or failed."""
 
 
-def parse_nvidia_smi(text: str) -> list[Gpu]:
+def parse_nvidia_smi(text: str) -> list[HostGpu]:
     """``nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total
     --format=csv,noheader`` output (or the same without compute_cap) -> GPUs.
 
     Raises SmiError when the text is nvidia-smi's own failure message.
     """
-    gpus: list[Gpu] = []
+    gpus: list[HostGpu] = []
     for line in text.splitlines():
         line = line.strip()
         if not line:
@@ -112,7 +116,7 @@ def parse_nvidia_smi(text: str) -> list[Gpu]:
         if not re.fullmatch(r"\d+(\.\d+)+", driver):
             raise SmiError(f"nvidia-smi: {line}")
         cap_value = cap if re.fullmatch(r"\d+\.\d+", cap) else None
-        gpus.append(Gpu(len(gpus), name, driver, cap_value, memory))
+        gpus.append(HostGpu(len(gpus), name, driver, cap_value, memory))
     return gpus
 
 
@@ -125,31 +129,7 @@ def driver_at_least(installed: str, minimum: str) -> bool:
     return _version_tuple(installed) >= _version_tuple(minimum)
 
 
-def arch_covers(arch_list: Sequence[str], compute_cap: str) -> bool:
-    """Whether a TORCH_CUDA_ARCH_LIST covers a GPU of compute capability ``compute_cap``.
-
-    A plain entry "X.Y" (SASS) runs on X.Z for Z >= Y (same major: CUDA's binary
-    compatibility); "X.Y+PTX" also carries PTX, JIT-compiled for any GPU >= X.Y;
-    arch-specific entries ("9.0a") run only on exactly X.Y.
-    """
-    gpu = _version_tuple(compute_cap)[:2]
-    for raw in arch_list:
-        entry = raw.strip()
-        ptx = entry.endswith("+PTX")
-        base = entry.removesuffix("+PTX")
-        specific = base.endswith(("a", "f"))
-        target = _version_tuple(base.rstrip("af"))[:2]
-        if len(target) < 2 or len(gpu) < 2:
-            continue
-        if specific:
-            if gpu == target:
-                return True
-        elif (ptx and gpu >= target) or (gpu[0] == target[0] and gpu[1] >= target[1]):
-            return True
-    return False
-
-
-def profile_checks(plan: BuildPlan, gpus: Sequence[Gpu], smi_error: str | None) -> list[Check]:
+def profile_checks(plan: BuildPlan, gpus: Sequence[HostGpu], smi_error: str | None) -> list[Check]:
     """The profile's requirements against the GPUs found (pure)."""
     checks: list[Check] = []
     if plan.accelerator != "nvidia":
@@ -193,7 +173,7 @@ def profile_checks(plan: BuildPlan, gpus: Sequence[Gpu], smi_error: str | None) 
             checks.append(
                 Check(label, WARN, f"{gpu.name}: compute capability unknown (driver too old)")
             )
-        elif arch_covers(plan.arch_list, gpu.compute_cap):
+        elif kb.arch_list_covers(plan.arch_list, gpu.compute_cap):
             checks.append(
                 Check(
                     label,
@@ -263,7 +243,6 @@ def query_nvidia_smi(command: str | None = None) -> str:
 
 
 def _engine_checks(client: Any, plan: BuildPlan | None, report: Report) -> None:
-    from aibuild.engine import engine_address
 
     version = client.version()
     info = client.info()
@@ -318,8 +297,6 @@ def gpu_probe(client: Any, image: str | None) -> tuple[str, str]:
     """Ask the engine for all GPUs in a throwaway container: (status, detail)."""
     import docker
 
-    from aibuild.run import NO_DRIVER_MARKER, GpuRequest
-
     if image is None:
         return INFO, "no local image to probe a GPU request with"
     container = None
@@ -330,7 +307,7 @@ def gpu_probe(client: Any, image: str | None) -> tuple[str, str]:
             command=[],
             device_requests=[GpuRequest(count=-1).to_device_request()],
             network_disabled=True,
-            labels={"ai.aibuild.helper": "1"},
+            labels={labels.HELPER: "1"},
         )
         try:
             container.start()
@@ -382,7 +359,6 @@ def diagnose(
     client_factory: Callable[[], Any] | None = None,
 ) -> Report:
     """Check the engine, the NVIDIA driver and GPUs, the runtime, and ``plan``'s needs."""
-    from aibuild.engine import get_client
 
     report = Report(profile=plan.profile_name if plan else None)
     factory = client_factory or (lambda: get_client(timeout=60))

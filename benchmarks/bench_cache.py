@@ -35,10 +35,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aibuild.build import build_context, resolve_for_build  # noqa: E402
 from aibuild.engine import get_client  # noqa: E402
-from aibuild.plan import RenderOptions  # noqa: E402
-from aibuild.render import requirements_text, write_context  # noqa: E402
+from aibuild.image.build import build_context  # noqa: E402
+from aibuild.image.render import requirements_text, write_context  # noqa: E402
+from aibuild.pipeline import resolve_for_build  # noqa: E402
+from aibuild.profile.plan import RenderOptions  # noqa: E402
 
 SETS = ["software.torch=2.13.0", "software.python=3.11", "image.name=aibuild-bench/cpu"]
 

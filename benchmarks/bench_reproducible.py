@@ -36,11 +36,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aibuild.build import BuildSettings, build_image  # noqa: E402
 from aibuild.engine import get_client  # noqa: E402
-from aibuild.plan import RenderOptions  # noqa: E402
-from aibuild.publish import BlobCache, direct_push, engine_push  # noqa: E402
-from aibuild.reproducible import finish_reproducible  # noqa: E402
+from aibuild.image.build import BuildSettings  # noqa: E402
+from aibuild.oci.archive import BlobCache  # noqa: E402
+from aibuild.pipeline import build_image, make_reproducible  # noqa: E402
+from aibuild.profile.plan import RenderOptions  # noqa: E402
+from aibuild.publish.push import direct_push, engine_push  # noqa: E402
 
 SETS = ("software.torch=2.13.0", "software.python=3.11", "image.name=aibuild-bench/repro")
 EPOCH = 1_700_000_000
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             normalised = timed(
                 "SBOM + normalise",
                 repro,
-                finish_reproducible,
+                make_reproducible,
                 client,
                 built,
                 source_date_epoch=EPOCH,

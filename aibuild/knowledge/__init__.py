@@ -13,10 +13,11 @@ from __future__ import annotations
 import csv
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -71,6 +72,45 @@ class WheelArch:
     ptx: tuple[str, ...]  # ("12.0",)
     uncertain: bool
     sources: str
+
+
+def arch_runs_on(entry: str, cc: str) -> bool:
+    """Whether code compiled for one arch entry runs on a GPU of compute capability ``cc``.
+
+    The one coverage rule, used for torch wheels (``wheel_covers``), for a plan's
+    TORCH_CUDA_ARCH_LIST (``arch_list_covers``, e.g. by ``doctor``) and everywhere else:
+
+    - ``"X.Y"`` (SASS, cubin) runs on X.Z for Z >= Y: binary compatibility holds within
+      one major version, never across (CUDA C Programming Guide, "Binary Compatibility");
+    - ``"X.Ya"`` (arch-specific features, e.g. ``9.0a``) runs on exactly X.Y;
+    - ``"X.Yf"`` (family-specific, CUDA 12.9+) runs on the same major version, X.Z for Z >= Y;
+    - ``"X.Y+PTX"`` also carries PTX, which the driver JIT-compiles for any GPU of
+      capability >= X.Y.
+    """
+    text = entry.strip()
+    ptx = text.endswith("+PTX")
+    base = text.removesuffix("+PTX")
+    suffix = base[-1] if base[-1:] in ("a", "f") else ""
+    try:
+        target = cc_key(base.removesuffix(suffix))
+        gpu = cc_key(cc)
+    except (ValueError, IndexError):
+        return False
+    if ptx and gpu >= target:
+        return True
+    if suffix == "a":
+        return gpu == target
+    return gpu[0] == target[0] and gpu[1] >= target[1]
+
+
+def arch_list_covers(arch_list: Sequence[str], cc: str) -> bool:
+    """Whether a TORCH_CUDA_ARCH_LIST (``("8.0", "9.0a", "12.0+PTX")``) runs on ``cc``."""
+    return any(arch_runs_on(entry, cc) for entry in arch_list)
+
+
+def wheel_covers(cc: str, arch: WheelArch) -> bool:
+    """Whether a torch wheel with these compiled archs runs on compute capability ``cc``."""
+    return arch_list_covers((*arch.sass, *(f"{p}+PTX" for p in arch.ptx)), cc)
 
 
 @dataclass(frozen=True)
@@ -337,14 +377,6 @@ def cuda_images() -> list[CudaImage]:
         )
         for r in _rows("cuda_images.csv")
     ]
-
-
-def is_version(text: str) -> bool:
-    try:
-        Version(text)
-    except InvalidVersion:
-        return False
-    return True
 
 
 # What each supported OS ships as its python3, for the "system" install method.

@@ -114,9 +114,10 @@ def test_code_change_rebuilds_no_package_install(
 ) -> None:
     """A change to the code shipped in the image (the runtime/ tree of the rendered
     context), built through the library on the rendered context, re-runs no install."""
-    from aibuild.build import build_context, resolve_for_build
-    from aibuild.plan import RenderOptions
-    from aibuild.render import write_context
+    from aibuild.image.build import build_context
+    from aibuild.image.render import write_context
+    from aibuild.pipeline import resolve_for_build
+    from aibuild.profile.plan import RenderOptions
 
     options = RenderOptions(base_image=base_image, wheelhouse=str(wheelhouse))
     sets = [CPU_SETS[1], CPU_SETS[3], NAME[1]]

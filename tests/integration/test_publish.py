@@ -18,7 +18,10 @@ from click.testing import CliRunner
 
 from aibuild.cli import cli
 from aibuild.errors import PublishError
-from aibuild.publish import BlobCache, RetryPolicy, direct_push, find_records
+from aibuild.image.record import find_records
+from aibuild.oci.archive import BlobCache
+from aibuild.oci.registry import RetryPolicy
+from aibuild.publish.push import direct_push
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 

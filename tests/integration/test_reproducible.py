@@ -17,10 +17,13 @@ import docker
 import pytest
 from click.testing import CliRunner
 
+from aibuild import labels
 from aibuild.cli import cli
-from aibuild.diff import snapshot
-from aibuild.publish import BlobCache, direct_push
-from aibuild.reproducible import REPRODUCIBLE_LABEL, normalise_image, rfc3339
+from aibuild.oci.archive import BlobCache
+from aibuild.oci.media import rfc3339
+from aibuild.publish.diff import snapshot
+from aibuild.publish.normalise import normalise_image
+from aibuild.publish.push import direct_push
 
 EPOCH = 1_700_000_000  # 2023-11-14T22:13:20Z
 
@@ -110,7 +113,7 @@ def test_normalised_layers_keep_metadata_and_clamp_times(
     assert snap.config["created"] == rfc3339(EPOCH)
     assert {h["created"] for h in snap.config["history"]} == {rfc3339(EPOCH)}
     assert "container_config" not in snap.config and "container" not in snap.config
-    assert snap.config["config"]["Labels"][REPRODUCIBLE_LABEL] == str(EPOCH)
+    assert snap.config["config"]["Labels"][labels.REPRODUCIBLE] == str(EPOCH)
     files = {path: entry for layer in snap.layers[1:] for path, entry in layer.files.items()}
     assert all(entry.mtime <= EPOCH for entry in files.values())
     assert files["opt/app/bin/suid"].mode == oct(0o4755)
@@ -283,7 +286,7 @@ def test_cpu_profile_reproducible_builds_are_identical_and_run_torch(
     image_id = ids[0]
 
     labels = docker_client.images.get(image_id).attrs["Config"]["Labels"]
-    assert labels[REPRODUCIBLE_LABEL] == str(EPOCH)
+    assert labels[labels.REPRODUCIBLE] == str(EPOCH)
     sbom_path = labels["ai.aibuild.sbom"]
     out = (
         docker_client.containers.run(

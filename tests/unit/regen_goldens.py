@@ -14,9 +14,9 @@ GOLDENS = Path(__file__).resolve().parent / "goldens"
 
 def render_all() -> dict[str, str]:
     """Built-in profile name -> its rendered Dockerfile (default render options)."""
-    from aibuild.profile import builtin_profiles
-    from aibuild.render import render_dockerfile
-    from aibuild.resolve import plan_for
+    from aibuild.image.render import render_dockerfile
+    from aibuild.profile.load import builtin_profiles
+    from aibuild.profile.resolve import plan_for
 
     return {name: render_dockerfile(plan_for(name)) for name in builtin_profiles()}
 

@@ -10,15 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from aibuild.build import (
-    context_tar,
-    parse_build_args,
-    parse_inspection,
-    parse_os_release,
-    proxy_build_args,
-)
 from aibuild.cli import cli
 from aibuild.errors import BuildError
+from aibuild.image.build import parse_build_args, proxy_build_args
+from aibuild.image.context import context_tar
+from aibuild.image.helpers import parse_inspection, parse_os_release
 
 
 def make_context(root: Path) -> None:
@@ -120,9 +116,9 @@ def test_unreachable_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_rendered_context_tars_identically(tmp_path: Path) -> None:
     """Two renders of the same plan (at different times, in different places) give
     byte-identical build contexts, so the engine's cache hits across re-renders."""
-    from aibuild.plan import RenderOptions
-    from aibuild.render import write_context
-    from aibuild.resolve import plan_for
+    from aibuild.image.render import write_context
+    from aibuild.profile.plan import RenderOptions
+    from aibuild.profile.resolve import plan_for
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from aibuild.build import BuildProgress, BuildStep, PlainReporter
 from aibuild.errors import BuildError
+from aibuild.image.progress import BuildProgress, BuildStep, PlainReporter
 
 
 def fake_clock() -> Iterator[float]:

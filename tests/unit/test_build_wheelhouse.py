@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aibuild.resolve import plan_for
-from aibuild.wheelhouse import pip_download_command, requirements
+from aibuild.image.wheelhouse import pip_download_command, requirements
+from aibuild.profile.resolve import plan_for
 
 
 def test_cpu_command_targets_the_image() -> None:

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from aibuild.cli import cli
-from aibuild.profile import builtin_profiles
+from aibuild.profile.load import builtin_profiles
 
 GOLDENS = Path(__file__).resolve().parent / "goldens"
 
@@ -126,7 +126,7 @@ def test_missing_profile_is_exit_1(command: str) -> None:
 def test_bad_set_is_exit_1(command: str) -> None:
     result = invoke(command, "cpu", "--set", "software.torch")
     assert_clean_failure(result)
-    assert "--set expects KEY.PATH=VALUE" in result.stderr
+    assert "expected KEY.PATH=VALUE" in result.stderr
 
 
 @pytest.mark.parametrize(

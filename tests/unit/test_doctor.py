@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from aibuild import knowledge as kb
 from aibuild.cli import cli
 from aibuild.doctor import (
     FAIL,
     OK,
     SmiError,
-    arch_covers,
     diagnose,
     driver_at_least,
     format_report,
@@ -21,7 +21,7 @@ from aibuild.doctor import (
     profile_checks,
 )
 from aibuild.errors import EngineError
-from aibuild.resolve import plan_for
+from aibuild.profile.resolve import plan_for
 
 SMI = Path(__file__).resolve().parents[1] / "data" / "nvidia-smi"
 
@@ -65,12 +65,15 @@ def test_parse_driver_failure() -> None:
         (("7.5", "8.0", "9.0+PTX"), "12.0", True),
         (("9.0a",), "9.0", True),
         (("9.0a",), "9.1", False),
+        (("10.0f",), "10.3", True),  # family-specific: the same major, minor >= 0
+        (("10.0f",), "12.0", False),
+        (("10.3f",), "10.0", False),
         (("8.6",), "8.0", False),
         ((), "8.0", False),
     ],
 )
 def test_arch_covers(arch: tuple[str, ...], cap: str, covered: bool) -> None:
-    assert arch_covers(arch, cap) is covered
+    assert kb.arch_list_covers(arch, cap) is covered
 
 
 def test_driver_versions() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from aibuild.profile import builtin_profiles
-from aibuild.render import render_dockerfile
-from aibuild.resolve import plan_for
+from aibuild.image.render import render_dockerfile
+from aibuild.profile.load import builtin_profiles
+from aibuild.profile.resolve import plan_for
 
 GOLDENS = Path(__file__).resolve().parent / "goldens"
 BUILTINS = sorted(builtin_profiles())

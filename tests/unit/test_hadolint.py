@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from aibuild.plan import RenderOptions
-from aibuild.profile import builtin_profiles
-from aibuild.render import render_dockerfile
-from aibuild.resolve import plan_for
+from aibuild.image.render import render_dockerfile
+from aibuild.profile.load import builtin_profiles
+from aibuild.profile.plan import RenderOptions
+from aibuild.profile.resolve import plan_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / ".hadolint.yaml"

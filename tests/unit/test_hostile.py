@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from aibuild.cli import cli
 from aibuild.errors import ProfileError
-from aibuild.plan import BuildPlan
-from aibuild.profile import Profile, load_profile
-from aibuild.render import render_dockerfile, requirements_text
-from aibuild.resolve import validate
+from aibuild.image.render import render_dockerfile, requirements_text
+from aibuild.profile.load import Profile, load_profile
+from aibuild.profile.plan import BuildPlan
+from aibuild.profile.resolve import validate
 
 
 def _load_helpers() -> ModuleType:

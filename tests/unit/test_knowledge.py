@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aibuild import knowledge as kb
-from aibuild.resolve import covers, first_cuda_for, toolkit_can_target
+from aibuild.profile.resolve import first_cuda_for, toolkit_can_target
 
 DATA = Path(kb.__file__).resolve().parent / "data"
 CSVS = sorted(p.name for p in DATA.glob("*.csv"))
@@ -104,14 +104,14 @@ def test_toolkit_targets() -> None:
 
 def test_wheel_arch_coverage_rules() -> None:
     arch = kb.WheelArch(sass=("8.0", "9.0a"), ptx=("9.0",), uncertain=False, sources="")
-    assert covers("8.0", arch) and covers("8.6", arch)  # SASS 8.0 runs on 8.x
-    assert covers("9.0", arch)  # exact arch-specific target
-    assert covers("12.0", arch)  # PTX 9.0 JITs forward
-    assert not covers("7.5", arch)
+    assert kb.wheel_covers("8.0", arch) and kb.wheel_covers("8.6", arch)  # SASS 8.0 runs on 8.x
+    assert kb.wheel_covers("9.0", arch)  # exact arch-specific target
+    assert kb.wheel_covers("12.0", arch)  # PTX 9.0 JITs forward
+    assert not kb.wheel_covers("7.5", arch)
     no_ptx = kb.WheelArch(sass=("8.0", "9.0"), ptx=(), uncertain=False, sources="")
-    assert not covers("10.0", no_ptx) and not covers("12.0", no_ptx)
-    assert covers("12.0", kb.wheel_archs()[("2.7", "12.8")])
-    assert not covers("12.0", kb.wheel_archs()[("2.6", "12.6")])
+    assert not kb.wheel_covers("10.0", no_ptx) and not kb.wheel_covers("12.0", no_ptx)
+    assert kb.wheel_covers("12.0", kb.wheel_archs()[("2.7", "12.8")])
+    assert not kb.wheel_covers("12.0", kb.wheel_archs()[("2.6", "12.6")])
 
 
 def test_driver_facts() -> None:

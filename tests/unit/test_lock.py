@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from aibuild.errors import PublishError
-from aibuild.lock import (
+from aibuild.profile.plan import BuildPlan, RenderOptions
+from aibuild.profile.resolve import plan_for
+from aibuild.publish.lock import (
     check_lock,
     check_os_packages,
     choose_epoch,
@@ -25,8 +27,6 @@ from aibuild.lock import (
     wheel_hashes,
     write_lock,
 )
-from aibuild.plan import BuildPlan, RenderOptions
-from aibuild.resolve import plan_for
 
 
 @pytest.fixture

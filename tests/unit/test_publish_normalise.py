@@ -8,17 +8,17 @@ import json
 import tarfile
 from pathlib import Path
 
-from aibuild.diff import FileEntry, compare_files, flatten
-from aibuild.publish import gzip_deterministic
-from aibuild.reproducible import (
-    REPRODUCIBLE_LABEL,
+from aibuild import labels
+from aibuild.oci.archive import gzip_deterministic
+from aibuild.oci.media import rfc3339
+from aibuild.publish.diff import FileEntry, compare_files, flatten
+from aibuild.publish.normalise import (
     drop_reason,
     is_timestamp_pyc,
     normalise_config,
     normalise_layer,
-    rfc3339,
 )
-from aibuild.sbom import cyclonedx, sbom_bytes, split_pins
+from aibuild.publish.sbom import cyclonedx, sbom_bytes, split_pins
 
 EPOCH = 1_700_000_000
 PYC_TIMESTAMP = b"\xa7\r\r\n" + b"\0\0\0\0" + b"\x01" * 8 + b"code"
@@ -158,7 +158,7 @@ def test_config_times_container_fields_labels_canonical() -> None:
     assert config["config"]["Labels"] == {
         "a": "1",
         "org.opencontainers.image.revision": "c",
-        REPRODUCIBLE_LABEL: str(EPOCH),
+        labels.REPRODUCIBLE: str(EPOCH),
     }
     assert config["rootfs"]["diff_ids"] == ["sha256:new"]
     assert out == json.dumps(config, sort_keys=True, separators=(",", ":")).encode()

@@ -18,16 +18,10 @@ from typing import Any, ClassVar
 import pytest
 
 from aibuild.errors import PublishError
-from aibuild.publish import (
-    Blob,
-    Credentials,
-    RegistryClient,
-    RetryPolicy,
-    manifest_bytes,
-    parse_challenge,
-    parse_reference,
-    resolve_credentials,
-)
+from aibuild.oci.archive import Blob, manifest_bytes
+from aibuild.oci.credentials import Credentials, resolve_credentials
+from aibuild.oci.reference import parse_reference
+from aibuild.oci.registry import RegistryClient, RetryPolicy, parse_challenge
 
 # ------------------------------------------------------------------- references
 

@@ -11,9 +11,9 @@ from types import ModuleType
 import pytest
 
 from aibuild.errors import RenderError
-from aibuild.plan import RenderOptions
-from aibuild.render import dockerfile_quote, render_dockerfile, write_context
-from aibuild.resolve import plan_for
+from aibuild.image.render import dockerfile_quote, render_dockerfile, write_context
+from aibuild.profile.plan import RenderOptions
+from aibuild.profile.resolve import plan_for
 
 
 def _load_helpers() -> ModuleType:
@@ -62,7 +62,7 @@ def test_write_context_twice_gives_identical_trees(tmp_path: Path) -> None:
     write_context(plan_for("gpu-a100"), tmp_path / "b")
     assert first == tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")
     assert {"Dockerfile", ".dockerignore", "profile.yaml", "requirements.txt"} <= set(first)
-    assert "runtime/aibuild/cli.py" in first
+    assert "runtime/aibuild/cli/__init__.py" in first
     assert not [
         k
         for k in first

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from aibuild.errors import Diagnostic, ProfileError
-from aibuild.plan import BuildPlan, RenderOptions
-from aibuild.profile import load_profile
-from aibuild.resolve import Resolver, plan_for, validate
+from aibuild.profile.load import load_profile
+from aibuild.profile.plan import BuildPlan, RenderOptions
+from aibuild.profile.resolve import Resolver, plan_for, validate
 
 
 def check(ref: str, *overrides: str) -> tuple[BuildPlan | None, list[Diagnostic]]:

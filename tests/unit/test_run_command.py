@@ -9,14 +9,14 @@ import pytest
 from click.testing import CliRunner
 
 from aibuild.cli import cli
-from aibuild.run import (
-    RunOptions,
+from aibuild.run.container import (
+    ContainerOptions,
     container_command,
     container_config,
     env_pairs,
     is_profile_ref,
-    parse_gpus,
 )
+from aibuild.run.gpus import parse_gpus
 
 
 def test_no_args_keeps_the_image_entrypoint() -> None:
@@ -43,7 +43,7 @@ def test_nproc_with_a_custom_command_is_refused() -> None:
 
 
 def test_training_defaults() -> None:
-    config = container_config(RunOptions(), "img:1")
+    config = container_config(ContainerOptions(), "img:1")
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in config["ulimits"]}
     assert limits == {"memlock": (-1, -1), "stack": (67108864, 67108864)}
     assert config["shm_size"] == "2g"
@@ -54,7 +54,7 @@ def test_training_defaults() -> None:
 
 
 def test_ipc_host_replaces_shm() -> None:
-    config = container_config(RunOptions(ipc="host", shm_size="16g"), "img:1")
+    config = container_config(ContainerOptions(ipc="host", shm_size="16g"), "img:1")
     assert config["ipc_mode"] == "host"
     assert "shm_size" not in config
 
@@ -63,7 +63,7 @@ def test_data_read_only_output_as_caller(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     out = tmp_path / "out"
-    config = container_config(RunOptions(data=str(data), output=str(out)), "img:1")
+    config = container_config(ContainerOptions(data=str(data), output=str(out)), "img:1")
     mounts = {m["Target"]: m for m in config["mounts"]}
     assert mounts["/data"]["Source"] == str(data.resolve())
     assert mounts["/data"]["ReadOnly"] is True
@@ -76,7 +76,7 @@ def test_data_read_only_output_as_caller(tmp_path: Path) -> None:
 
 
 def test_gpus_and_env() -> None:
-    options = RunOptions(gpus=parse_gpus("device=0,1"), env=(("A", "1"),), detach=True)
+    options = ContainerOptions(gpus=parse_gpus("device=0,1"), env=(("A", "1"),), detach=True)
     config = container_config(options, "img:1")
     assert config["device_requests"][0]["DeviceIDs"] == ["0", "1"]
     assert config["environment"] == {"A": "1"}

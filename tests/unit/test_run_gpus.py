@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aibuild.run import GpuRequest, parse_gpus
+from aibuild.run.gpus import GpuRequest, parse_gpus
 
 
 @pytest.mark.parametrize("value", [None, "none", "NONE", "", "0"])

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from aibuild import schema
 from aibuild.errors import Diagnostic
-from aibuild.profile import load_profile
-from aibuild.resolve import validate, validate_schema
+from aibuild.profile import schema
+from aibuild.profile.load import load_profile
+from aibuild.profile.resolve import validate, validate_schema
 
 
 def diags_for(tmp_path: Path, text: str) -> list[Diagnostic]:

@@ -34,14 +34,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aibuild import labels
 from aibuild.errors import PublishError
-from aibuild.sbom import split_pins
+from aibuild.publish.sbom import split_pins
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    import docker
-
-    from aibuild.build import Reporter
-    from aibuild.plan import BuildPlan, RenderOptions
+    from aibuild.profile.plan import BuildPlan, RenderOptions
 
 LOCK_VERSION = 1
 LOCK_SUFFIX = ".lock.json"
@@ -98,12 +96,12 @@ def git_source(path: Path | None) -> dict[str, str]:
 def source_labels(path: Path | None) -> dict[str, str]:
     """OCI source labels for a profile file in a git repository."""
     info = git_source(path)
-    labels = {}
+    found = {}
     if "commit" in info:
-        labels["org.opencontainers.image.revision"] = info["commit"]
+        found[labels.OCI_REVISION] = info["commit"]
     if "remote" in info:
-        labels["org.opencontainers.image.source"] = info["remote"]
-    return labels
+        found[labels.OCI_SOURCE] = info["remote"]
+    return found
 
 
 def choose_epoch(
@@ -261,121 +259,3 @@ def locked_options(lock: Mapping[str, Any], options: RenderOptions) -> RenderOpt
         constraints=constraints(lock),
         source_date_epoch=int(lock["source_date_epoch"]),
     )
-
-
-def _image_exists(client: docker.DockerClient, image_id: str) -> bool:
-    import docker as docker_module
-
-    try:
-        client.images.get(image_id)
-    except docker_module.errors.DockerException:
-        return False
-    return True
-
-
-def _recorded_build(
-    client: docker.DockerClient, plan: BuildPlan, record_dir: Path
-) -> dict[str, Any] | None:
-    """The newest build record of this exact profile hash whose image still exists."""
-    if not record_dir.is_dir():
-        return None
-    for path in sorted(record_dir.glob("*.json"), reverse=True):
-        if path.name == "latest.json" or path.name.endswith(".cdx.json"):
-            continue
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        same = record.get("plan", {}).get("profile_hash") == plan.profile_hash
-        if same and record.get("python_packages") and _image_exists(client, record["image_id"]):
-            return dict(record)
-    return None
-
-
-def lock_profile(
-    ref: str,
-    overrides: Sequence[str] = (),
-    options: RenderOptions | None = None,
-    *,
-    image: str | None = None,
-    output: Path | None = None,
-    epoch: int | None = None,
-    client: docker.DockerClient | None = None,
-    reporter: Reporter | None = None,
-    record_dir: Path | None = None,
-) -> tuple[Path, dict[str, Any]]:
-    """Write the lock file for profile ``ref``; returns its path and content."""
-    from aibuild import build
-    from aibuild.engine import get_client
-    from aibuild.plan import RenderOptions
-
-    options = options or RenderOptions()
-    client = client or get_client()
-    records = record_dir or build.RECORD_DIR
-    plan, options, _ = build.resolve_for_build(client, ref, overrides, options)
-    record: dict[str, Any] | None = None
-    if image is not None:
-        import docker as docker_module
-
-        try:
-            found = client.images.get(image)
-        except docker_module.errors.ImageNotFound:
-            raise PublishError(f"no image {image} on this engine to lock from") from None
-        labels = found.attrs.get("Config", {}).get("Labels") or {}
-        hash_label = labels.get("ai.aibuild.profile-hash")
-        if hash_label and hash_label != plan.profile_hash:
-            raise PublishError(
-                f"image {image} was built from profile hash {hash_label[:12]}, not "
-                f"{plan.profile_hash[:12]} ({plan.profile_name} as it is now)"
-            )
-        python, os_packages = build.inspect_image(client, found.id)
-        image_id = found.id
-    else:
-        record = _recorded_build(client, plan, records)
-        if record is None:
-            result = build.build_image(
-                ref,
-                overrides,
-                options,
-                build.BuildSettings(record_dir=str(records)),
-                reporter,
-                client,
-            )
-            record = json.loads(result.record_path.read_text(encoding="utf-8"))
-        assert record is not None
-        python, os_packages = record["python_packages"], record["os_packages"]
-        image_id = record["image_id"]
-    when, when_from = choose_epoch(profile_file(ref), epoch)
-    identity = build._base_identity
-    lock = make_lock(
-        plan,
-        profile=ref,
-        python=python,
-        os_packages=os_packages,
-        base_image=identity(client, plan.base_image),
-        runtime_image=identity(client, plan.runtime_image),
-        epoch=when,
-        epoch_from=when_from,
-        image_id=image_id,
-        wheelhouse=Path(options.wheelhouse) if options.wheelhouse else None,
-    )
-    path = output or default_lock_path(ref)
-    return write_lock(lock, path), lock
-
-
-__all__ = [
-    "LOCK_SUFFIX",
-    "check_lock",
-    "check_os_packages",
-    "choose_epoch",
-    "constraints",
-    "default_lock_path",
-    "git_source",
-    "lock_profile",
-    "locked_options",
-    "make_lock",
-    "read_lock",
-    "source_labels",
-    "wheel_hashes",
-    "write_lock",
-]

@@ -20,36 +20,36 @@ from aibuild.errors import AibuildError
 
 # name -> ("module", "attribute", "one-line help shown by --help without importing")
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "profiles": ("aibuild.cli_profile", "profiles", "List the built-in profiles."),
+    "profiles": ("aibuild.cli.profile", "profiles", "List the built-in profiles."),
     "check": (
-        "aibuild.cli_profile",
+        "aibuild.cli.profile",
         "check",
         "Validate a profile and show its resolved build plan.",
     ),
     "render": (
-        "aibuild.cli_profile",
+        "aibuild.cli.profile",
         "render",
         "Render a profile's Dockerfile or whole build context.",
     ),
-    "image": ("aibuild.cli_engine", "image", "Render and build a profile's image (and push it)."),
+    "image": ("aibuild.cli.image", "image", "Render and build a profile's image (and push it)."),
     "wheelhouse": (
-        "aibuild.cli_engine",
+        "aibuild.cli.image",
         "wheelhouse",
         "Download every wheel a profile's image needs.",
     ),
     "run": (
-        "aibuild.cli_engine",
+        "aibuild.cli.run",
         "run",
         "Run a profile's image (or any image) with GPU passthrough.",
     ),
     "doctor": (
-        "aibuild.cli_engine",
+        "aibuild.cli.run",
         "doctor",
         "Check this host (engine, driver, GPUs) against a profile.",
     ),
-    "push": ("aibuild.cli_publish", "push", "Push an image to its registry and print its digest."),
-    "lock": ("aibuild.cli_publish", "lock", "Pin a profile's base image, packages and build time."),
-    "diff": ("aibuild.cli_publish", "diff", "Show what differs between two images."),
+    "push": ("aibuild.cli.publish", "push", "Push an image to its registry and print its digest."),
+    "lock": ("aibuild.cli.publish", "lock", "Pin a profile's base image, packages and build time."),
+    "diff": ("aibuild.cli.publish", "diff", "Show what differs between two images."),
     "train": ("aibuild.train.cli", "train", "Train a model (the image's entrypoint)."),
 }
 

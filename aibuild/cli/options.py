@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+
+from aibuild.errors import PublishError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,7 +81,7 @@ def render_options_from(
     (paths made absolute, so a build context written elsewhere still finds them)."""
     from pathlib import Path
 
-    from aibuild.plan import RenderOptions
+    from aibuild.profile.plan import RenderOptions
 
     return RenderOptions(
         base_image=base_image,
@@ -88,3 +91,58 @@ def render_options_from(
         extra_index_urls=tuple(extra_index_url),
         template_dir=template_dir,
     )
+
+
+# ---------------------------------------------------------------------------
+# Registry login and publishing options (aibuild image, aibuild push)
+# ---------------------------------------------------------------------------
+
+username_option = click.option(
+    "--username",
+    "-u",
+    metavar="USER",
+    help="Registry user (with --password-stdin). Default: AIBUILD_REGISTRY_USER/"
+    "AIBUILD_REGISTRY_PASSWORD, else the Docker config (docker login, credential helpers).",
+)
+password_stdin_option = click.option(
+    "--password-stdin", is_flag=True, help="Read the registry password from stdin."
+)
+retries_option = click.option(
+    "--retries",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Attempts per request for transient failures (backoff 0.5s doubling, at most 10s).",
+)
+epoch_option = click.option(
+    "--source-date-epoch",
+    "epoch",
+    type=int,
+    metavar="SECONDS",
+    help="Build time for reproducible mode. Default: the lock's, $SOURCE_DATE_EPOCH, "
+    "the profile's git commit time, or the start of today (UTC).",
+)
+
+
+def read_password(username: str | None, password_stdin: bool) -> str | None:
+    """The password given on stdin (``--password-stdin``), read once, before any work."""
+    if password_stdin:
+        if not username:
+            raise click.UsageError("--password-stdin needs --username")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise PublishError("--password-stdin: nothing was read from stdin")
+        return password
+    if username:
+        raise click.UsageError("--username needs --password-stdin (passwords never go in argv)")
+    return None
+
+
+def stderr_log(quiet: bool) -> Callable[[str], None]:
+    """A progress callback that writes lines to stderr (nothing when ``quiet``)."""
+
+    def log(text: str) -> None:
+        if not quiet:
+            click.echo(text, err=True)
+
+    return log

@@ -19,15 +19,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aibuild import __version__
+from aibuild import __version__, labels
 from aibuild.errors import PublishError
+from aibuild.image.build import build_context
+from aibuild.oci.media import rfc3339
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker
 
 SBOM_PATH = "/usr/share/aibuild/sbom.cdx.json"
-SBOM_LABEL = "ai.aibuild.sbom"
-SBOM_DIGEST_LABEL = "ai.aibuild.sbom.sha256"
 
 
 def _pypi_name(name: str) -> str:
@@ -71,7 +71,6 @@ def cyclonedx(
     ``hashes`` maps a normalised Python project name to sha256 hex digests of its
     wheels (from a wheelhouse); they become the component's ``hashes``.
     """
-    from aibuild.reproducible import rfc3339
 
     namespace, distro = _deb_namespace(os_name)
     components: list[dict[str, Any]] = []
@@ -128,17 +127,9 @@ def sbom_bytes(document: Mapping[str, Any]) -> bytes:
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def write_beside(record_path: Path, document: Mapping[str, Any]) -> Path:
-    """Write the SBOM next to a build record (``<record>.cdx.json``); returns its path."""
-    path = record_path.with_name(record_path.stem + ".cdx.json")
-    path.write_bytes(sbom_bytes(document))
-    return path
-
-
 def attach_sbom(client: docker.DockerClient, image: str, data: bytes, tags: Sequence[str]) -> str:
     """Add the SBOM as one layer on top of ``image`` (a tiny classic build: COPY and
     LABEL), tagged with ``tags``; returns the new image ID."""
-    from aibuild.build import build_context
 
     digest = hashlib.sha256(data).hexdigest()
     with tempfile.TemporaryDirectory(prefix="aibuild-sbom-") as tmp:
@@ -147,22 +138,10 @@ def attach_sbom(client: docker.DockerClient, image: str, data: bytes, tags: Sequ
         (context / "Dockerfile").write_text(
             f"FROM {image}\n"
             f"COPY sbom.cdx.json {SBOM_PATH}\n"
-            f'LABEL {SBOM_LABEL}="{SBOM_PATH}" {SBOM_DIGEST_LABEL}="{digest}"\n',
+            f'LABEL {labels.SBOM}="{SBOM_PATH}" {labels.SBOM_DIGEST}="{digest}"\n',
             encoding="utf-8",
         )
         outcome = build_context(client, context, tags=list(tags))
     if not outcome.image_id:
         raise PublishError(f"adding the SBOM to {image} produced no image")
     return outcome.image_id
-
-
-__all__ = [
-    "SBOM_DIGEST_LABEL",
-    "SBOM_LABEL",
-    "SBOM_PATH",
-    "attach_sbom",
-    "cyclonedx",
-    "sbom_bytes",
-    "split_pins",
-    "write_beside",
-]

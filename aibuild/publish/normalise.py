@@ -32,29 +32,28 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import io
 import json
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aibuild import labels
+from aibuild.engine import engine_errors
 from aibuild.errors import PublishError
-from aibuild.publish import HashingWriter
+from aibuild.logs import Log, silent
+from aibuild.oci.archive import HashingWriter, disk_errors, load_image, save_image
+from aibuild.oci.media import CHUNK, rfc3339
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker
 
-    from aibuild.publish import BlobCache
+    from aibuild.oci.archive import BlobCache
 
-REPRODUCIBLE_LABEL = "ai.aibuild.reproducible"
 XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
-CHUNK = 1 << 20
 
 # (glob on the entry path, why it is left out). Only entries in the layers above the
 # base are affected; where the base has the same path, its version shows through.
@@ -70,31 +69,6 @@ DROP_RULES: tuple[tuple[str, str], ...] = (
     ("var/log/bootstrap.log", "debootstrap's log"),
     ("root/.cache/pip/*", "pip's download and wheel cache"),
 )
-
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    return None
-
-
-@contextmanager
-def disk_errors(what: str) -> Iterator[None]:
-    """A local file error (a full disk, most often: an export is as large as the image)
-    as one clear line instead of a traceback."""
-    try:
-        yield
-    except OSError as exc:
-        raise PublishError(
-            f"{what} failed: {exc.strerror or exc} ({exc.filename or tempfile.gettempdir()}); "
-            "it needs about twice the image's size free in the temporary directory (TMPDIR)"
-        ) from None
-
-
-def rfc3339(epoch: int) -> str:
-    """SOURCE_DATE_EPOCH as the timestamp format image configs use."""
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def drop_reason(path: str) -> str | None:
@@ -189,7 +163,7 @@ def normalise_config(
     raw: bytes,
     diff_ids: Sequence[str],
     epoch: int,
-    labels: Mapping[str, str] | None = None,
+    extra_labels: Mapping[str, str] | None = None,
 ) -> bytes:
     """The image config with build-time noise removed, as canonical JSON bytes."""
     config: dict[str, Any] = json.loads(raw)
@@ -204,8 +178,8 @@ def normalise_config(
     inner.pop("Image", None)
     inner.pop("Hostname", None)
     merged = dict(inner.get("Labels") or {})
-    merged.update(labels or {})
-    merged[REPRODUCIBLE_LABEL] = str(epoch)
+    merged.update(extra_labels or {})
+    merged[labels.REPRODUCIBLE] = str(epoch)
     inner["Labels"] = merged
     config["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
     return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -220,7 +194,6 @@ def base_layer_count(
     tagged local image with the longest strict prefix is taken (the image the
     build started FROM); an image with no such base keeps no layer as is.
     """
-    from aibuild.engine import engine_errors
 
     with engine_errors("listing images"):
         if base:
@@ -276,53 +249,6 @@ class NormaliseResult:
         }
 
 
-def _load(
-    client: docker.DockerClient,
-    config: bytes,
-    layers: Sequence[tuple[str, Path | None]],
-    tags: Sequence[str],
-    workdir: Path,
-) -> str:
-    """``docker load`` a config and layers; a layer whose path is None is already in the
-    engine (the base) and is not sent. Returns the loaded image ID."""
-    from aibuild.engine import api_message, engine_errors
-
-    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-    archive = workdir / "load.tar"
-    manifest = [
-        {
-            "Config": f"{image_id.removeprefix('sha256:')}.json",
-            "RepoTags": list(tags) or None,
-            "Layers": [f"{d.removeprefix('sha256:')}/layer.tar" for d, _ in layers],
-        }
-    ]
-    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
-
-        def add_bytes(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        add_bytes(manifest[0]["Config"], config)  # type: ignore[arg-type]
-        for diff_id, path in layers:
-            if path is not None:
-                tar.add(str(path), arcname=f"{diff_id.removeprefix('sha256:')}/layer.tar")
-        add_bytes("manifest.json", json.dumps(manifest).encode())
-    import docker as docker_module
-
-    with engine_errors("loading the normalised image"), archive.open("rb") as handle:
-        try:
-            client.images.load(handle)
-        except docker_module.errors.ImageLoadError as exc:
-            raise PublishError(f"the engine refused the normalised image: {exc}") from None
-        except docker_module.errors.APIError as exc:
-            raise PublishError(
-                f"the engine refused the normalised image: {api_message(exc)}"
-            ) from None
-        client.images.get(image_id)  # it is there, under exactly this ID
-    return image_id
-
-
 def normalise_image(
     client: docker.DockerClient,
     image: str,
@@ -330,20 +256,18 @@ def normalise_image(
     source_date_epoch: int,
     base: str | None = None,
     tags: Sequence[str] | None = None,
-    labels: Mapping[str, str] | None = None,
+    extra_labels: Mapping[str, str] | None = None,
     cache: BlobCache | None = None,
     workdir: Path | None = None,
-    log: Progress = _quiet,
+    log: Log = silent,
 ) -> NormaliseResult:
     """Normalise local ``image`` and load it back under its tags (or ``tags``).
 
     ``base``: the image the build started FROM (its layers are kept as they are);
-    found among tagged local images when not given. ``labels`` are added to the
+    found among tagged local images when not given. ``extra_labels`` are added to the
     config. With ``cache``, the layers are also gzipped into the blob cache, so a
     following direct push need not export the image again.
     """
-    from aibuild.engine import engine_errors
-    from aibuild.publish import save_image
 
     started = time.monotonic()
     with engine_errors(f"inspecting {image}"):
@@ -373,9 +297,9 @@ def normalise_image(
                 f"{report.clamped} mtimes clamped, {len(report.dropped)} files left out"
             )
         config = normalise_config(
-            saved.config, [d for d, _ in new_layers], source_date_epoch, labels
+            saved.config, [d for d, _ in new_layers], source_date_epoch, extra_labels
         )
-        image_id = _load(client, config, new_layers, keep_tags, work)
+        image_id = load_image(client, config, new_layers, keep_tags, work)
         if cache is not None:
             cache.add_config(config)
             cache.add_layers({d: path or saved.layers[i] for i, (d, path) in enumerate(new_layers)})
@@ -391,75 +315,3 @@ def normalise_image(
         layers=reports,
         seconds=seconds,
     )
-
-
-__all__ = [
-    "DROP_RULES",
-    "REPRODUCIBLE_LABEL",
-    "LayerReport",
-    "NormaliseResult",
-    "base_layer_count",
-    "drop_reason",
-    "finish_reproducible",
-    "is_timestamp_pyc",
-    "normalise_config",
-    "normalise_image",
-    "normalise_layer",
-    "rfc3339",
-]
-
-
-def finish_reproducible(
-    client: docker.DockerClient,
-    result: Any,
-    *,
-    source_date_epoch: int,
-    labels: Mapping[str, str] | None = None,
-    wheelhouse: Path | None = None,
-    cache: BlobCache | None = None,
-    log: Progress = _quiet,
-) -> NormaliseResult:
-    """After ``build.build_image`` rendered with ``reproducible=True``: write the SBOM
-    beside the build record, add it to the image as a layer, normalise the image
-    (base: the plan's runtime image) and note both in the record.
-
-    ``result`` is the build's ``BuildResult``; its tags move to the normalised image.
-    """
-    from aibuild.lock import wheel_hashes
-    from aibuild.sbom import attach_sbom, cyclonedx, sbom_bytes, write_beside
-
-    plan = result.plan
-    hashes: dict[str, list[str]] = {}
-    for (name, _), digests in wheel_hashes(wheelhouse).items():
-        hashes.setdefault(name, []).extend(digests)
-    document = cyclonedx(
-        result.python_packages,
-        result.os_packages,
-        image_name=plan.image_name,
-        image_version=plan.image_tag,
-        os_name=plan.os,
-        source_date_epoch=source_date_epoch,
-        hashes=hashes,
-    )
-    sbom_path = write_beside(result.record_path, document)
-    with_sbom = attach_sbom(client, result.image_id, sbom_bytes(document), result.tags)
-    log(f"SBOM: {sbom_path} and {with_sbom[:19]}:/usr/share/aibuild/sbom.cdx.json")
-    normalised = normalise_image(
-        client,
-        with_sbom,
-        source_date_epoch=source_date_epoch,
-        base=plan.runtime_image,
-        tags=result.tags,
-        labels=labels,
-        cache=cache,
-        log=log,
-    )
-    record = json.loads(result.record_path.read_text(encoding="utf-8"))
-    record["reproducible"] = normalised.to_dict()
-    record["sbom"] = str(sbom_path)
-    text = json.dumps(record, indent=2) + "\n"
-    result.record_path.write_text(text, encoding="utf-8")
-    latest = result.record_path.with_name("latest.json")
-    if latest.is_file():
-        latest.write_text(text, encoding="utf-8")
-    return normalised

@@ -1,7 +1,7 @@
 """The profile schema (v1): every key, its type, default and meaning, in one table.
 
 The validator walks this table; the README's profile reference is generated
-from it (``python -m aibuild.schema`` prints the markdown). The ``training:``
+from it (``python -m aibuild.profile.schema`` prints the markdown). The ``training:``
 section belongs to the trainer and is checked by ``aibuild.train.config``.
 
 Every string that can reach a Dockerfile is checked here against a strict
@@ -19,6 +19,8 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from aibuild.oci import reference
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # Debian policy 5.6.1: lowercase letters, digits, + - . ; at least two chars; starts alnum.
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
@@ -27,18 +29,6 @@ DRIVER_RE = re.compile(r"^\d{3}(\.\d{1,3}){1,2}$")
 MINOR_RE = re.compile(r"^\d+\.\d+$")
 SHM_RE = re.compile(r"^\d+[bkmgBKMG]?$")
 GPUS_RE = re.compile(r"^(all|none|\d+|device=\d+(,\d+)*)$")
-# Docker reads the first path component as a registry only when it has a dot or a port,
-# or is localhost; otherwise it is part of the (lowercase) repository path.
-_REGISTRY = r"^(?:(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+|localhost)(?::\d+)?/|[a-zA-Z0-9.-]+:\d+/)?"
-# A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path.
-IMAGE_REF_RE = re.compile(
-    _REGISTRY + r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
-IMAGE_REPO_RE = re.compile(
-    _REGISTRY + r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
-)
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 OS_CHOICES = ("ubuntu20.04", "ubuntu22.04", "ubuntu24.04", "debian12")
@@ -247,7 +237,7 @@ FIELDS: tuple[Field, ...] = (
         "str",
         "derived",
         "Explicit base image for both stages (overrides the nvidia/cuda or python image).",
-        _pattern(IMAGE_REF_RE, "an image reference"),
+        _pattern(reference.REFERENCE_RE, "an image reference"),
     ),
     Field(
         "training",
@@ -280,14 +270,14 @@ FIELDS: tuple[Field, ...] = (
         "str",
         "aibuild",
         "Image repository, e.g. registry.example.com/team/train.",
-        _pattern(IMAGE_REPO_RE, "an image repository name"),
+        _pattern(reference.NAME_RE, "an image repository name"),
     ),
     Field(
         "image.tag",
         "str",
         "<profile>-torch<version>-<cuXYZ|cpu>",
         "Explicit tag instead of the scheme.",
-        _pattern(TAG_RE, "a Docker tag"),
+        _pattern(reference.TAG_RE, "a Docker tag"),
     ),
 )
 

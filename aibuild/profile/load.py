@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from aibuild import kv
 from aibuild._resources import profiles_dir
 from aibuild.errors import Diagnostic, ProfileError
 
@@ -275,12 +276,11 @@ def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[str,
 
 def parse_override(text: str) -> tuple[str, Any]:
     """'software.torch=2.5.1' -> ('software.torch', '2.5.1'), value parsed as YAML."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ProfileError(
-            Diagnostic("error", f"--set expects KEY.PATH=VALUE, got '{text}'", "", "--set", 1, 1)
-        )
+    try:
+        key, raw = kv.split_item(text, option="--set", key=kv.DOTTED, example="KEY.PATH=VALUE")
+    except ValueError as exc:
+        raise ProfileError(Diagnostic("error", str(exc), "", "--set", 1, 1)) from None
+    assert raw is not None
     if raw.strip() in ("", "null", "Null", "NULL", "~"):
         return key, None  # unset: "derive it", exactly like `key: null` in a file
     if key in RAW_SCALAR_KEYS:
@@ -326,3 +326,14 @@ def load_profile(ref: str, overrides: Sequence[str] = ()) -> Profile:
         files=files,
         source=None if is_builtin else path,
     )
+
+
+def is_profile_ref(ref: str) -> bool:
+    """Whether ``ref`` names a profile rather than an image: an existing ``.yaml``/``.yml``
+    file, or a built-in profile's name (with or without ``.yaml``). Every command that
+    takes "a profile or an image" decides with this, profile first."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return True
+    stem = ref[:-5] if ref.endswith(".yaml") else ref
+    return stem in builtin_profiles()

@@ -1,8 +1,7 @@
 """Run: an image -> a training container, with GPU passthrough and training-grade defaults.
 
-- ``parse_gpus`` reads ``--gpus`` exactly as ``docker run --gpus`` does (``all``, ``N``,
-  ``device=0,1``, ``count=``, ``driver=``, ``capabilities=``) into a ``GpuRequest``,
-  which becomes a ``docker.types.DeviceRequest``.
+- ``resolve_target`` decides what runs: a profile (its plan's image, and its ``run:``
+  defaults), any other image reference, or the last image built in this directory.
 - ``container_command`` decides entrypoint and arguments: trainer flags (ARGS that start
   with ``-``) are appended to the image's ``aibuild train`` entrypoint, other ARGS
   replace it, ``--nproc-per-node N`` wraps the trainer in ``torchrun``.
@@ -15,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import signal
 import sys
@@ -23,18 +21,23 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from aibuild import kv, labels
 from aibuild.engine import api_message, client_session, engine_address, engine_errors
 from aibuild.errors import RunError
+from aibuild.image.record import latest_record
+from aibuild.profile.load import is_profile_ref
+from aibuild.profile.resolve import plan_for
+from aibuild.run.gpus import NO_DRIVER_MARKER, GpuRequest, parse_gpus
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker
 
-    from aibuild.plan import BuildPlan
+    from aibuild.profile.plan import BuildPlan
 
 # NVIDIA's recommendation for PyTorch containers: unlimited locked memory (pinned
 # host buffers, RDMA) and a 64 MiB stack.
@@ -43,8 +46,6 @@ STACK_BYTES = 67108864
 DEFAULT_SHM_SIZE = "2g"  # for images that are not a profile's (docker's 64m starves DataLoader)
 DEFAULT_GRACE_S = 10.0
 TRAIN_ENTRYPOINT = ("aibuild", "train")
-RUN_LABEL = "ai.aibuild.run"
-NO_DRIVER_MARKER = "could not select device driver"
 TOOLKIT_URL = (
     "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html"
 )
@@ -53,124 +54,6 @@ TOOLKIT_URL = (
 # ---------------------------------------------------------------------------
 # --gpus
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GpuRequest:
-    """One ``--gpus`` request, field for field what ``docker run --gpus`` sends."""
-
-    count: int = 0  # -1: all
-    device_ids: tuple[str, ...] = ()
-    driver: str = ""  # empty: the engine picks the driver that has the capabilities
-    capabilities: tuple[tuple[str, ...], ...] = (("gpu",),)
-    options: tuple[tuple[str, str], ...] = ()
-
-    def to_device_request(self) -> Any:
-        """The ``docker.types.DeviceRequest`` for the engine API."""
-        from docker.types import DeviceRequest
-
-        return DeviceRequest(
-            driver=self.driver,
-            count=self.count,
-            device_ids=list(self.device_ids),
-            capabilities=[list(caps) for caps in self.capabilities],
-            options=dict(self.options),
-        )
-
-    def describe(self) -> str:
-        if self.device_ids:
-            return f"device={','.join(self.device_ids)}"
-        return "all" if self.count < 0 else str(self.count)
-
-
-def _parse_count(text: str, whole: str) -> int:
-    if text == "all":
-        return -1
-    try:
-        count = int(text)
-    except ValueError:
-        raise ValueError(
-            f"invalid --gpus value {whole!r}: expected all, none, a number of GPUs, "
-            "or device=ID[,ID...]"
-        ) from None
-    if count < 0:
-        raise ValueError(f"invalid --gpus value {whole!r}: the GPU count must be positive")
-    return count
-
-
-def parse_gpus(value: str | None) -> GpuRequest | None:
-    """``--gpus`` -> a GpuRequest, or None for no GPUs (``none``, ``0``, empty).
-
-    Same semantics as ``docker run --gpus``: ``all`` is count -1, ``N`` count N,
-    ``device=0,1`` device ids ["0", "1"] (no count), capabilities [["gpu"]] (plus any
-    ``capabilities=`` given), driver empty unless ``driver=`` says. Docker reads the
-    value as CSV, so ``device=0,1`` needs quoting there (``'"device=0,1"'``); here a
-    bare ID after ``device=`` (or a capability after ``capabilities=``) continues
-    that list, and the quoted form works too. Raises ValueError with a usage message.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if text.lower() in ("", "none", "0"):
-        return None
-    try:
-        fields = next(csv.reader([text]))
-    except (csv.Error, StopIteration):
-        raise ValueError(f"invalid --gpus value {value!r}") from None
-    count: int | None = None
-    device_ids: list[str] = []
-    driver = ""
-    capabilities: list[str] | None = None
-    options: dict[str, str] = {}
-    seen: set[str] = set()
-    last_list: list[str] | None = None
-    for position, raw in enumerate(fields):
-        item = raw.strip()
-        key, sep, val = item.partition("=")
-        if not sep:
-            if position == 0:
-                count = _parse_count(item, value)
-                seen.add("count")
-                last_list = None
-                continue
-            if last_list is not None and item:
-                last_list.append(item)
-                continue
-            raise ValueError(f"invalid --gpus value {value!r}: unexpected {item!r}")
-        if key in seen:
-            raise ValueError(f"invalid --gpus value {value!r}: {key!r} given twice")
-        seen.add(key)
-        last_list = None
-        if key == "count":
-            count = _parse_count(val, value)
-        elif key == "device":
-            device_ids = [v.strip() for v in val.split(",") if v.strip()]
-            if not device_ids:
-                raise ValueError(f"invalid --gpus value {value!r}: device= names no device")
-            last_list = device_ids
-        elif key == "driver":
-            driver = val
-        elif key == "capabilities":
-            capabilities = [v.strip() for v in val.split(",") if v.strip()]
-            last_list = capabilities
-        elif key == "options":
-            for pair in next(csv.reader([val])):
-                k, _, v = pair.partition("=")
-                options[k] = v
-        else:
-            raise ValueError(f"invalid --gpus value {value!r}: unknown key {key!r}")
-    if device_ids and count not in (None, 0):
-        raise ValueError(f"invalid --gpus value {value!r}: give a count or device IDs, not both")
-    if count is None and not device_ids:
-        count = 1  # docker: `--gpus driver=nvidia` alone asks for one GPU
-    caps = (*capabilities, "gpu") if capabilities is not None else ("gpu",)
-    return GpuRequest(
-        count=count or 0,
-        device_ids=tuple(device_ids),
-        driver=driver,
-        capabilities=(tuple(dict.fromkeys(caps)),),
-        options=tuple(sorted(options.items())),
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -187,24 +70,11 @@ class RunTarget:
     build_command: str | None = None
 
 
-def is_profile_ref(ref: str) -> bool:
-    """Whether ``ref`` names a profile (an existing YAML file or a built-in name)."""
-    from aibuild.profile import builtin_profiles
-
-    path = Path(ref)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return True
-    stem = ref[:-5] if ref.endswith(".yaml") else ref
-    return stem in builtin_profiles()
-
-
 def resolve_target(ref: str | None, overrides: Sequence[str] = ()) -> RunTarget:
     """A profile (its plan's image_ref), an image reference, or (None) the last image built."""
     import shlex
 
     if ref is None:
-        from aibuild.build import latest_record
-
         record = latest_record()
         if not record:
             raise RunError(
@@ -214,8 +84,6 @@ def resolve_target(ref: str | None, overrides: Sequence[str] = ()) -> RunTarget:
         tags = record.get("tags") or [record["image_id"]]
         return RunTarget(image=str(tags[0]))
     if is_profile_ref(ref):
-        from aibuild.resolve import plan_for
-
         plan = plan_for(ref, overrides)
         sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
         return RunTarget(plan.image_ref, plan, f"aibuild image {shlex.quote(ref)}{sets}")
@@ -252,11 +120,14 @@ def container_command(
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """Everything about a run apart from the image."""
+class ContainerOptions:
+    """Everything about a run apart from the image. Unless ``gpus_given``, ``gpus`` comes
+    from the profile's ``run.gpus``; ``shm_size`` None, from its ``run.shm_size``
+    (``with_plan_defaults``)."""
 
     args: tuple[str, ...] = ()
     gpus: GpuRequest | None = None
+    gpus_given: bool = False  # --gpus was given (``--gpus none`` is None, and given)
     shm_size: str | None = None
     ipc: str | None = None
     data: str | None = None
@@ -270,7 +141,7 @@ class RunOptions:
     labels: tuple[tuple[str, str], ...] = field(default=())
 
 
-def container_config(options: RunOptions, image: str) -> dict[str, Any]:
+def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
     """The keyword arguments for ``client.containers.create`` (pure, testable)."""
     from docker.types import Mount, Ulimit
 
@@ -301,7 +172,7 @@ def container_config(options: RunOptions, image: str) -> dict[str, Any]:
         "user": user,
         "name": options.name,
         "detach": True,
-        "labels": {RUN_LABEL: "1", **dict(options.labels)},
+        "labels": {labels.RUN: "1", **dict(options.labels)},
         "ulimits": [
             Ulimit(name="memlock", soft=MEMLOCK_UNLIMITED, hard=MEMLOCK_UNLIMITED),
             Ulimit(name="stack", soft=STACK_BYTES, hard=STACK_BYTES),
@@ -336,7 +207,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _start_error(exc: Any, image: str, options: RunOptions) -> RunError:
+def _start_error(exc: Any, image: str, options: ContainerOptions) -> RunError:
     message = api_message(exc)
     if NO_DRIVER_MARKER in message:
         asked = options.gpus.describe() if options.gpus else "?"
@@ -464,7 +335,7 @@ def _ensure_image(client: Any, target: RunTarget) -> None:
 
 def run_container(
     target: RunTarget,
-    options: RunOptions,
+    options: ContainerOptions,
     *,
     client: docker.DockerClient | None = None,
     stdout: BinaryIO | None = None,
@@ -500,7 +371,7 @@ def _without_memlock(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _create_and_start(
-    client: Any, target: RunTarget, options: RunOptions, config: dict[str, Any], say: Any
+    client: Any, target: RunTarget, options: ContainerOptions, config: dict[str, Any], say: Any
 ) -> tuple[Any, Any]:
     """Create, attach (unless detached) and start; (container, attached stream).
 
@@ -541,7 +412,7 @@ def _create_and_start(
 def _run(
     client: Any,
     target: RunTarget,
-    options: RunOptions,
+    options: ContainerOptions,
     config: dict[str, Any],
     out: BinaryIO,
     err: BinaryIO,
@@ -580,16 +451,50 @@ def _run(
 def env_pairs(
     values: Sequence[str], environ: Mapping[str, str] | None = None
 ) -> list[tuple[str, str]]:
-    """``--env`` values -> pairs: ``K=V``, or a bare ``K`` taking the caller's value (as docker)."""
+    """``--env`` values -> pairs: ``K=V``, or a bare ``K`` taking the caller's value (as docker;
+    a bare ``K`` that the caller does not have is left out)."""
     env = os.environ if environ is None else environ
     pairs: list[tuple[str, str]] = []
     for item in values:
-        key, sep, value = item.partition("=")
-        if not key:
-            raise ValueError(f"invalid --env {item!r}: expected KEY=VALUE")
-        if not sep:
+        key, value = kv.split_item(item, option="--env", bare=True)
+        if value is None:
             if key not in env:
                 continue
             value = env[key]
         pairs.append((key, value))
     return pairs
+
+
+def label_pairs(values: Sequence[str]) -> list[tuple[str, str]]:
+    """``--label`` values -> pairs (``K=V``; a bare ``K`` is an empty label, as docker)."""
+    pairs = []
+    for item in values:
+        key, value = kv.split_item(item, option="--label", key=kv.LABEL, bare=True)
+        pairs.append((key, value or ""))
+    return pairs
+
+
+def with_plan_defaults(options: ContainerOptions, target: RunTarget) -> ContainerOptions:
+    """``options`` with what was left unset taken from the target's profile (``run.gpus``,
+    ``run.shm_size``); an image that is not a profile's keeps the engine's defaults."""
+    plan = target.plan
+    if plan is None:
+        return options
+    return replace(
+        options,
+        gpus=options.gpus if options.gpus_given else parse_gpus(plan.run_gpus),
+        shm_size=options.shm_size or plan.run_shm_size,
+    )
+
+
+def run(
+    ref: str | None,
+    overrides: Sequence[str],
+    options: ContainerOptions,
+    *,
+    client: docker.DockerClient | None = None,
+) -> int:
+    """``aibuild run``: resolve what to run, apply its profile's run defaults, run it;
+    the container's exit code."""
+    target = resolve_target(ref, overrides)
+    return run_container(target, with_plan_defaults(options, target), client=client)

@@ -28,14 +28,17 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from aibuild import knowledge as kb
-from aibuild import schema
 from aibuild.errors import Diagnostic, ProfileError
-from aibuild.plan import BuildPlan, RenderOptions
-from aibuild.profile import Profile, load_profile
+from aibuild.profile import schema
+from aibuild.profile.load import Profile, load_profile
+from aibuild.profile.plan import BuildPlan, RenderOptions
 
 TORCH_INDEX = "https://download.pytorch.org/whl"
 # Packages the aibuild runtime (the embedded trainer's CLI) needs inside the image, besides torch.
 RUNTIME_REQUIREMENTS = ("click>=8.1", "packaging>=23", "pyyaml>=6.0")
+_RUNTIME_SPECS = {
+    canonicalize_name(Requirement(r).name): Requirement(r) for r in RUNTIME_REQUIREMENTS
+}
 DEBIAN_CODENAMES = {"debian12": "bookworm", "debian13": "trixie"}
 
 
@@ -47,6 +50,39 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str:
     if close:
         return f"; did you mean '{close[0]}'?"
     return f"; known keys: {', '.join(options)}" if options else ""
+
+
+def _name(requirement: str) -> str:
+    return canonicalize_name(Requirement(requirement).name)
+
+
+def _runtime_conflict(req: Requirement) -> str | None:
+    """Why a software.pip requirement pins a package the aibuild runtime needs to a version
+    the runtime cannot use (None when it does not)."""
+    runtime = {_name(r): Requirement(r) for r in RUNTIME_REQUIREMENTS}
+    needed = runtime.get(canonicalize_name(req.name))
+    if needed is None:
+        return None
+    pinned = [s.version for s in req.specifier if s.operator in ("==", "===")]
+    if any(not needed.specifier.contains(v, prereleases=True) for v in pinned):
+        return (
+            f"'{req}' conflicts with the aibuild runtime's '{needed}' "
+            f"(the image's `aibuild train` needs it): pin a version that satisfies both"
+        )
+    return None
+
+
+def image_requirements(plan: BuildPlan) -> list[str]:
+    """Every requirement the image's pip installs besides torch: the profile's software.pip,
+    then the aibuild runtime's for the packages the profile does not name (the profile's
+    requirement for a runtime package replaces the runtime's: validation checked that it
+    admits a version the runtime can use). One list for the rendered requirements.txt,
+    the wheelhouse and the lock, so they always agree."""
+    named = {canonicalize_name(Requirement(r).name) for r in plan.pip}
+    runtime = [
+        r for r in RUNTIME_REQUIREMENTS if canonicalize_name(Requirement(r).name) not in named
+    ]
+    return sorted([*plan.pip, *runtime], key=str.lower)
 
 
 def validate_schema(profile: Profile) -> list[Diagnostic]:
@@ -107,6 +143,10 @@ def validate_schema(profile: Profile) -> list[Diagnostic]:
                     f"software.pip[{i}]",
                 )
             )
+        else:
+            problem = _runtime_conflict(Requirement(item))
+            if problem:
+                diags.append(profile.diag("error", problem, f"software.pip[{i}]"))
     for i, item in enumerate(
         software.get("apt") or [] if isinstance(software.get("apt"), list) else []
     ):
@@ -162,25 +202,6 @@ class Candidate:
     driver_ok: bool = True
 
 
-def covers(cc: str, arch: kb.WheelArch) -> bool:
-    """Does a wheel built for these archs run on compute capability CC?
-
-    SASS for sm_XY runs on X.Z with Z >= Y (same major); arch-specific targets
-    ("9.0a") run only on exactly that GPU; PTX for compute_XY is JIT-compiled for
-    any GPU of capability >= X.Y.
-    """
-    major, minor = kb.cc_key(cc)
-    for entry in arch.sass:
-        if entry.endswith("a"):
-            if entry[:-1] == cc:
-                return True
-            continue
-        e_major, e_minor = kb.cc_key(entry)
-        if e_major == major and e_minor <= minor:
-            return True
-    return any(kb.cc_key(p) <= (major, minor) for p in arch.ptx)
-
-
 def toolkit_can_target(cuda: str, cc: str) -> bool | None:
     targets = kb.targets_for(cuda)
     if targets is None:
@@ -205,7 +226,7 @@ def torch_cuda_pairs_for(cc: str, python: str | None = None) -> list[tuple[str, 
             continue
         for cuda in rel.cuda:
             arch = kb.wheel_archs().get((minor, cuda))
-            if arch and covers(cc, arch) and toolkit_can_target(cuda, cc):
+            if arch and kb.wheel_covers(cc, arch) and toolkit_can_target(cuda, cc):
                 out.append((minor, cuda))
     return out
 
@@ -341,7 +362,7 @@ class Resolver:
                 for c in rel.cuda
                 if toolkit_can_target(c, cc)
                 and (a := kb.wheel_archs().get((minor, c))) is not None
-                and covers(cc, a)
+                and kb.wheel_covers(cc, a)
             ]
             if first and version_lt(cuda, first):
                 fix = f"CUDA >= {first} can; use " + (
@@ -375,7 +396,7 @@ class Resolver:
                     f"the GPU architectures in torch {minor} cu{cuda.replace('.', '')} wheels are "
                     f"not recorded; {kb.sm(cc)} is assumed to be included"
                 )
-            elif not covers(cc, arch):
+            elif not kb.wheel_covers(cc, arch):
                 built = ", ".join(
                     kb.sm(a.rstrip("a")) + ("a" if a.endswith("a") else "") for a in arch.sass
                 )

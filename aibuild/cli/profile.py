@@ -7,21 +7,21 @@ from pathlib import Path
 
 import click
 
-from aibuild.cli_options import (
+from aibuild.cli.options import (
     json_option,
     profile_argument,
     render_options,
     render_options_from,
     set_option,
 )
-from aibuild.plan import RenderOptions
+from aibuild.profile.plan import RenderOptions
 
 
 @click.command()
 @json_option
 def profiles(as_json: bool) -> None:
     """List the built-in profiles with one-line descriptions."""
-    from aibuild.profile import builtin_profiles, load_profile
+    from aibuild.profile.load import builtin_profiles, load_profile
 
     rows = []
     for name in builtin_profiles():
@@ -47,8 +47,8 @@ def check(profile: str, overrides: tuple[str, ...], as_json: bool, base_image: s
     Exit 0 when valid (warnings allowed), 1 when not.
     """
     from aibuild.errors import ProfileError
-    from aibuild.profile import load_profile
-    from aibuild.resolve import validate
+    from aibuild.profile.load import load_profile
+    from aibuild.profile.resolve import validate
 
     options = RenderOptions(base_image=base_image)
     try:
@@ -98,8 +98,8 @@ def check(profile: str, overrides: tuple[str, ...], as_json: bool, base_image: s
 )
 def render(profile: str, overrides: tuple[str, ...], output: str | None, **opts: object) -> None:
     """Print PROFILE's Dockerfile, or write its whole build context with -o DIR."""
-    from aibuild.render import render_dockerfile, write_context
-    from aibuild.resolve import plan_for
+    from aibuild.image.render import render_dockerfile, write_context
+    from aibuild.profile.resolve import plan_for
 
     options = render_options_from(**opts)  # type: ignore[arg-type]
     plan = plan_for(profile, overrides, options)

@@ -21,12 +21,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from aibuild.engine import engine_errors
 from aibuild.errors import PublishError
+from aibuild.oci.archive import ChunkReader
+from aibuild.oci.media import CHUNK
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker
 
-CHUNK = 1 << 20
 _SMALL = 4 << 20
 _KINDS = {
     tarfile.REGTYPE: "file",
@@ -130,8 +132,6 @@ def _read_layer(source: IO[bytes]) -> tuple[str, dict[str, FileEntry] | None]:
 
 def snapshot(client: docker.DockerClient, image: str) -> Snapshot:
     """Export ``image`` and list every file of every layer (streamed)."""
-    from aibuild.engine import engine_errors
-    from aibuild.publish import ChunkReader
 
     with engine_errors(f"exporting {image}"):
         found = client.images.get(image)
@@ -287,18 +287,3 @@ def format_diff(diff: ImageDiff, *, max_files: int = 50) -> str:
         if not layer.files:
             lines.append("  same entries and contents: only the tar encoding differs")
     return "\n".join(lines)
-
-
-__all__ = [
-    "Change",
-    "FileEntry",
-    "ImageDiff",
-    "LayerDiff",
-    "Snapshot",
-    "compare",
-    "compare_files",
-    "diff_images",
-    "flatten",
-    "format_diff",
-    "snapshot",
-]

@@ -17,23 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aibuild.errors import BuildError
+from aibuild.profile.resolve import image_requirements
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from aibuild.plan import BuildPlan
+    from aibuild.profile.plan import BuildPlan
 
 PLATFORM = "manylinux_2_28_x86_64"
 PYPI = "https://pypi.org/simple"
 
 
 def requirements(plan: BuildPlan) -> list[str]:
-    """Everything the image installs with pip: torch, the profile's packages, and what
-    the aibuild runtime needs (the resolver's RUNTIME_REQUIREMENTS, as rendered)."""
-    from aibuild.resolve import RUNTIME_REQUIREMENTS
-
-    reqs = [f"torch=={plan.torch}", *plan.pip]
-    names = {_name(r) for r in reqs}
-    reqs.extend(r for r in RUNTIME_REQUIREMENTS if _name(r) not in names)
-    return reqs
+    """Everything the image installs with pip: torch, then ``image_requirements`` (the
+    profile's packages and the aibuild runtime's, exactly as rendered)."""
+    return [f"torch=={plan.torch}", *image_requirements(plan)]
 
 
 def _name(requirement: str) -> str:

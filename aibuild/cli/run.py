@@ -1,0 +1,162 @@
+"""``aibuild run`` and ``aibuild doctor``: parse, call run / doctor, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from aibuild.cli.options import json_option, set_option
+
+
+def _gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from aibuild.run.gpus import parse_gpus
+
+    if value is None:
+        return None
+    try:
+        return ("given", parse_gpus(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _pairs(parse: Any) -> Any:
+    def callback(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+        try:
+            return tuple(parse(value))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
+def _env(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    from aibuild.run.container import env_pairs
+
+    return _pairs(env_pairs)(ctx, param, value)
+
+
+def _labels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    from aibuild.run.container import label_pairs
+
+    return _pairs(label_pairs)(ctx, param, value)
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    short_help="Run a profile's image (or any image) with GPU passthrough.",
+)
+@click.argument("target", metavar="[PROFILE | IMAGE]", required=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[-- ARGS...]")
+@set_option
+@click.option(
+    "--gpus",
+    callback=_gpus,
+    metavar="all|N|device=0,1|none",
+    help="GPUs to pass through, as docker run --gpus. Default: the profile's run.gpus.",
+)
+@click.option("--shm-size", metavar="SIZE", help="/dev/shm size. Default: the profile's.")
+@click.option("--ipc", metavar="MODE", help="IPC namespace (e.g. host) instead of --shm-size.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False),
+    help="Dataset directory, mounted read-only at /data (AIBUILD_DATA=/data).",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    help="Output directory, mounted at /output; the run uses your uid:gid so you own the files.",
+)
+@click.option(
+    "-e", "--env", multiple=True, callback=_env, metavar="KEY=VALUE", help="Set a variable."
+)
+@click.option("--name", help="Container name.")
+@click.option(
+    "--label", "labels", multiple=True, callback=_labels, metavar="KEY=VALUE", help="Label."
+)
+@click.option(
+    "-d", "--detach", is_flag=True, help="Start and return; the engine removes it on exit."
+)
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    help="Run the trainer under torchrun with N processes.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL on Ctrl-C.",
+)
+def run(
+    target: str | None,
+    args: tuple[str, ...],
+    overrides: tuple[str, ...],
+    gpus: Any,
+    shm_size: str | None,
+    ipc: str | None,
+    data: str | None,
+    output: str | None,
+    env: tuple[tuple[str, str], ...],
+    name: str | None,
+    labels: tuple[tuple[str, str], ...],
+    detach: bool,
+    nproc_per_node: int | None,
+    grace: float,
+) -> None:
+    """Run a profile's image (its image_ref) or any IMAGE; exit with the container's code.
+
+    ARGS after `--` that start with `-` are trainer flags (`-- --epochs 1`); other ARGS
+    replace the entrypoint (`-- python -c "import torch"`). Without a target, the last
+    image built in this directory runs.
+    """
+    from aibuild.run import container
+
+    try:
+        container.container_command(args, nproc_per_node)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    options = container.ContainerOptions(
+        args=args,
+        gpus=gpus[1] if gpus is not None else None,
+        gpus_given=gpus is not None,
+        shm_size=shm_size,
+        ipc=ipc,
+        data=data,
+        output=output,
+        env=env,
+        name=name,
+        labels=labels,
+        detach=detach,
+        nproc_per_node=nproc_per_node,
+        grace_s=grace,
+    )
+    sys.exit(container.run(target, overrides, options))
+
+
+@click.command()
+@click.argument("profile", metavar="[PROFILE]", required=False)
+@set_option
+@json_option
+@click.pass_context
+def doctor(
+    ctx: click.Context, profile: str | None, overrides: tuple[str, ...], as_json: bool
+) -> None:
+    """Check this host: engine, NVIDIA driver and GPUs, GPU runtime; against PROFILE if given.
+
+    Exits 1 when a check fails. AIBUILD_NVIDIA_SMI names the nvidia-smi to run;
+    AIBUILD_NVIDIA_SMI_OUTPUT a file with a recorded output to use instead.
+    """
+    from aibuild.doctor import diagnose, format_report
+    from aibuild.profile.resolve import plan_for
+
+    report = diagnose(plan_for(profile, overrides) if profile is not None else None)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(format_report(report))
+    if not report.ok:
+        ctx.exit(1)

@@ -1,0 +1,375 @@
+"""Exported images (docker save / docker load) and the blob cache of deterministic gzip layers."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from aibuild.engine import api_message, engine_errors
+from aibuild.errors import PublishError
+from aibuild.logs import Log, silent
+from aibuild.oci.media import CHUNK, CONFIG_V1, LAYER_GZIP, MANIFEST_V2
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import docker
+
+
+# Fixed gzip settings: the compressed bytes (and so the registry digest) depend
+# only on the layer's bytes and zlib's algorithm for this level.
+GZIP_LEVEL = 6
+
+
+ENV_CACHE = "AIBUILD_CACHE_DIR"
+
+
+class HashingWriter(io.RawIOBase):
+    """A write-only file that hashes what passes through to ``out`` (tarfile and gzip
+    need ``write`` and ``tell``)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.sha.update(view)
+        self.out.write(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
+def gzip_deterministic(src: Path, dst: Path, level: int = GZIP_LEVEL) -> str:
+    """gzip ``src`` into ``dst`` with a fixed header (mtime 0, no name); its sha256 digest."""
+    with src.open("rb") as raw, dst.open("wb") as out:
+        tee = HashingWriter(out)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=tee, compresslevel=level, mtime=0) as gz:
+            while chunk := raw.read(CHUNK):
+                gz.write(chunk)
+    return tee.digest
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A registry blob on disk: its digest, size and media type."""
+
+    digest: str
+    size: int
+    media_type: str
+    path: Path
+
+
+class BlobCache:
+    """Compressed layers and configs on disk, keyed by digest; diff ID -> gzip digest index.
+
+    Location: ``$AIBUILD_CACHE_DIR``, else ``$XDG_CACHE_HOME/aibuild``, else
+    ``~/.cache/aibuild``. Deterministic compression makes entries valid forever;
+    delete the directory to reclaim the space.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        if root is None:
+            env = os.environ.get(ENV_CACHE)
+            xdg = os.environ.get("XDG_CACHE_HOME")
+            root = Path(env) if env else Path(xdg or Path.home() / ".cache") / "aibuild"
+        self.root = Path(root)
+        self.blobs = self.root / "blobs" / "sha256"
+        self.index = self.root / f"gzip{GZIP_LEVEL}"
+
+    def path(self, digest: str) -> Path:
+        return self.blobs / digest.removeprefix("sha256:")
+
+    def layer(self, diff_id: str) -> Blob | None:
+        """The compressed blob for an uncompressed layer, when cached."""
+        entry = self.index / diff_id.removeprefix("sha256:")
+        if not entry.is_file():
+            return None
+        digest = entry.read_text(encoding="ascii").strip()
+        path = self.path(digest)
+        if not path.is_file():
+            return None
+        return Blob(digest, path.stat().st_size, LAYER_GZIP, path)
+
+    def config(self, image_id: str) -> Blob | None:
+        path = self.path(image_id)
+        return Blob(image_id, path.stat().st_size, CONFIG_V1, path) if path.is_file() else None
+
+    def add_config(self, data: bytes) -> Blob:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.path(digest)
+        if not path.is_file():
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        return Blob(digest, len(data), CONFIG_V1, path)
+
+    def add_layers(self, layers: Mapping[str, Path]) -> None:
+        """``add_layer`` for each (diff ID, tar), in parallel (zlib releases the GIL)."""
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+            list(pool.map(lambda item: self.add_layer(*item), layers.items()))
+
+    def add_layer(self, diff_id: str, layer_tar: Path) -> Blob:
+        """Compress an uncompressed layer tar into the cache (no-op when already there)."""
+        found = self.layer(diff_id)
+        if found is not None:
+            return found
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.index.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.blobs, prefix=".gz-", delete=False) as tmp:
+            tmp_path = Path(tmp.name)
+        try:
+            digest = gzip_deterministic(layer_tar, tmp_path)
+            tmp_path.replace(self.path(digest))
+        finally:
+            tmp_path.unlink(missing_ok=True)
+        entry_tmp = self.index / f".{diff_id.removeprefix('sha256:')}.tmp"
+        entry_tmp.write_text(digest, encoding="ascii")
+        entry_tmp.replace(self.index / diff_id.removeprefix("sha256:"))
+        path = self.path(digest)
+        return Blob(digest, path.stat().st_size, LAYER_GZIP, path)
+
+
+class ChunkReader(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks (docker-py's ``save()`` stream)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+@dataclass
+class SavedImage:
+    """An image exported with ``docker save`` into a directory.
+
+    ``layers`` are the uncompressed layer tars in order, ``diff_ids`` their sha256.
+    """
+
+    config: bytes
+    layers: list[Path]
+    diff_ids: list[str]
+    workdir: Path
+
+    @property
+    def image_id(self) -> str:
+        return "sha256:" + hashlib.sha256(self.config).hexdigest()
+
+
+def save_image(
+    client: docker.DockerClient,
+    image: str,
+    workdir: Path,
+    *,
+    keep: Callable[[str], bool] | None = None,
+) -> SavedImage:
+    """``docker save`` ``image`` into ``workdir``: its config bytes and its layer tars.
+
+    Reads the legacy and the OCI layout of ``docker save`` alike (the manifest names
+    the config and layer files, OCI layouts by symlink). ``keep(diff_id)`` false
+    deletes a layer file as soon as it is hashed (its path is then absent).
+    """
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, tuple[Path, str]] = {}
+    links: dict[str, str] = {}
+    manifest: list[dict[str, Any]] = []
+    with engine_errors(f"exporting {image}"):
+        stream = client.images.get(image).save(named=False)
+        reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK)
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            for n, member in enumerate(tar):
+                if member.issym():
+                    target = os.path.normpath(
+                        os.path.join(os.path.dirname(member.name), member.linkname)
+                    )
+                    links[member.name] = target
+                    continue
+                if not member.isfile():
+                    continue
+                source = tar.extractfile(member)
+                assert source is not None
+                if member.name == "manifest.json":
+                    manifest = json.loads(source.read())
+                    continue
+                path = workdir / f"entry-{n}"
+                digest = hashlib.sha256()
+                with path.open("wb") as out:
+                    while chunk := source.read(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                diff_id = "sha256:" + digest.hexdigest()
+                if keep is not None and member.size > 1024 and not keep(diff_id):
+                    path.unlink()
+                files[member.name] = (path, diff_id)
+    if not manifest:
+        raise PublishError(f"docker save of {image} gave no manifest.json")
+
+    def resolve(name: str) -> tuple[Path, str]:
+        for _ in range(8):
+            if name in files:
+                return files[name]
+            name = links.get(name, name)
+        raise PublishError(f"docker save of {image}: {name} is missing from the archive")
+
+    entry = manifest[0]
+    config_path, _ = resolve(entry["Config"])
+    layers = [resolve(name) for name in entry["Layers"]]
+    return SavedImage(
+        config=config_path.read_bytes(),
+        layers=[p for p, _ in layers],
+        diff_ids=[d for _, d in layers],
+        workdir=workdir,
+    )
+
+
+def image_blobs(
+    client: docker.DockerClient,
+    image: str,
+    cache: BlobCache | None = None,
+    log: Log = silent,
+) -> tuple[Blob, list[Blob]]:
+    """The config blob and deterministic gzip layer blobs of a local image.
+
+    Exports the image only when the cache lacks one of them; compresses the
+    missing layers in parallel (zlib releases the GIL).
+    """
+
+    cache = cache or BlobCache()
+    with engine_errors(f"inspecting {image}"):
+        attrs = client.images.get(image).attrs
+    image_id: str = attrs["Id"]
+    diff_ids: list[str] = list(attrs["RootFS"]["Layers"])
+    config = cache.config(image_id)
+    layers = [cache.layer(d) for d in diff_ids]
+    if config is not None and all(layers):
+        return config, [b for b in layers if b is not None]
+    missing = {d for d, b in zip(diff_ids, layers, strict=True) if b is None}
+    log(f"exporting {image} ({len(missing)} layer(s) to compress)")
+
+    with (
+        disk_errors(f"exporting {image} for the push"),
+        tempfile.TemporaryDirectory(prefix="aibuild-save-", dir=_tmp_root(cache)) as tmp,
+    ):
+        wanted = {*missing, image_id}
+        saved = save_image(client, image_id, Path(tmp), keep=lambda d: d in wanted)
+        if saved.image_id != image_id:
+            raise PublishError(f"docker save of {image} gave config {saved.image_id}")
+        config = cache.add_config(saved.config)
+        todo = {d: p for d, p in zip(saved.diff_ids, saved.layers, strict=True) if d in missing}
+        started = time.monotonic()
+        cache.add_layers(todo)
+        log(f"compressed {len(todo)} layer(s) in {time.monotonic() - started:.1f}s")
+    blobs = [cache.layer(d) for d in diff_ids]
+    assert all(blobs)
+    return config, [b for b in blobs if b is not None]
+
+
+def _tmp_root(cache: BlobCache) -> str:
+    cache.root.mkdir(parents=True, exist_ok=True)
+    return str(cache.root)
+
+
+def manifest_bytes(config: Blob, layers: Iterable[Blob]) -> bytes:
+    """The Docker image manifest v2 (schema 2), in canonical JSON (fixed key order)."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_V2,
+        "config": {"mediaType": config.media_type, "size": config.size, "digest": config.digest},
+        "layers": [{"mediaType": b.media_type, "size": b.size, "digest": b.digest} for b in layers],
+    }
+    return json.dumps(manifest, separators=(",", ":")).encode("utf-8")
+
+
+@contextmanager
+def disk_errors(what: str) -> Iterator[None]:
+    """A local file error (a full disk, most often: an export is as large as the image)
+    as one clear line instead of a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise PublishError(
+            f"{what} failed: {exc.strerror or exc} ({exc.filename or tempfile.gettempdir()}); "
+            "it needs about twice the image's size free in the temporary directory (TMPDIR)"
+        ) from None
+
+
+def load_image(
+    client: docker.DockerClient,
+    config: bytes,
+    layers: Sequence[tuple[str, Path | None]],
+    tags: Sequence[str],
+    workdir: Path,
+) -> str:
+    """``docker load`` a config and layers; a layer whose path is None is already in the
+    engine (the base) and is not sent. Returns the loaded image ID."""
+
+    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+    archive = workdir / "load.tar"
+    manifest = [
+        {
+            "Config": f"{image_id.removeprefix('sha256:')}.json",
+            "RepoTags": list(tags) or None,
+            "Layers": [f"{d.removeprefix('sha256:')}/layer.tar" for d, _ in layers],
+        }
+    ]
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+
+        def add_bytes(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add_bytes(manifest[0]["Config"], config)  # type: ignore[arg-type]
+        for diff_id, path in layers:
+            if path is not None:
+                tar.add(str(path), arcname=f"{diff_id.removeprefix('sha256:')}/layer.tar")
+        add_bytes("manifest.json", json.dumps(manifest).encode())
+    import docker as docker_module
+
+    with engine_errors("loading the normalised image"), archive.open("rb") as handle:
+        try:
+            client.images.load(handle)
+        except docker_module.errors.ImageLoadError as exc:
+            raise PublishError(f"the engine refused the normalised image: {exc}") from None
+        except docker_module.errors.APIError as exc:
+            raise PublishError(
+                f"the engine refused the normalised image: {api_message(exc)}"
+            ) from None
+        client.images.get(image_id)  # it is there, under exactly this ID
+    return image_id
