@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 # The CPU torch build. Never install an unpinned torch: it resolves to a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install engine test test-unit test-gpu lint goldens bench demo clean
+.PHONY: install engine test test-heavy test-unit test-gpu lint goldens bench demo clean
 
 install:
 	$(PIP) install $(TORCH_PIN) numpy
@@ -19,14 +19,19 @@ engine:
 # On a fresh machine it installs what it needs first (make install, make engine).
 test: engine
 	$(PYTHON) -c "import aibuild, hatchling, hypothesis, pytest, torch" 2>/dev/null || $(MAKE) install
-	. ./.aibuild-test-env && $(PYTHON) -m pytest -m "not gpu"
+	. ./.aibuild-test-env && $(PYTHON) -m pytest -m "not gpu and not heavy"
+
+# The heavy tier: minutes of cold torch builds (twice-built reproducible torch image).
+# CI runs it after `make test`.
+test-heavy: engine
+	. ./.aibuild-test-env && $(PYTHON) -m pytest -m heavy
 
 # The gpu tier, on a machine with an NVIDIA GPU: fails (never skips) when none works.
 test-gpu:
 	$(PYTHON) -m pytest -m gpu
 
 test-unit:
-	$(PYTHON) -m pytest -m "not docker and not gpu"
+	$(PYTHON) -m pytest -m "not docker and not gpu and not heavy"
 
 lint:
 	$(PYTHON) -m ruff check aibuild tests benchmarks

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from aibuild.engine import get_client  # noqa: E402
 from aibuild.image.build import build_context  # noqa: E402
 from aibuild.image.render import requirements_text, write_context  # noqa: E402
-from aibuild.pipeline import resolve_for_build  # noqa: E402
+from aibuild.pipeline import plan_build  # noqa: E402
 from aibuild.profile.plan import RenderOptions  # noqa: E402
 
 SETS = ["software.torch=2.13.0", "software.python=3.11", "image.name=aibuild-bench/cpu"]
@@ -78,7 +78,7 @@ def timed_build(client: Any, context: Path, tag: str, network: str | None, **kw:
 
 
 def render(client: Any, dest: Path, options: RenderOptions, extra: list[str]) -> Path:
-    plan, opts, _ = resolve_for_build(client, "cpu", [*SETS, *extra], options)
+    plan, opts, _ = plan_build(client, "cpu", [*SETS, *extra], options)
     if dest.exists():
         shutil.rmtree(dest)
     return write_context(plan, dest, opts)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"image size: aibuild {figures['image_size_mb']:.0f} MB, "
                 f"naive {figures['naive_image_size_mb']:.0f} MB"
             )
-        text = requirements_text(resolve_for_build(client, "cpu", SETS, options)[0])
+        text = requirements_text(plan_build(client, "cpu", SETS, options)[0])
         figures["requirements"] = [r for r in text.splitlines() if r and not r.startswith("#")]
     client.close()
     if args.json_path:

@@ -88,12 +88,6 @@ def _build_args(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
 def image(
     profile: str,
     overrides: tuple[str, ...],
-    base_image: str | None,
-    wheelhouse: str | None,
-    ca_cert: str | None,
-    find_links: tuple[str, ...],
-    extra_index_url: tuple[str, ...],
-    template_dir: str | None,
     tags: tuple[str, ...],
     no_cache: bool,
     pull: bool,
@@ -107,6 +101,7 @@ def image(
     push: bool,
     username: str | None,
     password_stdin: bool,
+    **render: Any,
 ) -> None:
     """Render PROFILE's build context and build its image (then normalise and push it).
 
@@ -120,9 +115,7 @@ def image(
     request = ImageRequest(
         profile=profile,
         overrides=overrides,
-        options=render_options_from(
-            base_image, wheelhouse, ca_cert, find_links, extra_index_url, template_dir
-        ),
+        options=render_options_from(**render),
         build=BuildSettings(
             tags=tags,
             nocache=no_cache,

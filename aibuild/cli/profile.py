@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -96,12 +97,12 @@ def check(profile: str, overrides: tuple[str, ...], as_json: bool, base_image: s
     type=click.Path(file_okay=False),
     help="Write the whole build context (Dockerfile, profile, runtime, ...) to this directory.",
 )
-def render(profile: str, overrides: tuple[str, ...], output: str | None, **opts: object) -> None:
+def render(profile: str, overrides: tuple[str, ...], output: str | None, **opts: Any) -> None:
     """Print PROFILE's Dockerfile, or write its whole build context with -o DIR."""
     from aibuild.image.render import render_dockerfile, write_context
     from aibuild.profile.resolve import plan_for
 
-    options = render_options_from(**opts)  # type: ignore[arg-type]
+    options = render_options_from(**opts)
     plan = plan_for(profile, overrides, options)
     for warning in plan.warnings:
         click.echo(warning, err=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -128,16 +129,11 @@ def push(
 def lock(
     profile: str,
     overrides: tuple[str, ...],
-    base_image: str | None,
-    wheelhouse: str | None,
-    ca_cert: str | None,
-    find_links: tuple[str, ...],
-    extra_index_url: tuple[str, ...],
-    template_dir: str | None,
     image: str | None,
     output: str | None,
     epoch: int | None,
     as_json: bool,
+    **render: Any,
 ) -> None:
     """Pin PROFILE's base image, every Python and OS package version and the build time.
 
@@ -148,13 +144,10 @@ def lock(
     from aibuild.image.progress import reporter_for
     from aibuild.pipeline import lock_profile
 
-    options = render_options_from(
-        base_image, wheelhouse, ca_cert, find_links, extra_index_url, template_dir
-    )
     path, data = lock_profile(
         profile,
         overrides,
-        options,
+        render_options_from(**render),
         image=image,
         output=Path(output) if output else None,
         epoch=epoch,

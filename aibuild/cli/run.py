@@ -134,7 +134,7 @@ def run(
         nproc_per_node=nproc_per_node,
         grace_s=grace,
     )
-    sys.exit(container.run(target, overrides, options))
+    sys.exit(container.run_image(target, overrides, options))
 
 
 @click.command()

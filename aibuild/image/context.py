@@ -7,12 +7,9 @@ import os
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from aibuild.errors import BuildError
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    pass
 
 
 def _read_dockerignore(root: Path) -> list[str]:

@@ -57,8 +57,6 @@ class BaseFacts:
 
 
 _PY_PROBE = "import sys; print('PYTHON=%d.%d' % sys.version_info[:2])"
-
-
 _BASE_SCRIPT = f'cat /etc/os-release 2>/dev/null; python3 -c "{_PY_PROBE}" 2>/dev/null; true'
 
 

@@ -10,17 +10,11 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from aibuild.errors import BuildError
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    pass
-
-
 LOG_TAIL_LINES = 20
-
-
 _STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
 

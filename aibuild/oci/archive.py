@@ -29,8 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 # Fixed gzip settings: the compressed bytes (and so the registry digest) depend
 # only on the layer's bytes and zlib's algorithm for this level.
 GZIP_LEVEL = 6
-
-
 ENV_CACHE = "AIBUILD_CACHE_DIR"
 
 

@@ -10,18 +10,11 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aibuild.errors import PublishError
 from aibuild.oci.reference import DOCKER_HUB, DOCKER_HUB_API, DOCKER_HUB_AUTH_KEY
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    pass
-
-
 ENV_USER = "AIBUILD_REGISTRY_USER"
-
-
 ENV_PASSWORD = "AIBUILD_REGISTRY_PASSWORD"
 
 

@@ -53,7 +53,6 @@ NAME_RE = re.compile(rf"^(?:{REGISTRY}/)?{PATH}$")
 REFERENCE_RE = re.compile(rf"^(?:{REGISTRY}/)?{PATH}(?::{TAG})?(?:@{DIGEST})?$")
 _DOMAIN_RE = re.compile(rf"^{DOMAIN}$")
 _PATH_RE = re.compile(rf"^{PATH}$")
-_TAG_RE = re.compile(rf"^{TAG}$")
 _DIGEST_RE = re.compile(rf"^{DIGEST}$")
 _SHA256_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -81,13 +80,6 @@ class Reference:
         if self.registry == DOCKER_HUB:
             return self.repository.removeprefix("library/")
         return f"{self.registry}/{self.repository}"
-
-    @property
-    def api_host(self) -> str:
-        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
-
-    def with_tag(self, tag: str) -> Reference:
-        return Reference(self.registry, self.repository, tag, None)
 
     def __str__(self) -> str:
         text = self.name
@@ -127,7 +119,7 @@ def parse_reference(text: str, *, default_tag: str | None = "latest") -> Referen
     slash, colon = name.rfind("/"), name.rfind(":")
     if colon > slash:
         name, tag = name[:colon], name[colon + 1 :]
-        if not _TAG_RE.match(tag):
+        if not TAG_RE.match(tag):
             raise bad(f"{tag!r} is not a tag: letters, digits, '_', '.', '-', at most 128")
     if len(name) > NAME_MAX:
         raise bad(f"the name is longer than {NAME_MAX} characters")
@@ -147,6 +139,11 @@ def parse_reference(text: str, *, default_tag: str | None = "latest") -> Referen
     return Reference(registry, path, tag, digest or None)
 
 
+def api_host(registry: str) -> str:
+    """The host[:port] that serves a registry's HTTP API (Docker Hub's differs from its name)."""
+    return DOCKER_HUB_API if registry == DOCKER_HUB else registry
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host[:port]`` is this machine (where Docker, too, allows plain HTTP)."""
     hostname = urllib.parse.urlsplit(f"//{host}").hostname or host
@@ -160,6 +157,7 @@ __all__ = [
     "TAG_RE",
     "Reference",
     "ReferenceError",
+    "api_host",
     "is_loopback",
     "parse_reference",
 ]

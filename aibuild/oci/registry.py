@@ -12,16 +12,13 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aibuild.errors import PublishError
 from aibuild.logs import Log, silent
 from aibuild.oci.credentials import ENV_PASSWORD, ENV_USER, Credentials
 from aibuild.oci.media import CHUNK
-from aibuild.oci.reference import DOCKER_HUB, DOCKER_HUB_API, is_loopback
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    pass
+from aibuild.oci.reference import api_host, is_loopback
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,7 @@ class RegistryClient:
         log: Log = silent,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        host = DOCKER_HUB_API if registry == DOCKER_HUB else registry
+        host = api_host(registry)
         plain = is_loopback(host) if insecure is None else insecure
         self.registry = registry
         self.repository = repository

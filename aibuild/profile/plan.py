@@ -89,10 +89,6 @@ class BuildPlan:
     def image_ref(self) -> str:
         return f"{self.image_name}:{self.image_tag}"
 
-    @property
-    def training_dict(self) -> dict[str, Any]:
-        return dict(self.training)
-
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["env"] = dict(self.env)

@@ -487,7 +487,7 @@ def with_plan_defaults(options: ContainerOptions, target: RunTarget) -> Containe
     )
 
 
-def run(
+def run_image(
     ref: str | None,
     overrides: Sequence[str],
     options: ContainerOptions,

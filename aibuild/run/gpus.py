@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    pass
-
+from typing import Any
 
 # How an engine without the NVIDIA runtime answers a GPU request.
 NO_DRIVER_MARKER = "could not select device driver"

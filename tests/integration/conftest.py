@@ -440,3 +440,85 @@ def docker_cleanup(docker_client: docker.DockerClient, unique_name: str) -> Iter
 @pytest.fixture
 def unique_name() -> str:
     return f"aibuild-test-{uuid.uuid4().hex[:10]}"
+
+
+# --------------------------------------------------------------------------- the cpu image
+# Built once per session by the README's air-gapped command and shared by every module
+# that needs it (test_build checks the build, test_run runs it): one cold torch build
+# instead of one per module.
+
+CPU_SETS = ("--set", "software.torch=2.13.0", "--set", "software.python=3.11")
+CPU_BUILD_TIMEOUT = 3600
+
+
+def run_aibuild(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = CPU_BUILD_TIMEOUT,
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, as a user runs it."""
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "aibuild", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass(frozen=True)
+class CpuBuild:
+    """The session's cpu image: the CLI's result, the directory it ran in, its image ID."""
+
+    result: subprocess.CompletedProcess[str]
+    directory: Path
+    image_id: str
+    record: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def build_cpu(
+    base_image: str, wheelhouse: Path, build_network: str
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """build_cpu(cwd, *extra_args): `aibuild image cpu --base-image B --wheelhouse W ...`."""
+
+    def build(cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return run_aibuild(
+            "image",
+            "cpu",
+            "--base-image",
+            base_image,
+            "--wheelhouse",
+            str(wheelhouse),
+            *CPU_SETS,
+            *extra,
+            cwd=cwd,
+            env={"AIBUILD_BUILD_NETWORK": build_network},
+        )
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def cpu_build(
+    build_cpu: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> CpuBuild:
+    directory = tmp_path_factory.mktemp("aibuild-builds")
+    result = build_cpu(directory)
+    assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("build record: ")]
+    assert lines, result.stdout
+    record = json.loads((directory / lines[-1].removeprefix("build record: ")).read_text())
+    return CpuBuild(result, directory, record["image_id"], record)
+
+
+@pytest.fixture(scope="session")
+def cpu_image(cpu_build: CpuBuild) -> str:
+    """The cpu profile's image ID."""
+    return cpu_build.image_id

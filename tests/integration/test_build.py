@@ -2,7 +2,7 @@
 and the local wheelhouse, its build record, a failing step, an unreachable engine,
 and `aibuild wheelhouse`.
 
-The cpu image is built once per session (``cpu_build``); later tests use its ID.
+The cpu image is built once per session by the shared ``cpu_build`` fixture (conftest.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import pytest
 
 CPU_SETS = ("--set", "software.torch=2.13.0", "--set", "software.python=3.11")
 CPU_REF = "aibuild:cpu-torch2.13.0-cpu"
@@ -40,42 +39,6 @@ def aibuild(
     )
 
 
-def build_cpu(
-    base_image: str,
-    wheelhouse: Path,
-    build_network: str,
-    cwd: Path,
-    *extra: str,
-) -> subprocess.CompletedProcess[str]:
-    """The issue's command: aibuild image cpu --base-image B --wheelhouse DIR --set ... ."""
-    return aibuild(
-        "image",
-        "cpu",
-        "--base-image",
-        base_image,
-        "--wheelhouse",
-        str(wheelhouse),
-        *CPU_SETS,
-        *extra,
-        cwd=cwd,
-        env={"AIBUILD_BUILD_NETWORK": build_network},
-    )
-
-
-@pytest.fixture(scope="session")
-def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("aibuild-builds")
-
-
-@pytest.fixture(scope="session")
-def cpu_build(
-    base_image: str, wheelhouse: Path, build_network: str, build_dir: Path
-) -> subprocess.CompletedProcess[str]:
-    result = build_cpu(base_image, wheelhouse, build_network, build_dir)
-    assert result.returncode == 0, result.stdout + result.stderr[-5000:]
-    return result
-
-
 def record_of(result: subprocess.CompletedProcess[str], cwd: Path) -> dict[str, Any]:
     lines = [line for line in result.stdout.splitlines() if line.startswith("build record: ")]
     assert lines, result.stdout
@@ -86,12 +49,10 @@ def record_of(result: subprocess.CompletedProcess[str], cwd: Path) -> dict[str, 
     return data
 
 
-def test_cpu_image_builds_and_is_tagged(
-    cpu_build: subprocess.CompletedProcess[str], docker_client: docker.DockerClient
-) -> None:
-    assert f"tagged {CPU_REF}" in cpu_build.stdout
-    assert "Step 1/" in cpu_build.stderr  # plain progress in a pipe
-    assert "Traceback" not in cpu_build.stderr
+def test_cpu_image_builds_and_is_tagged(cpu_build: Any, docker_client: docker.DockerClient) -> None:
+    assert f"tagged {CPU_REF}" in cpu_build.result.stdout
+    assert "Step 1/" in cpu_build.result.stderr  # plain progress in a pipe
+    assert "Traceback" not in cpu_build.result.stderr
     image = docker_client.images.get(CPU_REF)
     labels = image.labels
     assert labels["ai.aibuild.profile"] == "cpu"
@@ -105,12 +66,11 @@ def test_cpu_image_builds_and_is_tagged(
 
 
 def test_build_record(
-    cpu_build: subprocess.CompletedProcess[str],
-    build_dir: Path,
+    cpu_build: Any,
     base_image: str,
     docker_client: docker.DockerClient,
 ) -> None:
-    record = record_of(cpu_build, build_dir)
+    record = record_of(cpu_build.result, cpu_build.directory)
     image = docker_client.images.get(CPU_REF)
     assert record["image_id"] == image.id
     assert CPU_REF in record["tags"]
@@ -131,7 +91,7 @@ def test_build_record(
 
 
 def test_wheelhouse_stays_out_of_the_image(
-    cpu_build: subprocess.CompletedProcess[str], docker_client: docker.DockerClient
+    cpu_build: Any, docker_client: docker.DockerClient
 ) -> None:
     out = docker_client.containers.run(
         CPU_REF,
@@ -144,17 +104,11 @@ def test_wheelhouse_stays_out_of_the_image(
 
 
 def test_failing_run_step_reports_step_and_log_tail(
-    cpu_build: subprocess.CompletedProcess[str],
-    base_image: str,
-    wheelhouse: Path,
-    build_network: str,
-    build_dir: Path,
+    cpu_build: Any,
+    build_cpu: Any,
 ) -> None:
     result = build_cpu(
-        base_image,
-        wheelhouse,
-        build_network,
-        build_dir,
+        cpu_build.directory,
         "--set",
         "software.pip=[aibuild-no-such-package]",
         "--set",

@@ -17,8 +17,8 @@ import docker
 import pytest
 from click.testing import CliRunner
 
-from aibuild import labels
 from aibuild.cli import cli
+from aibuild.labels import REPRODUCIBLE
 from aibuild.oci.archive import BlobCache
 from aibuild.oci.media import rfc3339
 from aibuild.publish.diff import snapshot
@@ -113,7 +113,7 @@ def test_normalised_layers_keep_metadata_and_clamp_times(
     assert snap.config["created"] == rfc3339(EPOCH)
     assert {h["created"] for h in snap.config["history"]} == {rfc3339(EPOCH)}
     assert "container_config" not in snap.config and "container" not in snap.config
-    assert snap.config["config"]["Labels"][labels.REPRODUCIBLE] == str(EPOCH)
+    assert snap.config["config"]["Labels"][REPRODUCIBLE] == str(EPOCH)
     files = {path: entry for layer in snap.layers[1:] for path, entry in layer.files.items()}
     assert all(entry.mtime <= EPOCH for entry in files.values())
     assert files["opt/app/bin/suid"].mode == oct(0o4755)
@@ -228,7 +228,60 @@ def _aibuild(
     )
 
 
-@pytest.mark.slow
+TORCH_FREE = '{% extends "aibuild/Dockerfile.j2" %}\n{% block builder_torch %}{% endblock %}\n'
+
+
+def test_reproducible_cli_without_torch_gives_one_image_and_one_digest(
+    docker_client: docker.DockerClient,
+    base_image: str,
+    wheelhouse: Path,
+    build_network: str,
+    registry: Any,
+    tmp_path: Path,
+    unique_name: str,
+) -> None:
+    """The whole `aibuild image --reproducible --no-cache --push` pipeline (render,
+    build, record, SBOM, normalise, push) twice, on the cpu profile with its torch step
+    left out by a user template (--template-dir) so that it runs in the default tier:
+    one image ID, the SBOM in the image and beside the record, one registry digest."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "Dockerfile.j2").write_text(TORCH_FREE)
+    code = _snapshot_source(tmp_path / "src")
+    name = registry.repo(f"repro/{unique_name}")
+    source = (
+        "--base-image", base_image, "--wheelhouse", str(wheelhouse), "--template-dir",
+        str(templates), *CPU_SETS[:4], "--set", f"image.name={name}",
+    )  # fmt: skip
+    ids, pinned = [], []
+    for attempt in range(2):
+        built = _aibuild(
+            "image", "cpu", *source, "--reproducible", "--no-cache", "--push", "--json",
+            cwd=tmp_path, network=build_network, source=code, epoch=EPOCH,
+            cache=tmp_path / f"cache-{attempt}",
+        )  # fmt: skip
+        assert built.returncode == 0, built.stderr[-3000:]
+        assert "Traceback" not in built.stderr
+        result = json.loads(built.stdout)
+        ids.append(result["final_image_id"])
+        pinned.extend(result["pushed"])
+        assert result["final_image_id"] != result["image_id"]  # the normalised one
+    assert ids[0] == ids[1]
+    assert len(pinned) == 2 and pinned[0] == pinned[1], pinned
+    digest = pinned[0].rpartition("@")[2]
+    assert registry.manifest_digest(f"repro/{unique_name}", "cpu-torch2.13.0-cpu") == digest
+    config = docker_client.images.get(ids[0]).attrs["Config"]
+    assert config["Labels"][REPRODUCIBLE] == str(EPOCH)
+    record = json.loads((tmp_path / ".aibuild" / "builds" / "latest.json").read_text())
+    assert record["reproducible"]["image_id"] == ids[0]
+    assert [p["pinned"] for p in record["pushes"]] == [pinned[0]]
+    sbom = json.loads((tmp_path / record["sbom"]).read_text())
+    names = {c["name"].lower() for c in sbom["components"]}
+    assert {"click", "pyyaml", "libc6"} <= names and "torch" not in names
+    docker_client.api.remove_image(ids[0], force=True)
+
+
+@pytest.mark.heavy
 def test_cpu_profile_reproducible_builds_are_identical_and_run_torch(
     docker_client: docker.DockerClient,
     base_image: str,
@@ -286,7 +339,7 @@ def test_cpu_profile_reproducible_builds_are_identical_and_run_torch(
     image_id = ids[0]
 
     labels = docker_client.images.get(image_id).attrs["Config"]["Labels"]
-    assert labels[labels.REPRODUCIBLE] == str(EPOCH)
+    assert labels[REPRODUCIBLE] == str(EPOCH)
     sbom_path = labels["ai.aibuild.sbom"]
     out = (
         docker_client.containers.run(

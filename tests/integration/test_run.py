@@ -38,31 +38,6 @@ def aibuild(
     )
 
 
-@pytest.fixture(scope="session")
-def cpu_image(
-    base_image: str,
-    wheelhouse: Path,
-    build_network: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> str:
-    """The cpu profile's image ID (built by the issue's exact command)."""
-    result = aibuild(
-        "image",
-        "cpu",
-        "--base-image",
-        base_image,
-        "--wheelhouse",
-        str(wheelhouse),
-        *CPU_SETS,
-        "--quiet",
-        env={"AIBUILD_BUILD_NETWORK": build_network},
-        timeout=3600,
-        cwd=tmp_path_factory.mktemp("run-build"),
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    return result.stdout.strip().splitlines()[-1]
-
-
 def leftovers(client: docker.DockerClient, label: dict[str, str]) -> list[str]:
     key, value = next(iter(label.items()))
     return [c.id for c in client.containers.list(all=True, filters={"label": f"{key}={value}"})]

@@ -8,7 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from aibuild import labels
+from aibuild.labels import REPRODUCIBLE
 from aibuild.oci.archive import gzip_deterministic
 from aibuild.oci.media import rfc3339
 from aibuild.publish.diff import FileEntry, compare_files, flatten
@@ -158,7 +158,7 @@ def test_config_times_container_fields_labels_canonical() -> None:
     assert config["config"]["Labels"] == {
         "a": "1",
         "org.opencontainers.image.revision": "c",
-        labels.REPRODUCIBLE: str(EPOCH),
+        REPRODUCIBLE: str(EPOCH),
     }
     assert config["rootfs"]["diff_ids"] == ["sha256:new"]
     assert out == json.dumps(config, sort_keys=True, separators=(",", ":")).encode()

@@ -1,0 +1,141 @@
+"""The package layout is the pipeline: each layer imports only the layers below it.
+
+Every ``import``/``from ... import`` of an aibuild module is read from the source with
+``ast``, including the ones inside functions (those are how an import cycle hides), and
+checked against the layer order below; the whole graph must also be free of cycles.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import aibuild
+
+PACKAGE = Path(aibuild.__file__).resolve().parent
+README = PACKAGE.parent / "README.md"
+
+# Lowest first. A module may import modules of its own layer or of lower ones.
+LAYERS: list[tuple[str, ...]] = [
+    ("aibuild", "aibuild.errors", "aibuild._resources", "aibuild.kv", "aibuild.labels",
+     "aibuild.logs"),
+    ("aibuild.knowledge", "aibuild.engine", "aibuild.oci"),
+    ("aibuild.profile",),
+    ("aibuild.image",),
+    ("aibuild.publish",),
+    ("aibuild.run", "aibuild.doctor"),
+    ("aibuild.pipeline",),
+    ("aibuild.cli", "aibuild.__main__"),
+]  # fmt: skip
+# The trainer runs inside images with only torch, click and pyyaml: it may import the
+# lowest layer and itself, nothing else. Its config schema is plain data that the
+# profile validator reads.
+TRAIN = "aibuild.train"
+SHARED_TRAIN_MODULES = ("aibuild.train.config",)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(path: Path) -> set[str]:
+    """Every aibuild module ``path`` imports, at any depth, resolved to module names."""
+    known = modules()
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from aibuild.x import y`: y may be a module (aibuild.x.y) or a name in aibuild.x
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                for a in node.names
+            ]
+        else:
+            continue
+        found.update(n for n in names if n == "aibuild" or n.startswith("aibuild."))
+    return found
+
+
+def layer_of(name: str) -> int:
+    for rank, prefixes in enumerate(LAYERS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return rank
+    raise AssertionError(f"{name} is in no layer: add it to LAYERS in {__file__}")
+
+
+GRAPH = {name: imports(path) - {name} for name, path in modules().items()}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if not n.startswith(TRAIN)))
+def test_imports_go_down_the_layers(name: str) -> None:
+    rank = layer_of(name)
+    upward = sorted(
+        f"{target} (layer {layer_of(target)})"
+        for target in GRAPH[name]
+        if not target.startswith(TRAIN) and layer_of(target) > rank
+    )
+    trainer = sorted(
+        t for t in GRAPH[name] if t.startswith(TRAIN) and t not in SHARED_TRAIN_MODULES
+    )
+    if name.startswith("aibuild.cli"):
+        trainer = [t for t in trainer if t != "aibuild.train.cli"]  # the `train` command
+    assert not upward, f"{name} (layer {rank}) imports upward: {upward}"
+    assert not trainer, f"{name} imports the trainer's internals: {trainer}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if n.startswith(TRAIN)))
+def test_trainer_imports_only_the_lowest_layer(name: str) -> None:
+    outside = sorted(t for t in GRAPH[name] if not t.startswith(TRAIN) and layer_of(t) > 0)
+    assert not outside, f"{name} imports {outside}: the trainer must run without them"
+
+
+def test_no_import_cycle() -> None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(GRAPH.get(node, ())):
+            if target == "aibuild" or target not in GRAPH:
+                continue  # the package itself only holds __version__ and lazy names
+            if state.get(target) == 1:
+                cycle = [*stack[stack.index(target) :], target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(GRAPH):
+        if node not in state:
+            visit(node)
+
+
+def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
+    source = tmp_path / "probe.py"
+    source.write_text("def f():\n    from aibuild.cli import main\n", encoding="utf-8")
+    assert imports(source) == {"aibuild.cli"}
+
+
+def test_readme_names_every_folder() -> None:
+    """The README's architecture section gives each package folder its one line."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    folders = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    missing = [f for f in folders if not re.search(rf"`aibuild/{f}/`", section)]
+    assert not missing, f"README's architecture section does not name {missing}"
+
+
+def test_public_api_resolves() -> None:
+    for name in aibuild.__all__:
+        assert getattr(aibuild, name) is not None, name
