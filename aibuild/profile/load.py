@@ -31,6 +31,7 @@ import yaml
 from aibuild import kv
 from aibuild._resources import profiles_dir
 from aibuild.errors import Diagnostic, ProfileError
+from aibuild.profile.schema import NAME_RE
 
 APPEND_LISTS = frozenset({"software.pip", "software.apt"})
 # Version-like keys keep the text as written: `python: 3.10` is "3.10", not the float 3.1.
@@ -109,49 +110,115 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+# Bounds on what one profile file may expand to. A real profile is a few kB with a few
+# hundred values; YAML aliases can make a 1 kB file expand to billions ("billion laughs").
+MAX_PROFILE_BYTES = 1 << 20
+MAX_VALUES = 20_000
+MAX_DEPTH = 32
+
+
 class _Walker:
-    """Builds plain data from a YAML node tree, recording each key path's position."""
+    """Builds plain data from a YAML node tree, recording each key path's position.
+
+    Every node is counted as it is expanded (an alias counts each time it is used) and
+    nesting is bounded, so a hostile file fails in bounded time and memory."""
 
     def __init__(self, loader: yaml.SafeLoader, file: str) -> None:
         self.loader = loader
         self.file = file
         self.positions: dict[str, Pos] = {}
+        self.values = 0
 
     def pos(self, node: yaml.Node) -> Pos:
         return Pos(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
 
-    def walk(self, node: yaml.Node, path: str) -> Any:
+    def _count(self, node: yaml.Node, depth: int) -> None:
+        self.values += 1
+        too_deep = depth >= MAX_DEPTH
+        if self.values > MAX_VALUES or too_deep:
+            what = (
+                f"nests deeper than {MAX_DEPTH} levels"
+                if too_deep
+                else f"expands to more than {MAX_VALUES} values (YAML aliases?)"
+            )
+            raise ProfileError(
+                Diagnostic("error", f"the YAML {what}", "", self.file, *self._lc(node))
+            )
+
+    def _merged_pairs(self, node: yaml.MappingNode, memo: dict[int, int]) -> int:
+        """How many pairs ``node`` holds once its merge keys (``<<``) are flattened, without
+        flattening: PyYAML's ``flatten_mapping`` copies merged pairs, so nested merges grow
+        exponentially before any of them is counted."""
+        if id(node) in memo:
+            return memo[id(node)]
+        memo[id(node)] = MAX_VALUES + 1  # a merge cycle counts as too many
+        total = 0
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                merged = (
+                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                )
+                total += sum(
+                    self._merged_pairs(m, memo) for m in merged if isinstance(m, yaml.MappingNode)
+                )
+            else:
+                total += 1
+            if total > MAX_VALUES:
+                break
+        memo[id(node)] = total
+        return total
+
+    def walk(self, node: yaml.Node, path: str, depth: int = 0) -> Any:
+        self._count(node, depth)
         if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)
+            if self._merged_pairs(node, {}) > MAX_VALUES:
+                self.values = MAX_VALUES
+                self._count(node, depth)
+            own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+            self.loader.flatten_mapping(node)  # merged pairs first, then the node's own
+            first_own = len(node.value) - own
             out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
+            own_keys: set[str] = set()
+            for index, (key_node, value_node) in enumerate(node.value):
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise ProfileError(
+                        Diagnostic(
+                            "error", "keys must be strings", path, self.file, *self._lc(key_node)
+                        )
+                    )
                 key = self.loader.construct_object(key_node, deep=True)
                 if not isinstance(key, str):
                     raise ProfileError(
                         Diagnostic(
                             "error",
-                            f"keys must be strings, got {key!r}",
+                            f"keys must be strings, got {str(key)[:40]!r}",
                             path,
                             self.file,
                             *self._lc(key_node),
                         )
                     )
                 sub = f"{path}.{key}" if path else key
-                if key in out:
-                    raise ProfileError(
-                        Diagnostic(
-                            "error", f"duplicate key '{key}'", sub, self.file, *self._lc(key_node)
+                if index >= first_own:  # merged keys may repeat: the later (and own) one wins
+                    if key in own_keys:
+                        raise ProfileError(
+                            Diagnostic(
+                                "error",
+                                f"duplicate key '{key}'",
+                                sub,
+                                self.file,
+                                *self._lc(key_node),
+                            )
                         )
-                    )
+                    own_keys.add(key)
                 self.positions[sub] = self.pos(value_node if _is_scalar(value_node) else key_node)
-                out[key] = self.walk(value_node, sub)
+                out[key] = self.walk(value_node, sub, depth + 1)
             return out
         if isinstance(node, yaml.SequenceNode):
             items = []
             for i, item in enumerate(node.value):
                 sub = f"{path}[{i}]"
                 self.positions[sub] = self.pos(item)
-                items.append(self.walk(item, sub))
+                items.append(self.walk(item, sub, depth + 1))
             return items
         if (
             path in RAW_SCALAR_KEYS
@@ -191,6 +258,10 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[str, Pos]]:
         raise ProfileError(
             Diagnostic("error", f"invalid YAML: {problem}", "", file, line, col)
         ) from None
+    except RecursionError:
+        raise ProfileError(
+            Diagnostic("error", f"the YAML nests deeper than {MAX_DEPTH} levels", "", file, 1, 1)
+        ) from None
     except yaml.YAMLError as exc:
         message = " ".join(str(exc).split())
         raise ProfileError(
@@ -204,6 +275,17 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[str, Pos]]:
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, Pos], str]:
     file = _display(path)
     try:
+        if path.stat().st_size > MAX_PROFILE_BYTES:
+            raise ProfileError(
+                Diagnostic(
+                    "error",
+                    f"the profile is larger than {MAX_PROFILE_BYTES >> 10} KiB",
+                    "",
+                    file,
+                    1,
+                    1,
+                )
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(
@@ -268,6 +350,10 @@ def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[str,
             Diagnostic("error", exc.diagnostics[0].message, "extends", p.file, p.line, p.col)
         ) from None
     parent, parent_pos, files = _load_chain(parent_path, [*seen, real])
+    # A profile's name is its own: a child that extends `gpu-h100` without a `name:` is
+    # named after its file, never `gpu-h100` (it would build and replace that image's tag).
+    parent.pop("name", None)
+    parent_pos.pop("name", None)
     merged = merge(parent, data)
     # Positions: the child's win; list items appended keep their own positions.
     all_pos = {**parent_pos, **positions}
@@ -318,6 +404,18 @@ def load_profile(ref: str, overrides: Sequence[str] = ()) -> Profile:
         for sub in [p for p in positions if p.startswith(key + ".") or p.startswith(key + "[")]:
             positions[sub] = Pos("--set", i + 1, 1)
     name = data.get("name") if isinstance(data.get("name"), str) else None
+    if name is None and not NAME_RE.fullmatch(path.stem):
+        raise ProfileError(
+            Diagnostic(
+                "error",
+                f"the profile has no `name:` and its file name {path.stem!r} is not a valid "
+                "name (lowercase letters, digits, '.', '_', '-'): add `name: ...`",
+                "name",
+                _display(path),
+                1,
+                1,
+            )
+        )
     is_builtin = path.resolve().parent == profiles_dir().resolve()
     return Profile(
         name=name or path.stem,

@@ -36,9 +36,6 @@ from aibuild.profile.plan import BuildPlan, RenderOptions
 TORCH_INDEX = "https://download.pytorch.org/whl"
 # Packages the aibuild runtime (the embedded trainer's CLI) needs inside the image, besides torch.
 RUNTIME_REQUIREMENTS = ("click>=8.1", "packaging>=23", "pyyaml>=6.0")
-_RUNTIME_SPECS = {
-    canonicalize_name(Requirement(r).name): Requirement(r) for r in RUNTIME_REQUIREMENTS
-}
 DEBIAN_CODENAMES = {"debian12": "bookworm", "debian13": "trixie"}
 
 
@@ -78,10 +75,8 @@ def image_requirements(plan: BuildPlan) -> list[str]:
     requirement for a runtime package replaces the runtime's: validation checked that it
     admits a version the runtime can use). One list for the rendered requirements.txt,
     the wheelhouse and the lock, so they always agree."""
-    named = {canonicalize_name(Requirement(r).name) for r in plan.pip}
-    runtime = [
-        r for r in RUNTIME_REQUIREMENTS if canonicalize_name(Requirement(r).name) not in named
-    ]
+    named = {_name(r) for r in plan.pip}
+    runtime = [r for r in RUNTIME_REQUIREMENTS if _name(r) not in named]
     return sorted([*plan.pip, *runtime], key=str.lower)
 
 
