@@ -210,6 +210,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     an entry is missing or of the wrong kind."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:  # a bound that failed must show, not pass as bad input
+        raise
     except Exception as exc:
         raise CorruptCheckpoint(path, _reason(exc)) from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
@@ -228,6 +230,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             raise CorruptCheckpoint(path, f"{key} is {shown(value)}, not a count")
     try:
         _check_rng(state.get("rng", {}))
+    except MemoryError:  # a bound that failed must show, not pass as bad input
+        raise
     except Exception as exc:
         raise CorruptCheckpoint(path, f"malformed RNG state ({_reason(exc)})") from None
     return state
@@ -360,6 +364,8 @@ class Checkpointer:
                 self.optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
+        except MemoryError:  # a bound that failed must show, not pass as bad input
+            raise
         except Exception as exc:
             raise TrainError(
                 f"checkpoint {path} does not fit this model/config ({_reason(exc)}); "

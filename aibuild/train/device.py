@@ -71,7 +71,8 @@ def determinism(cfg: TrainConfig) -> Iterator[None]:
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(was_det)
+        if torch.are_deterministic_algorithms_enabled() != was_det:
+            torch.use_deterministic_algorithms(was_det)  # imports torch._inductor: ~1 s
         torch.backends.cudnn.benchmark = was_bench
         torch.set_num_threads(was_threads)
 

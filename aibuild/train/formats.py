@@ -304,6 +304,8 @@ def decode_tensor_image(path: Path) -> torch.Tensor:
     _check_size(path, "tensor file")
     try:
         t = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:  # a bound that failed must show, not pass as bad input
+        raise
     except Exception as exc:
         raise TrainError(
             f"{path}: cannot load the tensor ({shown(str(exc), quote=False)})"
@@ -447,6 +449,8 @@ def load_pickle(path: Path) -> Any:
     try:
         _check_pickle_sizes(raw)
         return _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except MemoryError:  # a bound that failed must show, not pass as bad input
+        raise
     except Exception as exc:  # any failure of a hostile pickle: the allowed classes are closed
         raise TrainError(
             f"{path}: not a CIFAR-10 python batch ({shown(str(exc), quote=False)})"

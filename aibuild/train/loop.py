@@ -1,16 +1,17 @@
 """The training loop: nanoGPT's habits in torchtitan's shape.
 
 ``run_training(cfg, options)`` picks the device, joins the torchrun process
-group, builds data/model/optimizer, checks the output can be written, resumes,
-and trains: :meth:`Trainer.train_step` runs :meth:`~Trainer.forward_backward_step`
-on a micro-batch (autocast; GradScaler only for fp16) and, after the last of
-``grad_accum_steps``, :meth:`~Trainer.optimizer_step` (clipping,
-``zero_grad(set_to_none=True)``); :meth:`~Trainer.end_epoch` evaluates and
-checkpoints. The checkpointer (:mod:`~aibuild.train.checkpoint`) owns what is
-saved; the metrics writer (:mod:`~aibuild.train.metrics`) writes every line and
-record. Only rank 0 logs and writes. SIGTERM/SIGINT stop at the next optimizer
-step, save a checkpoint and raise :class:`Interrupted` (exit 128 + signal
-number: 143 for SIGTERM, 130 for SIGINT).
+group, loads the data, checks the output can be written, builds the
+model/optimizer, resumes, and trains: :meth:`Trainer.train_step` runs
+:meth:`~Trainer.forward_backward_step` on a micro-batch (autocast; GradScaler
+only for fp16) and, after the last of ``grad_accum_steps``,
+:meth:`~Trainer.optimizer_step` (clipping, ``zero_grad(set_to_none=True)``);
+:meth:`~Trainer.end_epoch` evaluates and checkpoints. The checkpointer
+(:mod:`~aibuild.train.checkpoint`) owns what is saved; the metrics writer
+(:mod:`~aibuild.train.metrics`) writes every line and record. Only rank 0 logs
+and writes. SIGTERM/SIGINT stop at the next optimizer step, save a checkpoint
+and raise :class:`Interrupted` (exit 128 + signal number: 143 for SIGTERM, 130
+for SIGINT).
 """
 
 from __future__ import annotations
@@ -140,6 +141,9 @@ class Trainer:
         )
         self.data: DataBundle = load_data(cfg)
         self.metrics.line(f"data: {describe(self.data)}")
+        if info.is_main and not opts.dry_run:  # the data is there; can the results be written?
+            ckpt.prepare_output(opts.output)
+            self.metrics.open()
         model = build_model(cfg, self.data).to(device)
         self.channels_last = cfg.channels_last and cfg.model == "cnn"
         if self.channels_last:
@@ -201,9 +205,6 @@ class Trainer:
 
     def run(self, flag: SignalFlag) -> dict[str, Any]:
         cfg = self.cfg
-        if self.info.is_main and not self.opts.dry_run:
-            ckpt.prepare_output(self.opts.output)
-            self.metrics.open()
         self._resume()
         n_params = self._announce_model()
         self.start = time.perf_counter()

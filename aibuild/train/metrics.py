@@ -8,6 +8,7 @@ Only rank 0 reports; a dry run writes no files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -130,7 +131,8 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # every record was flushed (or reported) already
+                self._file.close()
             self._file = None
 
 
