@@ -224,20 +224,21 @@ def data_case(*expected: str) -> Callable[[Callable[[Path], Path]], Callable[[Pa
     return register
 
 
+def _mnist_without_images(tmp: Path, split: str) -> Path:
+    root = _mnist(tmp / "m")
+    write_idx(root / f"{split}-images-idx3-ubyte", (0, 8, 8), b"")
+    write_idx(root / f"{split}-labels-idx1-ubyte", (0,), b"")
+    return root
+
+
 @data_case("holds no images")
 def idx_zero_images(tmp: Path) -> Path:
-    root = _mnist(tmp / "m")
-    write_idx(root / "train-images-idx3-ubyte", (0, 8, 8), b"")
-    write_idx(root / "train-labels-idx1-ubyte", (0,), b"")
-    return root
+    return _mnist_without_images(tmp, "train")
 
 
 @data_case("holds no images")
 def idx_zero_test_images(tmp: Path) -> Path:
-    root = _mnist(tmp / "m")
-    write_idx(root / "t10k-images-idx3-ubyte", (0, 8, 8), b"")
-    write_idx(root / "t10k-labels-idx1-ubyte", (0,), b"")
-    return root
+    return _mnist_without_images(tmp, "t10k")
 
 
 @data_case("malformed IDX file", "the file has more")
