@@ -21,7 +21,8 @@ import click
 import yaml
 
 from aibuild.errors import AibuildError, TrainError
-from aibuild.train.config import DATASETS, MODELS, PRECISIONS, validate_training
+from aibuild.kv import split_item
+from aibuild.train.config import DATASETS, MODELS, PRECISIONS, shown, validate_training
 
 PROFILE_KEYS = {
     "name",
@@ -61,25 +62,91 @@ def _positions(node: Any) -> dict[str, tuple[int, int]]:
     }
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""1 MiB: the largest config file read (a profile is a few KB)."""
+MAX_YAML_NODES = 100_000
+"""The most YAML nodes a config may hold once its aliases are expanded: an alias
+bomb ("billion laughs") is refused before anything is constructed from it."""
+
+
+def _expanded_size(root: yaml.Node, where: str) -> int:
+    """Nodes under ``root`` counting every alias in full; refuses cycles. Linear time:
+    the size of a node shared by aliases is computed once."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        children: list[yaml.Node] = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else list(node.value)
+        )
+        if done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_YAML_NODES:
+                raise TrainError(
+                    f"{where}: error: the YAML expands to more than {MAX_YAML_NODES:,} nodes "
+                    "(aliases counted in full)"
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise TrainError(f"{where}: error: a YAML alias refers to itself")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _safe_load(text: str, where: str) -> tuple[yaml.Node | None, Any]:
+    """(the composed node, the document) as ``yaml.safe_load`` would build it, refusing
+    (TrainError) a document that expands too far before constructing anything."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _expanded_size(node, where)
+        return node, loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_training_source(path: str | None) -> TrainSource:
     """Read a whole profile (its ``training:`` section) or a bare training mapping."""
     if path is None:
         return TrainSource(None, {}, {}, None)
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise TrainError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes: not a profile"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise TrainError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise TrainError(f"cannot read config file {path}: {exc}") from None
+        raise TrainError(
+            f"cannot read config file {path}: {shown(str(exc), quote=False)}"
+        ) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
+        node, doc = _safe_load(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         problem = getattr(exc, "problem", None) or str(exc)
-        raise TrainError(f"{where}: error: invalid YAML: {problem}") from None
+        raise TrainError(f"{where}: error: invalid YAML: {shown(problem, quote=False)}") from None
+    except RecursionError:
+        raise TrainError(f"{path}: error: invalid YAML: nested too deeply") from None
     if doc is None:
         return TrainSource(path, {}, {}, None)
     if not isinstance(doc, dict):
@@ -104,15 +171,19 @@ def read_training_source(path: str | None) -> TrainSource:
 def _parse_set(items: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if key.startswith("training."):
-            key = key[len("training.") :]
-        if not sep or not key:
-            raise TrainError(f"--set {item!r}: expected KEY=VALUE (e.g. --set n_layer=6)")
         try:
-            out[key] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
+            key, value = split_item(
+                item, option="--set", example="KEY=VALUE (e.g. --set n_layer=6)"
+            )
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+        assert value is not None
+        key = key.removeprefix("training.")
+        if not key:
+            raise TrainError(f"--set {shown(item)}: expected KEY=VALUE (e.g. --set n_layer=6)")
+        try:
+            out[key] = _safe_load(value, f"--set {shown(key, quote=False)}")[1]
+        except (yaml.YAMLError, RecursionError):
             out[key] = value
     return out
 
@@ -131,11 +202,12 @@ def merge_config(
             if key in flags:
                 lines.append(f"--{key.replace('_', '-')}: error: {message}")
             elif key in sets:
-                lines.append(f"--set {key}: error: {message} (training.{key})")
+                name = shown(key, quote=False)
+                lines.append(f"--set {name}: error: {message} (training.{name})")
             else:
                 line, col = source.positions.get(key, (0, 0))
                 where = f"{source.path or '<config>'}:{line}:{col}"
-                suffix = f" (training.{key})" if key else " (training)"
+                suffix = f" (training.{shown(key, quote=False)})" if key else " (training)"
                 lines.append(f"{where}: error: {message}{suffix}")
         raise TrainError("\n".join(lines))
     return merged
@@ -272,7 +344,7 @@ def main(
             raise TrainError("selftest failed: " + "; ".join(report["problems"]))
         return 0
 
-    from aibuild.train.loop import RunOptions, run_training
+    from aibuild.train.loop import TrainOptions, run_training
 
     if source.accelerator == "nvidia" and cfg.device == "auto":
         import torch
@@ -285,7 +357,7 @@ def main(
             )
 
     output = Path(output_dir or _env_default("AIBUILD_OUTPUT") or "aibuild-output")
-    opts = RunOptions(output=output, resume=resume, dry_run=dry_run, stream=sys.stdout)
+    opts = TrainOptions(output=output, resume=resume, dry_run=dry_run, stream=sys.stdout)
     summary = run_training(cfg, opts)
     if dry_run:
         ev = summary.get("eval") or {}

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, cast
+
+from aibuild.errors import one_line
 
 MODELS = ("cnn", "mlp", "rnn", "lstm", "transformer")
 DATASETS = ("auto", "mnist", "cifar10", "imagefolder", "text", "synthetic")
@@ -26,6 +28,22 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 DEVICES_HELP = "auto | cpu | cuda | cuda:N"
+MAX_SHOWN_CHARS = 80
+"""The most characters of a value (a key, a config value, an exception's text) that an
+error message echoes: a hostile value cannot grow a message past this."""
+
+
+def shown(value: Any, *, quote: bool = True) -> str:
+    """``value`` for an error message: repr'd (or str'd), one line, at most
+    :data:`MAX_SHOWN_CHARS` characters (cut in the middle of a long one, marked ``...``)."""
+    if isinstance(value, (list, dict, tuple)) and len(value) > MAX_SHOWN_CHARS:
+        text = f"<a {type(value).__name__} of {len(value):,} items>"  # no repr of a huge value
+    else:
+        text = one_line(repr(value) if quote else str(value))
+    if len(text) > MAX_SHOWN_CHARS:
+        half = (MAX_SHOWN_CHARS - 3) // 2
+        text = f"{text[:half]}...{text[-half:]}"
+    return text
 
 
 def _f(
@@ -165,11 +183,6 @@ TRAINING_FIELDS: tuple[FieldSpec, ...] = _specs()
 _BY_NAME = {spec.name: spec for spec in TRAINING_FIELDS}
 
 
-def iter_fields() -> Iterator[FieldSpec]:
-    """The documented keys in declaration order (same as iterating TRAINING_FIELDS)."""
-    return iter(TRAINING_FIELDS)
-
-
 def _coerce(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
     """(value converted to the key's type, error message or None)."""
     kind = spec.type.replace(" | None", "")
@@ -179,31 +192,31 @@ def _coerce(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
     if kind == "bool":
         if isinstance(value, bool):
             return value, None
-        return None, f"must be true or false, not {value!r}"
+        return None, f"must be true or false, not {shown(value)}"
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            return None, f"must be an integer, not {value!r}"
+            return None, f"must be an integer, not {shown(value)}"
         return value, None
     if kind == "float":
         if isinstance(value, bool):
-            return None, f"must be a number, not {value!r}"
+            return None, f"must be a number, not {shown(value)}"
         if isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:
-                return None, f"must be a number, not {value!r}"
+                return None, f"must be a number, not {shown(value)}"
         if not isinstance(value, (int, float)) or not math.isfinite(value):
-            return None, f"must be a finite number, not {value!r}"
+            return None, f"must be a finite number, not {shown(value)}"
         return float(value), None
     if kind == "str":
         if not isinstance(value, str):
-            return None, f"must be a string, not {value!r}"
+            return None, f"must be a string, not {shown(value)}"
         return value, None
     if kind == "list[int]":
         if not isinstance(value, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
         ):
-            return None, f"must be a list of positive integers, not {value!r}"
+            return None, f"must be a list of positive integers, not {shown(value)}"
         return list(value), None
     raise AssertionError(f"unhandled field type {spec.type}")  # pragma: no cover
 
@@ -212,11 +225,11 @@ def _check_value(spec: FieldSpec, value: Any) -> str | None:
     if value is None:
         return None
     if spec.choices and value not in spec.choices:
-        hint = difflib.get_close_matches(str(value), spec.choices, n=1)
+        hint = difflib.get_close_matches(str(value)[:MAX_SHOWN_CHARS], spec.choices, n=1)
         did = f"; did you mean {hint[0]!r}?" if hint else ""
-        return f"must be one of {', '.join(spec.choices)}, not {value!r}{did}"
+        return f"must be one of {', '.join(spec.choices)}, not {shown(value)}{did}"
     if spec.minimum is not None and isinstance(value, (int, float)) and value < spec.minimum:
-        return f"must be >= {spec.minimum:g}, not {value!r}"
+        return f"must be >= {spec.minimum:g}, not {shown(value)}"
     return None
 
 
@@ -236,9 +249,9 @@ def validate_training(mapping: Mapping[str, Any] | Any) -> list[tuple[str, str]]
     for key, value in mapping.items():
         spec = _BY_NAME.get(str(key))
         if spec is None:
-            hint = difflib.get_close_matches(str(key), list(_BY_NAME), n=1)
+            hint = difflib.get_close_matches(str(key)[:MAX_SHOWN_CHARS], list(_BY_NAME), n=1)
             did = f"; did you mean {hint[0]!r}?" if hint else ""
-            problems.append((str(key), f"unknown training key {str(key)!r}{did}"))
+            problems.append((str(key), f"unknown training key {shown(str(key))}{did}"))
             continue
         coerced, error = _coerce(spec, value)
         if error is None:
@@ -249,10 +262,10 @@ def validate_training(mapping: Mapping[str, Any] | Any) -> list[tuple[str, str]]
             good[spec.name] = coerced
     device = good.get("device")
     if isinstance(device, str) and not _valid_device(device):
-        problems.append(("device", f"must be {DEVICES_HELP}, not {device!r}"))
+        problems.append(("device", f"must be {DEVICES_HELP}, not {shown(device)}"))
     shape = good.get("synthetic_shape")
     if shape is not None and len(shape) not in (1, 3):
-        problems.append(("synthetic_shape", f"must be [C, H, W] (or [F]), not {shape!r}"))
+        problems.append(("synthetic_shape", f"must be [C, H, W] (or [F]), not {shown(shape)}"))
     n_embd = good.get("n_embd", _BY_NAME["n_embd"].default)
     n_head = good.get("n_head", _BY_NAME["n_head"].default)
     if n_embd % n_head:
@@ -260,7 +273,7 @@ def validate_training(mapping: Mapping[str, Any] | Any) -> list[tuple[str, str]]
         problems.append((key, f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})"))
     frac = good.get("eval_fraction")
     if frac is not None and frac >= 1.0:
-        problems.append(("eval_fraction", f"must be below 1, not {frac!r}"))
+        problems.append(("eval_fraction", f"must be below 1, not {shown(frac)}"))
     return problems
 
 
@@ -275,7 +288,9 @@ def load_training_config(mapping: Mapping[str, Any] | None) -> TrainConfig:
     """A validated :class:`TrainConfig`; raises ValueError listing every problem."""
     problems = validate_training(mapping or {})
     if problems:
-        lines = [f"{msg} (training.{key})" if key else msg for key, msg in problems]
+        lines = [
+            f"{msg} (training.{shown(key, quote=False)})" if key else msg for key, msg in problems
+        ]
         raise ValueError("\n".join(lines))
     values: dict[str, Any] = {}
     for key, value in (mapping or {}).items():

@@ -4,11 +4,10 @@ Formats (``training.dataset``):
 
 - ``mnist``: the four IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``), raw or ``.gz``.
-  The embedded default (``digits/``) is stored in this format.
+  The embedded default (``assets/digits/``) is stored in this format.
 - ``cifar10``: the python pickle batches (``data_batch_1`` .. ``data_batch_5``,
-  ``test_batch``), in the directory or its ``cifar-10-batches-py/``. Read with a
-  restricted unpickler that understands numpy's array pickles without numpy
-  (and refuses every other object, so a hostile pickle cannot run code).
+  ``test_batch``), in the directory or its ``cifar-10-batches-py/``, read with a
+  restricted unpickler (no numpy needed; a hostile pickle cannot run code).
 - ``imagefolder``: one sub-directory per class (``train/`` and ``val/``/``test/``
   splits, or classes directly, split by ``eval_fraction``). Without PIL only
   these files are read: PNG (8-bit, non-interlaced; decoded with zlib),
@@ -19,31 +18,43 @@ Formats (``training.dataset``):
 - ``synthetic``: seeded random tensors of ``synthetic_shape`` (benchmarks).
 
 Nothing is ever downloaded. A missing or malformed dataset raises ``TrainError``
-naming the files that were expected and where.
+naming the files that were expected and where. The decoders, and the limits on
+what a file may declare, are in :mod:`~aibuild.train.formats`; a whole dataset
+holds at most :data:`MAX_DATASET_VALUES` values and
+:data:`~aibuild.train.formats.MAX_CLASSES` classes (or characters of a vocabulary).
 """
 
 from __future__ import annotations
 
-import codecs
-import gzip
-import pickle
-import struct
-import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from math import prod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DistributedSampler, Sampler
 
 from aibuild.errors import TrainError
-from aibuild.train.config import TrainConfig
+from aibuild.train.config import TrainConfig, shown
+from aibuild.train.distributed import DistInfo
+from aibuild.train.formats import (
+    MAX_CLASSES,
+    array_tensor,
+    decode_png,
+    decode_pnm,
+    decode_tensor_image,
+    load_pickle,
+    read_file,
+    read_idx,
+)
 
-EMBEDDED_DIR = Path(__file__).resolve().parent / "data"
-EMBEDDED_DIGITS = EMBEDDED_DIR / "digits"
-EMBEDDED_TEXT = EMBEDDED_DIR / "text" / "macbeth.txt"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+EMBEDDED_DIGITS = ASSETS_DIR / "digits"
+EMBEDDED_TEXT = ASSETS_DIR / "text" / "macbeth.txt"
+MAX_DATASET_VALUES = 1 << 31
+"""2,147,483,648: the most values (samples x channels x height x width) an image
+dataset may hold in memory (8 GiB as float32), checked before images are resized."""
 
 SEQUENCE_MODELS = ("transformer",)
 IMAGE_ONLY_MODELS = ("cnn", "mlp")
@@ -94,6 +105,47 @@ class TokenWindows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
 def batch_collate(batch: Any) -> Any:
     """The collate function for datasets with ``__getitems__``: batches come pre-stacked."""
     return batch
+
+
+class ResumableSampler(Sampler[int]):
+    """A DistributedSampler whose epoch and number of already-seen samples can be set.
+
+    The order of an epoch is a function of (seed, epoch) alone, so skipping the
+    first ``skip`` indices resumes mid-epoch exactly where a run stopped.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset[Any], info: DistInfo, seed: int) -> None:
+        self.base: DistributedSampler[Any] = DistributedSampler(
+            dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
+        )
+        self.epoch = 0
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        self.base.set_epoch(self.epoch)
+        it = iter(self.base)
+        for _ in range(min(self.skip, len(self.base))):
+            next(it, None)
+        return it
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.skip)
+
+    def samples_per_epoch(self) -> int:
+        return len(self.base)
+
+
+class ShardSampler(Sampler[int]):
+    """Every world_size-th index from rank: each sample evaluated exactly once in total."""
+
+    def __init__(self, n: int, info: DistInfo) -> None:
+        self.indices = list(range(info.rank, n, info.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 @dataclass
@@ -219,34 +271,6 @@ def _normalize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]
 # ---------------------------------------------------------------------------- mnist (IDX)
 
 
-def read_idx(path: Path) -> tuple[tuple[int, ...], bytes]:
-    """The dims and raw bytes of an unsigned-byte IDX file (raw or gzip)."""
-    try:
-        raw = path.read_bytes()
-        if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise TrainError(f"{path}: cannot read it as an IDX file ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise TrainError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    if raw[2] != 0x08:
-        raise TrainError(
-            f"{path}: IDX data type 0x{raw[2]:02x} is not supported (need 0x08, ubyte)"
-        )
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise TrainError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = prod(dims)
-    if len(raw) - header != expected:
-        raise TrainError(
-            f"{path}: malformed IDX file: its header says {'x'.join(map(str, dims))} = "
-            f"{expected} bytes of data, the file has {len(raw) - header}"
-        )
-    return tuple(dims), raw[header:]
-
-
 def _find_idx(root: Path, split: str, kind: str, rank: int) -> Path | None:
     for sep in ("-", "."):
         base = f"{split}-{kind}{sep}idx{rank}-ubyte"
@@ -277,6 +301,10 @@ def load_mnist(root: Path) -> DataBundle:
             raise TrainError(f"{ipath}: expected 3 dimensions (N, H, W), found {len(idims)}")
         if len(ldims) != 1 or ldims[0] != idims[0]:
             raise TrainError(f"{lpath}: {ldims[0]} labels for {idims[0]} images in {ipath.name}")
+        if 0 in idims:
+            raise TrainError(
+                f"{ipath}: holds no images (its IDX header says {'x'.join(map(str, idims))})"
+            )
         images = torch.frombuffer(bytearray(ibytes), dtype=torch.uint8).view(
             idims[0], 1, *idims[1:]
         )
@@ -304,126 +332,46 @@ def load_mnist(root: Path) -> DataBundle:
 # ---------------------------------------------------------------------------- cifar10
 
 
-class _NdArray:
-    """Stands in for numpy.ndarray while unpickling: keeps shape, dtype and raw bytes."""
-
-    def __init__(self, *args: Any) -> None:
-        self.shape: tuple[int, ...] = ()
-        self.dtype: _DType | None = None
-        self.raw: bytes = b""
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        if len(state) == 5:
-            state = state[1:]
-        shape, dtype, fortran, raw = state
-        if fortran:
-            raise pickle.UnpicklingError("Fortran-ordered arrays are not supported")
-        if not isinstance(raw, (bytes, bytearray)):
-            raise pickle.UnpicklingError("object arrays are not supported")
-        self.shape, self.dtype, self.raw = tuple(shape), dtype, bytes(raw)
-
-    def to_tensor(self) -> torch.Tensor:
-        assert self.dtype is not None
-        dtype = self.dtype.torch_dtype()
-        if self.dtype.byteorder == ">":
-            raise pickle.UnpicklingError("big-endian arrays are not supported")
-        if not self.raw:
-            return torch.empty(self.shape, dtype=dtype)
-        return torch.frombuffer(bytearray(self.raw), dtype=dtype).reshape(self.shape)
-
-
-class _DType:
-    """Stands in for numpy.dtype while unpickling."""
-
-    _MAP: ClassVar[dict[str, torch.dtype]] = {
-        "u1": torch.uint8,
-        "i1": torch.int8,
-        "i2": torch.int16,
-        "i4": torch.int32,
-        "i8": torch.int64,
-        "f4": torch.float32,
-        "f8": torch.float64,
-        "b1": torch.bool,
-    }
-
-    def __init__(self, code: str, *args: Any) -> None:
-        self.code = code
-        self.byteorder = "|"
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.byteorder = state[1] if len(state) > 1 and isinstance(state[1], str) else "|"
-
-    def torch_dtype(self) -> torch.dtype:
-        if self.code not in self._MAP:
-            raise pickle.UnpicklingError(f"array dtype {self.code!r} is not supported")
-        return self._MAP[self.code]
-
-
-def _reconstruct(*args: Any) -> _NdArray:
-    return _NdArray()
-
-
-def _scalar(dtype: _DType, raw: bytes) -> int | float:
-    value = torch.frombuffer(bytearray(raw), dtype=dtype.torch_dtype())
-    result: int | float = value.item()
-    return result
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Allows numpy arrays/scalars (as stand-ins) and latin-1 bytes; refuses anything else."""
-
-    _ALLOWED: dict[tuple[str, str], Any] = {  # noqa: RUF012
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy.core.multiarray", "scalar"): _scalar,
-        ("numpy._core.multiarray", "scalar"): _scalar,
-        ("numpy", "ndarray"): _NdArray,
-        ("numpy", "dtype"): _DType,
-        ("_codecs", "encode"): codecs.encode,
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
-
-
-def _as_tensor(value: Any, what: str, path: Path) -> torch.Tensor:
-    if isinstance(value, _NdArray):
-        return value.to_tensor()
-    if isinstance(value, (bytes, bytearray)):
-        return torch.frombuffer(bytearray(value), dtype=torch.uint8)
+def _cifar_labels(value: Any, path: Path) -> torch.Tensor:
+    """A flat list (or 1-D integer array) of labels in 0 .. MAX_CLASSES - 1."""
     if isinstance(value, list):
-        return torch.tensor(value)
-    raise TrainError(f"{path}: {what} has an unexpected type {type(value).__name__}")
+        for v in value:
+            if type(v) is not int or not 0 <= v < MAX_CLASSES:
+                raise TrainError(
+                    f"{path}: labels must be a flat list of integers 0 .. {MAX_CLASSES - 1}, "
+                    f"found {shown(v)}"
+                )
+        return torch.tensor(value, dtype=torch.long)
+    y = array_tensor(value)
+    if y is None or y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool:
+        raise TrainError(f"{path}: labels must be a list or a 1-D integer array")
+    y = y.long()
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= MAX_CLASSES):
+        raise TrainError(
+            f"{path}: labels must be integers 0 .. {MAX_CLASSES - 1}, found "
+            f"{int(y.min()) if int(y.min()) < 0 else int(y.max())}"
+        )
+    return y
 
 
 def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        with path.open("rb") as fh:
-            batch = _SafeUnpickler(fh, encoding="bytes").load()
-    except (
-        OSError,
-        EOFError,
-        pickle.UnpicklingError,
-        ValueError,
-        TypeError,
-        AttributeError,
-    ) as exc:
-        raise TrainError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
+    batch = load_pickle(path)
     if not isinstance(batch, dict):
         raise TrainError(f"{path}: not a CIFAR-10 python batch (no dict inside)")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
         raise TrainError(f"{path}: a CIFAR-10 batch needs 'data' and 'labels' entries")
-    x = _as_tensor(data, "data", path).to(torch.uint8)
-    y = _as_tensor(labels, "labels", path).long().flatten()
+    x = array_tensor(data)
+    if x is None or x.dtype != torch.uint8:
+        raise TrainError(f"{path}: data must be bytes or a uint8 array")
+    y = _cifar_labels(labels, path)
     if x.numel() != len(y) * 3072:
         raise TrainError(
             f"{path}: {x.numel()} data bytes for {len(y)} labels (need 3072 per image)"
         )
+    if not len(y):
+        raise TrainError(f"{path}: holds no images")
     return x.reshape(len(y), 3, 32, 32), y
 
 
@@ -464,144 +412,16 @@ def load_cifar10(root: Path) -> DataBundle:
 IMAGE_SUFFIXES = (".png", ".pgm", ".ppm", ".pnm", ".pt")
 
 
-def decode_png(data: bytes, where: str = "<png>") -> torch.Tensor:
-    """An 8-bit, non-interlaced PNG (grey, grey+alpha, RGB, RGBA, palette) -> uint8 [C,H,W]."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise TrainError(f"{where}: not a PNG file")
-    pos, idat, palette = 8, bytearray(), b""
-    width = height = depth = ctype = interlace = -1
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        if len(body) != length:
-            raise TrainError(f"{where}: truncated PNG chunk {kind!r}")
-        if kind == b"IHDR":
-            width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
-        elif kind == b"PLTE":
-            palette = body
-        elif kind == b"IDAT":
-            idat += body
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    if width <= 0 or not idat:
-        raise TrainError(f"{where}: PNG without IHDR or image data")
-    if depth != 8 or interlace != 0 or ctype not in (0, 2, 3, 4, 6):
-        raise TrainError(
-            f"{where}: only 8-bit non-interlaced PNGs are supported (bit depth {depth}, "
-            f"colour type {ctype}, interlace {interlace})"
-        )
-    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype]
-    try:
-        raw = zlib.decompress(bytes(idat))
-    except zlib.error as exc:
-        raise TrainError(f"{where}: corrupt PNG data ({exc})") from None
-    stride = width * channels
-    if len(raw) != height * (stride + 1):
-        raise TrainError(
-            f"{where}: PNG data has {len(raw)} bytes, expected {height * (stride + 1)}"
-        )
-    out = bytearray(height * stride)
-    prev = bytearray(stride)
-    bpp = channels
-    for y in range(height):
-        ftype = raw[y * (stride + 1)]
-        row = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
-        if ftype == 1:
-            for i in range(bpp, stride):
-                row[i] = (row[i] + row[i - bpp]) & 0xFF
-        elif ftype == 2:
-            for i in range(stride):
-                row[i] = (row[i] + prev[i]) & 0xFF
-        elif ftype == 3:
-            for i in range(stride):
-                left = row[i - bpp] if i >= bpp else 0
-                row[i] = (row[i] + ((left + prev[i]) >> 1)) & 0xFF
-        elif ftype == 4:
-            for i in range(stride):
-                a = row[i - bpp] if i >= bpp else 0
-                b = prev[i]
-                c = prev[i - bpp] if i >= bpp else 0
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                row[i] = (row[i] + pred) & 0xFF
-        elif ftype != 0:
-            raise TrainError(f"{where}: bad PNG filter type {ftype} on row {y}")
-        out[y * stride : (y + 1) * stride] = row
-        prev = row
-    img = torch.frombuffer(out, dtype=torch.uint8).view(height, width, channels)
-    if ctype == 3:
-        if len(palette) < 3:
-            raise TrainError(f"{where}: palette PNG without a palette")
-        table = torch.frombuffer(bytearray(palette), dtype=torch.uint8).view(-1, 3)
-        img = table[img[..., 0].long()]
-    elif ctype in (4, 6):
-        img = img[..., :-1]  # drop alpha
-    return img.permute(2, 0, 1).contiguous()
-
-
-def decode_pnm(data: bytes, where: str = "<pnm>") -> torch.Tensor:
-    """A PGM/PPM (P2, P3, P5, P6; maxval up to 65535) -> uint8 [C,H,W]."""
-    magic = data[:2]
-    if magic not in (b"P2", b"P3", b"P5", b"P6"):
-        raise TrainError(f"{where}: not a PGM/PPM file (magic {magic!r})")
-    fields: list[int] = []
-    pos = 2
-    while len(fields) < 3:
-        while pos < len(data) and data[pos : pos + 1].isspace():
-            pos += 1
-        if data[pos : pos + 1] == b"#":
-            while pos < len(data) and data[pos : pos + 1] not in (b"\n", b"\r"):
-                pos += 1
-            continue
-        start = pos
-        while pos < len(data) and data[pos : pos + 1].isdigit():
-            pos += 1
-        if start == pos:
-            raise TrainError(f"{where}: malformed PGM/PPM header")
-        fields.append(int(data[start:pos]))
-    width, height, maxval = fields
-    channels = 3 if magic in (b"P3", b"P6") else 1
-    count = width * height * channels
-    if magic in (b"P5", b"P6"):
-        pos += 1  # the single whitespace after maxval
-        size = 2 if maxval > 255 else 1
-        body = data[pos : pos + count * size]
-        if len(body) != count * size:
-            raise TrainError(f"{where}: truncated PGM/PPM data")
-        if size == 1:
-            values = torch.frombuffer(bytearray(body), dtype=torch.uint8).long()
-        else:
-            values = torch.tensor(struct.unpack(f">{count}H", body), dtype=torch.long)
-    else:
-        words = data[pos:].split()
-        if len(words) < count:
-            raise TrainError(f"{where}: truncated PGM/PPM data")
-        values = torch.tensor([int(w) for w in words[:count]], dtype=torch.long)
-    if maxval != 255:
-        values = values * 255 // max(maxval, 1)
-    return values.to(torch.uint8).view(height, width, channels).permute(2, 0, 1).contiguous()
-
-
 def read_image(path: Path) -> torch.Tensor:
     """One image file -> uint8 [C,H,W] (C = 1 or 3)."""
-    suffix = path.suffix.lower()
-    if suffix == ".pt":
-        try:
-            t = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise TrainError(f"{path}: cannot load the tensor ({exc})") from None
-        if not isinstance(t, torch.Tensor) or t.dim() not in (2, 3):
-            raise TrainError(f"{path}: expected a [C,H,W] or [H,W] tensor")
-        if t.dim() == 2:
-            t = t[None]
-        if t.is_floating_point():
-            t = (t.clamp(0, 1) * 255).round()
-        img = t.to(torch.uint8)
-    else:
-        data = path.read_bytes()
-        img = decode_png(data, str(path)) if suffix == ".png" else decode_pnm(data, str(path))
+    if path.suffix.lower() == ".pt":
+        return decode_tensor_image(path)
+    data = read_file(path, "image")
+    img = (
+        decode_png(data, str(path))
+        if path.suffix.lower() == ".png"
+        else decode_pnm(data, str(path))
+    )
     if img.shape[0] not in (1, 3):
         raise TrainError(f"{path}: {img.shape[0]} channels (need 1 or 3)")
     return img
@@ -650,9 +470,21 @@ def load_imagefolder(root: Path, eval_fraction: float) -> DataBundle:
         raise TrainError(
             f"imagefolder dataset: no images in {root}; expected {_EXPECTED['imagefolder']}"
         )
+    if len(classes) > MAX_CLASSES:
+        raise TrainError(
+            f"imagefolder dataset: {len(classes):,} class directories in {root}, more than "
+            f"the limit of {MAX_CLASSES:,}"
+        )
     images = [read_image(f) for f, _ in train_items + eval_items]
     channels = max(img.shape[0] for img in images)
     size = tuple(images[0].shape[1:])
+    values = len(images) * channels * size[0] * size[1]
+    if values > MAX_DATASET_VALUES:
+        raise TrainError(
+            f"imagefolder dataset: {len(images)} images resized to {channels}x{size[0]}x{size[1]} "
+            f"(the first image's size, {images[0].shape[1]}x{images[0].shape[2]}) are {values:,} "
+            f"values, more than the limit of {MAX_DATASET_VALUES:,}: make the images smaller"
+        )
     fixed = []
     for img in images:
         if img.shape[0] != channels:
@@ -694,16 +526,22 @@ def load_text(path: Path, block_size: int, eval_fraction: float) -> DataBundle:
     if not path.is_file():
         raise TrainError(f"text dataset: {path} does not exist; expected {_EXPECTED['text']}")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_file(path, "text dataset").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TrainError(
             f"text dataset: {path} is not UTF-8 (byte {exc.start}: {exc.reason})"
         ) from None
     if not text.strip():
         raise TrainError(f"text dataset: {path} is empty")
-    vocab = sorted(set(text))
-    index = {ch: i for i, ch in enumerate(vocab)}
-    tokens = torch.tensor([index[ch] for ch in text], dtype=torch.long)
+    # code points -> (sorted distinct code points, each character's index among them)
+    points = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
+    distinct, tokens = torch.unique(points, sorted=True, return_inverse=True)
+    if len(distinct) > MAX_CLASSES:
+        raise TrainError(
+            f"text dataset: {path} has {len(distinct):,} distinct characters, more than the "
+            f"{MAX_CLASSES:,} a vocabulary may have"
+        )
+    vocab = [chr(c) for c in distinct.tolist()]
     n_eval = int(len(tokens) * eval_fraction)
     if n_eval and n_eval < block_size + 2:
         n_eval = 0
@@ -764,12 +602,12 @@ def describe(bundle: DataBundle) -> str:
 __all__ = [
     "EMBEDDED_DIGITS",
     "EMBEDDED_TEXT",
+    "MAX_DATASET_VALUES",
     "DataBundle",
+    "ResumableSampler",
+    "ShardSampler",
     "batch_collate",
-    "decode_png",
-    "decode_pnm",
     "describe",
     "load_data",
-    "read_idx",
     "resolve_source",
 ]

@@ -1,24 +1,24 @@
 """The training loop: nanoGPT's habits in torchtitan's shape.
 
 ``run_training(cfg, options)`` picks the device, joins the torchrun process
-group, builds data/model/optimizer, resumes, trains with autocast (GradScaler
-only for fp16), gradient accumulation and clipping, evaluates each epoch,
-checkpoints atomically, and writes metrics JSON lines plus a final summary.
-Only rank 0 logs and writes. SIGTERM/SIGINT stop at the next optimizer step,
-save a checkpoint and raise :class:`Interrupted` (exit 128 + signal number:
-143 for SIGTERM, 130 for SIGINT).
+group, loads the data, checks the output can be written, builds the
+model/optimizer, resumes, and trains: :meth:`Trainer.train_step` runs
+:meth:`~Trainer.forward_backward_step` on a micro-batch (autocast; GradScaler
+only for fp16) and, after the last of ``grad_accum_steps``,
+:meth:`~Trainer.optimizer_step` (clipping, ``zero_grad(set_to_none=True)``);
+:meth:`~Trainer.end_epoch` evaluates and checkpoints. The checkpointer
+(:mod:`~aibuild.train.checkpoint`) owns what is saved; the metrics writer
+(:mod:`~aibuild.train.metrics`) writes every line and record. Only rank 0 logs
+and writes. SIGTERM/SIGINT stop at the next optimizer step, save a checkpoint
+and raise :class:`Interrupted` (exit 128 + signal number: 143 for SIGTERM, 130
+for SIGINT).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import platform
-import random
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,23 +29,34 @@ from typing import Any, TextIO
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from aibuild import __version__
 from aibuild.errors import TrainError
 from aibuild.train import checkpoint as ckpt
 from aibuild.train.config import TrainConfig
-from aibuild.train.data import DataBundle, batch_collate, describe, load_data
-from aibuild.train.distributed import (
-    DistInfo,
-    all_reduce_sum,
-    any_rank,
-    barrier,
-    cleanup,
-    init_distributed,
+from aibuild.train.data import (
+    DataBundle,
+    ResumableSampler,
+    ShardSampler,
+    batch_collate,
+    describe,
+    load_data,
 )
+from aibuild.train.device import (
+    AUTOCAST_DTYPES,
+    determinism,
+    device_name,
+    peak_memory_bytes,
+    pick_device,
+    resolve_precision,
+    versions,
+)
+from aibuild.train.distributed import DistInfo, all_reduce_sum, any_rank, cleanup, init_distributed
+from aibuild.train.metrics import MetricsWriter, Throughput
 from aibuild.train.models import build_model, count_parameters, generate
 from aibuild.train.schedule import lr_at
+
+SMALL_MODEL = 1_000_000  # parameters: below this, cpu_threads auto means one thread
 
 
 class Interrupted(TrainError):
@@ -62,7 +73,7 @@ class Interrupted(TrainError):
 
 
 @dataclass
-class RunOptions:
+class TrainOptions:
     """Per-run choices that are not part of the profile."""
 
     output: Path
@@ -70,109 +81,6 @@ class RunOptions:
     dry_run: bool = False
     handle_signals: bool = True
     stream: TextIO | None = None  # progress output (default: stdout)
-
-
-# ---------------------------------------------------------------------------- setup helpers
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` = CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrainError(
-                f"--device {name}: no usable CUDA device (torch {torch.__version__}, "
-                f"built for CUDA {torch.version.cuda or 'none'})"
-            )
-        device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise TrainError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices")
-        return device
-    return torch.device("cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` = bf16 on CUDA when supported, else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
-
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-SMALL_MODEL = 1_000_000  # parameters: below this, cpu_threads auto means one thread
-
-
-class ResumableSampler(Sampler[int]):
-    """A DistributedSampler whose epoch and number of already-seen samples can be set.
-
-    The order of an epoch is a function of (seed, epoch) alone, so skipping the
-    first ``skip`` indices resumes mid-epoch exactly where a run stopped.
-    """
-
-    def __init__(self, dataset: Dataset[Any], info: DistInfo, seed: int) -> None:
-        self.base: DistributedSampler[Any] = DistributedSampler(
-            dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
-        )
-        self.epoch = 0
-        self.skip = 0
-
-    def __iter__(self) -> Iterator[int]:
-        self.base.set_epoch(self.epoch)
-        it = iter(self.base)
-        for _ in range(self.skip):
-            next(it, None)
-        return it
-
-    def __len__(self) -> int:
-        return max(0, len(self.base) - self.skip)
-
-    def samples_per_epoch(self) -> int:
-        return len(self.base)
-
-
-class ShardSampler(Sampler[int]):
-    """Every world_size-th index from rank: each sample evaluated exactly once in total."""
-
-    def __init__(self, n: int, info: DistInfo) -> None:
-        self.indices = list(range(info.rank, n, info.world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class Reporter:
-    """Progress for people: an updating line on a TTY, plain lines otherwise. Rank 0 only."""
-
-    def __init__(self, enabled: bool, stream: TextIO | None) -> None:
-        self.enabled = enabled
-        self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty()
-        self._open_line = False
-
-    def progress(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            self.stream.write("\r\033[K" + text)
-            self._open_line = True
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def line(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self._open_line:
-            self.stream.write("\n")
-            self._open_line = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
 
 
 class SignalFlag:
@@ -205,84 +113,37 @@ class SignalFlag:
                 signal.signal(number, prev)
 
 
-@contextlib.contextmanager
-def determinism(cfg: TrainConfig) -> Iterator[None]:
-    """Seeds, CPU threads and (optionally) deterministic algorithms; restores the global
-    flags afterwards."""
-    was_det = torch.are_deterministic_algorithms_enabled()
-    was_bench = torch.backends.cudnn.benchmark
-    was_threads = torch.get_num_threads()
-    if cfg.cpu_threads > 0:
-        torch.set_num_threads(cfg.cpu_threads)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was_det)
-        torch.backends.cudnn.benchmark = was_bench
-        torch.set_num_threads(was_threads)
-
-
-def versions() -> dict[str, Any]:
-    return {
-        "aibuild": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
-        if torch.backends.cudnn.is_available()  # type: ignore[no-untyped-call]
-        else None,
-    }
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return str(torch.cuda.get_device_name(device))
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-# ---------------------------------------------------------------------------- the trainer
+def _loader(
+    dataset: Dataset[Any], sampler: Any, cfg: TrainConfig, device: torch.device
+) -> DataLoader[Any]:
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        collate_fn=batch_collate,
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory and device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps loaders off the global RNG
+    )
 
 
 class Trainer:
     """One training run. Built by :func:`run_training`; ``run()`` does the work."""
 
     def __init__(
-        self, cfg: TrainConfig, opts: RunOptions, device: torch.device, info: DistInfo
+        self, cfg: TrainConfig, opts: TrainOptions, device: torch.device, info: DistInfo
     ) -> None:
         self.cfg, self.opts, self.device, self.info = cfg, opts, device, info
         self.precision = resolve_precision(cfg.precision, device)
-        if self.precision == "fp16" and device.type == "cpu":
-            raise TrainError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-        if (
-            self.precision == "bf16"
-            and device.type == "cuda"
-            and not torch.cuda.is_bf16_supported()
-        ):
-            raise TrainError(
-                f"precision bf16 is not supported on {device_name(device)}; use fp16 or fp32"
-            )
-        self.report = Reporter(info.is_main, opts.stream)
-        self.output = opts.output
-        self.ckpt_dir = ckpt.checkpoint_dir(self.output)
-
+        self.metrics = MetricsWriter(
+            info.is_main, opts.stream, None if opts.dry_run else opts.output
+        )
         self.data: DataBundle = load_data(cfg)
-        self.report.line(f"data: {describe(self.data)}")
+        self.metrics.line(f"data: {describe(self.data)}")
+        if info.is_main and not opts.dry_run:  # the data is there; can the results be written?
+            ckpt.prepare_output(opts.output)
+            self.metrics.open()
         model = build_model(cfg, self.data).to(device)
         self.channels_last = cfg.channels_last and cfg.model == "cnn"
         if self.channels_last:
@@ -295,121 +156,225 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.core, device_ids=ids)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        self.autocast_dtype = _DTYPES.get(self.precision)
-
-        pin = cfg.pin_memory and device.type == "cuda"
-        self.sampler = ResumableSampler(self.data.train, info, cfg.seed)
-        loader_gen = torch.Generator().manual_seed(cfg.seed)  # keeps loaders off the global RNG
-        workers = cfg.num_workers
-        self.train_loader = DataLoader(
-            self.data.train,
-            batch_size=cfg.batch_size,
-            sampler=self.sampler,
-            collate_fn=batch_collate,
-            num_workers=workers,
-            pin_memory=pin,
-            persistent_workers=workers > 0,
-            generator=loader_gen,
+        self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
+        self.checkpointer = ckpt.Checkpointer(
+            opts.output,
+            cfg,
+            info,
+            model=self.raw_model,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            device=device,
+            extra={
+                "dataset": {"name": self.data.name, "num_classes": self.data.num_classes},
+                "vocab": self.data.vocab,
+            },
+            write=not opts.dry_run,
         )
+
+        self.sampler = ResumableSampler(self.data.train, info, cfg.seed)
+        self.train_loader = _loader(self.data.train, self.sampler, cfg, device)
         self.eval_loader = None
         if self.data.eval is not None and len(self.data.eval) > 0:
-            self.eval_loader = DataLoader(
-                self.data.eval,
-                batch_size=cfg.batch_size,
-                sampler=ShardSampler(len(self.data.eval), info),
-                collate_fn=batch_collate,
-                num_workers=workers,
-                pin_memory=pin,
-                persistent_workers=workers > 0,
-                generator=torch.Generator().manual_seed(cfg.seed),
-            )
+            shards = ShardSampler(len(self.data.eval), info)
+            self.eval_loader = _loader(self.data.eval, shards, cfg, device)
         self.batches_per_epoch = math.ceil(self.sampler.samples_per_epoch() / cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum_steps)
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        # position
-        self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.last_saved_step = -1
+        self.pos = ckpt.Position()
+        self.micro = 0  # micro-batches since the last optimizer step
+        self.loss = torch.zeros(())  # the last micro-batch's (scaled) loss
+        self.lr = cfg.lr
         self.last_eval: dict[str, float] = {}
         self.last_loss = float("nan")
+        self.throughput = Throughput()
+        self.start = time.perf_counter()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
         params = [p for p in self.raw_model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
         groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-        fused = self.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=self.device.type == "cuda")
 
-    # -- state ------------------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "format": "aibuild-train-checkpoint/1",
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "scheduler": {"step": self.step},  # the LR is a pure function of the step
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())},
-            "config": self.cfg.to_dict(),
-            "dataset": {"name": self.data.name, "num_classes": self.data.num_classes},
-            "vocab": self.data.vocab,
-        }
-        if self.device.type == "cuda":
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
+    def run(self, flag: SignalFlag) -> dict[str, Any]:
+        cfg = self.cfg
+        self._resume()
+        n_params = self._announce_model()
+        self.start = time.perf_counter()
+        status = None
+        self.core.train()
+        while self.pos.epoch < cfg.epochs and status is None:
+            status = self.train_epoch(flag)
+        if status == "interrupted":
+            saved = self.save() if self.checkpointer.last_saved_step != self.pos.step else None
+            raise Interrupted(
+                int(flag.signum or signal.SIGTERM), saved or self.checkpointer.newest()
+            )
+        if not self.opts.dry_run and self.checkpointer.last_saved_step != self.pos.step:
+            self.save()
+        return self.finish(status or "completed", n_params)
 
-    def load_state(self, state: dict[str, Any], path: Path) -> None:
-        try:
-            self.raw_model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise TrainError(
-                f"checkpoint {path} does not fit this model/config ({first}); "
-                "use another --output or drop --resume"
-            ) from None
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
-        self.last_saved_step = self.step
-        rng = state.get("rng", {})
+    def train_epoch(self, flag: SignalFlag) -> str | None:
+        """Train to the end of the epoch or a stop; the stop's status, or None to go on."""
+        self.sampler.epoch = self.pos.epoch
+        self.sampler.skip = self.pos.batch_in_epoch * self.cfg.batch_size
+        self.micro = 0
+        status = None
+        self.throughput.start()
+        for x, y in self.train_loader:
+            if self.train_step(x, y):
+                status = self.after_optimizer_step(flag)
+                if status is not None:
+                    break
+        self.throughput.lap()
+        if self.opts.dry_run:
+            if self.eval_loader is not None:
+                self.last_eval = self.evaluate(max_batches=1)
+            return "dry_run"
+        if self.pos.batch_in_epoch >= self.batches_per_epoch:
+            self.end_epoch(save=status != "interrupted")
+        return status
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """One micro-batch; True when it completed an optimizer step."""
+        last_micro = (
+            self.micro + 1 == self.cfg.grad_accum_steps
+            or self.pos.batch_in_epoch + 1 == self.batches_per_epoch
+            or self.opts.dry_run
+        )
+        self.loss = self.forward_backward_step(x, y, sync=last_micro)
+        self.micro += 1
+        self.pos.batch_in_epoch += 1
+        self.throughput.add(x.shape[0] * self.info.world_size)
+        if not last_micro:
+            return False
+        self.optimizer_step()
+        return True
+
+    def forward_backward_step(self, x: torch.Tensor, y: torch.Tensor, sync: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch; DDP all-reduces only when ``sync``."""
+        x, y = self._to_device(x, y)
+        no_sync = self.info.enabled and not sync
+        with self.model.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+            with self._autocast():
+                loss = self._loss(self.model(x), y) / self.cfg.grad_accum_steps
+            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    def optimizer_step(self) -> None:
+        cfg = self.cfg
+        self.lr = lr_at(
+            self.pos.step,
+            lr=cfg.lr,
+            total_steps=self.total_steps,
+            warmup_steps=cfg.warmup_steps,
+            min_lr=cfg.min_lr,
+            schedule=cfg.lr_schedule,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        if cfg.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pos.step += 1
+        self.micro = 0
+
+    def after_optimizer_step(self, flag: SignalFlag) -> str | None:
+        """Log, checkpoint, and decide whether to stop (the status) or go on (None)."""
+        cfg, step = self.cfg, self.pos.step
+        if step % cfg.log_every == 0 or self.opts.dry_run:
+            self._log_step()
+        # Ranks agree on stopping at log steps only: the all-reduce syncs the device,
+        # which every step would cost GPU throughput.
+        stop = flag.signum is not None
         if self.info.enabled:
-            # ranks must not share dropout masks: a fresh, rank-specific stream
-            torch.manual_seed(self.cfg.seed + 1_000_003 * self.info.rank + self.step)
-        else:
-            if "torch" in rng:
-                torch.set_rng_state(rng["torch"])
-            if "python" in rng:
-                py = rng["python"]
-                random.setstate((py[0], tuple(py[1]), py[2]))
-            if "cuda" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
+            agree = step % cfg.log_every == 0 or step == self.total_steps
+            stop = agree and any_rank(stop, self.device, self.info)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not stop:
+            self.save()
+        if stop:
+            return "interrupted"
+        if self.opts.dry_run:
+            return "dry_run"
+        if cfg.max_steps and step >= cfg.max_steps:
+            return "max_steps"
+        return None
+
+    def _log_step(self) -> None:
+        self.last_loss = float(self.loss.detach()) * self.cfg.grad_accum_steps  # syncs the device
+        self.metrics.train_step(
+            step=self.pos.step,
+            epoch=self.pos.epoch + 1,
+            epochs=self.cfg.epochs,
+            total_steps=self.total_steps,
+            loss=self.last_loss,
+            lr=self.lr,
+            rate=self.throughput.lap(),
+            elapsed=time.perf_counter() - self.start,
+        )
+
+    def end_epoch(self, save: bool) -> None:
+        """Evaluate, move to the next epoch, checkpoint."""
+        if self.cfg.eval and self.eval_loader is not None:
+            self.last_eval = self.evaluate()
+            self.metrics.evaluation(
+                step=self.pos.step,
+                epoch=self.pos.epoch + 1,
+                epochs=self.cfg.epochs,
+                values=self.last_eval,
+            )
+        self.pos.epoch += 1
+        self.pos.batch_in_epoch = 0
+        if save:
+            self.save()
 
     def save(self) -> Path | None:
-        """Rank 0 writes a checkpoint at the current position; all ranks then meet."""
-        path = None
-        if self.info.is_main and not self.opts.dry_run:
-            path = ckpt.save_checkpoint(
-                self.state_dict(), self.ckpt_dir, self.step, self.cfg.keep_checkpoints
-            )
-        self.last_saved_step = self.step
-        barrier(self.info)
-        return path
+        return self.checkpointer.save(self.pos)
 
-    # -- steps ------------------------------------------------------------------------------
+    # -- pieces -----------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        found = (
+            None
+            if self.opts.dry_run
+            else self.checkpointer.resume(self.opts.resume, self.metrics.warn)
+        )
+        if found is None:
+            if self.opts.resume == "auto" and not self.opts.dry_run:
+                self.metrics.line(f"no checkpoint in {self.checkpointer.directory}: starting fresh")
+            return
+        path, state = found
+        self.pos = self.checkpointer.restore(
+            state, path, epochs=self.cfg.epochs, batches_per_epoch=self.batches_per_epoch
+        )
+        self.metrics.line(
+            f"resumed from {path} (step {self.pos.step}, epoch {self.pos.epoch + 1}, "
+            f"batch {self.pos.batch_in_epoch})"
+        )
+
+    def _announce_model(self) -> int:
+        cfg = self.cfg
+        n_params = count_parameters(self.raw_model)
+        if cfg.cpu_threads == 0 and self.device.type == "cpu" and n_params < SMALL_MODEL:
+            # Tiny ops gain little from a second thread, and OpenMP threads spinning
+            # against other load on a shared host cost up to 10x (measured on 2 cores).
+            torch.set_num_threads(1)  # restored by determinism() on exit
+        self.metrics.line(
+            f"model: {cfg.model} ({n_params:,} parameters) on {device_name(self.device)}, "
+            f"precision {self.precision}, world size {self.info.world_size}, "
+            f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+        )
+        return n_params
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
@@ -455,215 +420,39 @@ class Trainer:
             out["perplexity"] = math.exp(min(loss, 50.0))
         return out
 
-    def run(self, flag: SignalFlag) -> dict[str, Any]:
-        cfg, info = self.cfg, self.info
-        resume_path = (
-            ckpt.find_resume(self.opts.resume, self.ckpt_dir) if not self.opts.dry_run else None
-        )
-        if resume_path is not None:
-            self.load_state(ckpt.load_checkpoint(resume_path), resume_path)
-            self.report.line(
-                f"resumed from {resume_path} (step {self.step}, epoch {self.epoch + 1}, "
-                f"batch {self.batch_in_epoch})"
+    def _sample(self) -> str | None:
+        """A language model's sample after training (rank 0), or None."""
+        vocab = self.data.vocab
+        if self.data.task != "lm" or self.cfg.sample_tokens <= 0 or not self.info.is_main:
+            return None
+        if not vocab:
+            return None
+        start_tok = vocab.index("\n") if "\n" in vocab else 0
+        prompt = torch.tensor([[start_tok]], device=self.device)
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        with self._autocast():
+            ids = generate(
+                self.core, prompt, self.cfg.sample_tokens, self.cfg.block_size, generator=gen
             )
-        elif self.opts.resume == "auto":
-            self.report.line(f"no checkpoint in {self.ckpt_dir}: starting fresh")
-        n_params = count_parameters(self.raw_model)
-        if cfg.cpu_threads == 0 and self.device.type == "cpu" and n_params < SMALL_MODEL:
-            # Tiny ops gain little from a second thread, and OpenMP threads spinning
-            # against other load on a shared host cost up to 10x (measured on 2 cores).
-            torch.set_num_threads(1)  # restored by determinism() on exit
-        self.report.line(
-            f"model: {cfg.model} ({n_params:,} parameters) on {device_name(self.device)}, "
-            f"precision {self.precision}, world size {info.world_size}, "
-            f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
-        )
-        metrics: TextIO | None = None
-        if info.is_main and not self.opts.dry_run:
-            self.output.mkdir(parents=True, exist_ok=True)
-            metrics = (self.output / "metrics.jsonl").open("a", encoding="utf-8")
-        start = time.perf_counter()
-        train_time = 0.0  # wall seconds in the training loop (no eval, no checkpoints)
-        self.train_cpu_time = 0.0  # this process's CPU seconds in the same spans
-        samples_total = 0
-        status = "completed"
-        try:
-            self.core.train()
-            accum = cfg.grad_accum_steps
-            while self.epoch < cfg.epochs:
-                self.sampler.epoch = self.epoch
-                self.sampler.skip = self.batch_in_epoch * cfg.batch_size
-                micro = 0
-                window_samples, window_start = 0, time.perf_counter()
-                window_cpu = time.process_time()
-                stop = False
-                for x, y in self.train_loader:
-                    x, y = self._to_device(x, y)
-                    last_micro = (
-                        micro + 1 == accum
-                        or self.batch_in_epoch + 1 == self.batches_per_epoch
-                        or self.opts.dry_run
-                    )
-                    sync = contextlib.nullcontext()
-                    if info.enabled and not last_micro:
-                        sync = self.model.no_sync()  # type: ignore[operator]
-                    with sync:
-                        with self._autocast():
-                            logits = self.model(x)
-                            loss = self._loss(logits, y) / accum
-                        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-                    micro += 1
-                    self.batch_in_epoch += 1
-                    window_samples += x.shape[0] * info.world_size
-                    if not last_micro:
-                        continue
-                    lr = lr_at(
-                        self.step,
-                        lr=cfg.lr,
-                        total_steps=self.total_steps,
-                        warmup_steps=cfg.warmup_steps,
-                        min_lr=cfg.min_lr,
-                        schedule=cfg.lr_schedule,
-                    )
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    if cfg.clip_grad_norm > 0:
-                        self.scaler.unscale_(self.optimizer)
-                        nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.clip_grad_norm)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.step += 1
-                    micro = 0
-                    if self.step % cfg.log_every == 0 or self.opts.dry_run:
-                        # .item() syncs the device: only at log steps
-                        self.last_loss = float(loss.detach()) * accum
-                        now = time.perf_counter()
-                        rate = window_samples / max(now - window_start, 1e-9)
-                        train_time += now - window_start
-                        cpu_now = time.process_time()
-                        self.train_cpu_time += cpu_now - window_cpu
-                        samples_total += window_samples
-                        window_samples, window_start, window_cpu = 0, now, cpu_now
-                        record = {
-                            "type": "train",
-                            "step": self.step,
-                            "epoch": self.epoch + 1,
-                            "loss": round(self.last_loss, 6),
-                            "lr": lr,
-                            "samples_per_s": round(rate, 2),
-                            "elapsed_s": round(now - start, 3),
-                        }
-                        if metrics is not None:
-                            metrics.write(json.dumps(record) + "\n")
-                            metrics.flush()
-                        self.report.progress(
-                            f"epoch {self.epoch + 1}/{cfg.epochs} "
-                            f"step {self.step}/{self.total_steps} "
-                            f"loss {self.last_loss:.4f} lr {lr:.2e} {rate:,.0f} samples/s"
-                        )
-                    # Ranks agree on stopping at log steps only: the all-reduce syncs the
-                    # device, which every step would cost GPU throughput.
-                    stop_signal = flag.signum is not None
-                    if info.enabled:
-                        agree = self.step % cfg.log_every == 0 or self.step == self.total_steps
-                        stop_signal = agree and any_rank(stop_signal, self.device, info)
-                    if (
-                        cfg.checkpoint_every
-                        and self.step % cfg.checkpoint_every == 0
-                        and not stop_signal
-                    ):
-                        self.save()
-                    if stop_signal:
-                        status = "interrupted"
-                        stop = True
-                        break
-                    if (cfg.max_steps and self.step >= cfg.max_steps) or self.opts.dry_run:
-                        status = "max_steps" if not self.opts.dry_run else "dry_run"
-                        stop = True
-                        break
-                now = time.perf_counter()
-                train_time += now - window_start
-                self.train_cpu_time += time.process_time() - window_cpu
-                samples_total += window_samples
-                if self.opts.dry_run:
-                    if self.eval_loader is not None:
-                        self.last_eval = self.evaluate(max_batches=1)
-                    break
-                if self.batch_in_epoch >= self.batches_per_epoch:
-                    if cfg.eval and self.eval_loader is not None:
-                        self.last_eval = self.evaluate()
-                        record = {
-                            "type": "eval",
-                            "step": self.step,
-                            "epoch": self.epoch + 1,
-                            **self.last_eval,
-                        }
-                        if metrics is not None:
-                            metrics.write(json.dumps(record) + "\n")
-                            metrics.flush()
-                        shown = ", ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items())
-                        self.report.line(f"epoch {self.epoch + 1}/{cfg.epochs} eval: {shown}")
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                    if status != "interrupted":
-                        self.save()
-                if stop:
-                    break
-            if status == "interrupted":
-                assert flag.signum is not None or info.enabled
-                saved = self.save() if self.last_saved_step != self.step else None
-                if saved is None and info.is_main:
-                    saved = (
-                        ckpt.list_checkpoints(self.ckpt_dir)[-1]
-                        if ckpt.list_checkpoints(self.ckpt_dir)
-                        else None
-                    )
-                raise Interrupted(int(flag.signum or signal.SIGTERM), saved)
-            if not self.opts.dry_run and self.last_saved_step != self.step:
-                self.save()
-            elapsed = time.perf_counter() - start
-            summary = self._summary(status, elapsed, train_time, samples_total, n_params)
-            if info.is_main and not self.opts.dry_run:
-                ckpt.atomic_save(self.raw_model.state_dict(), self.output / "model.pt")
-                _write_json(self.output / "summary.json", summary)
-            return summary
-        finally:
-            if metrics is not None:
-                metrics.close()
+        text = "".join(vocab[i] for i in ids[0].tolist())
+        self.metrics.line("sample:\n" + text)
+        return text
 
-    def _summary(
-        self, status: str, elapsed: float, train_time: float, samples: int, n_params: int
-    ) -> dict[str, Any]:
-        sample_text = None
-        if (
-            self.data.task == "lm"
-            and self.cfg.sample_tokens > 0
-            and self.info.is_main
-            and self.data.vocab
-        ):
-            vocab = self.data.vocab
-            start_tok = vocab.index("\n") if "\n" in vocab else 0
-            prompt = torch.tensor([[start_tok]], device=self.device)
-            gen = torch.Generator().manual_seed(self.cfg.seed)
-            with self._autocast():
-                ids = generate(
-                    self.core, prompt, self.cfg.sample_tokens, self.cfg.block_size, generator=gen
-                )
-            sample_text = "".join(vocab[i] for i in ids[0].tolist())
-            self.report.line("sample:\n" + sample_text)
+    def finish(self, status: str, n_params: int) -> dict[str, Any]:
+        """The summary (printed, and with the final weights written unless a dry run)."""
+        elapsed = time.perf_counter() - self.start
+        sample = self._sample()
+        tp = self.throughput
         summary = {
             "status": status,
-            "steps": self.step,
-            "epochs_completed": self.epoch,
+            "steps": self.pos.step,
+            "epochs_completed": self.pos.epoch,
             "train_loss": self.last_loss,
             "eval": self.last_eval,
-            "samples_per_s": round(samples / train_time, 2) if train_time > 0 else None,
-            "train_time_s": round(train_time, 3),
+            "samples_per_s": round(tp.samples / tp.wall_s, 2) if tp.wall_s > 0 else None,
+            "train_time_s": round(tp.wall_s, 3),
             # per CPU-second of this process: steadier than wall time on a shared host
-            "samples_per_cpu_s": (
-                round(samples / self.train_cpu_time, 2) if self.train_cpu_time > 0 else None
-            ),
+            "samples_per_cpu_s": round(tp.samples / tp.cpu_s, 2) if tp.cpu_s > 0 else None,
             "elapsed_s": round(elapsed, 3),
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "device": str(self.device),
@@ -675,30 +464,17 @@ class Trainer:
             "dataset": describe(self.data),
             "versions": versions(),
             "config": self.cfg.to_dict(),
-            "sample": sample_text,
+            "sample": sample,
         }
-        acc = self.last_eval.get("accuracy")
-        ppl = self.last_eval.get("perplexity")
-        tail = (
-            f", eval perplexity {ppl:.2f}"
-            if ppl is not None
-            else (f", eval accuracy {acc:.2%}" if acc is not None else "")
-        )
-        rate = summary["samples_per_s"]
-        self.report.line(
-            f"{status}: {self.step} steps in {elapsed:.1f}s, "
-            f"{rate if rate is not None else 0:,.0f} samples/s{tail}"
-        )
+        self.checkpointer.save_model()
+        self.metrics.summary(summary)
         return summary
 
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    def close(self) -> None:
+        self.metrics.close()
 
 
-def run_training(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
+def run_training(cfg: TrainConfig, opts: TrainOptions) -> dict[str, Any]:
     """Train as configured; returns the summary (also written to ``summary.json``)."""
     existing = ckpt.list_checkpoints(ckpt.checkpoint_dir(opts.output))
     if existing and not opts.resume and not opts.dry_run:
@@ -712,6 +488,7 @@ def run_training(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     device = pick_device(cfg.device)
     info = init_distributed(device.type)
     flag = SignalFlag()
+    trainer: Trainer | None = None
     try:
         if info.enabled and device.type == "cuda":
             device = torch.device("cuda", info.local_rank)
@@ -724,4 +501,6 @@ def run_training(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
                 torch.manual_seed(cfg.seed + 1_000_003 * info.rank)
             return trainer.run(flag)
     finally:
+        if trainer is not None:
+            trainer.close()
         cleanup(info)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from aibuild.train.loop import versions
+from aibuild.train.device import versions
 
 
 def _timeit(fn: Callable[[], Any], sync: Callable[[], None], budget_s: float) -> float:

@@ -17,15 +17,13 @@ from aibuild.errors import TrainError
 from aibuild.train.config import TrainConfig
 from aibuild.train.data import (
     EMBEDDED_DIGITS,
-    decode_png,
-    decode_pnm,
     load_cifar10,
     load_data,
     load_imagefolder,
     load_mnist,
     load_text,
-    read_idx,
 )
+from aibuild.train.formats import decode_png, decode_pnm, read_idx
 
 
 def test_embedded_digits_are_idx_and_licensed() -> None:

@@ -13,11 +13,12 @@ import torch.nn.functional as F
 
 from aibuild.errors import TrainError
 from aibuild.train.checkpoint import (
+    CorruptCheckpoint,
     _umask,
     atomic_save,
-    find_resume,
     list_checkpoints,
     load_checkpoint,
+    resume_candidates,
     save_checkpoint,
 )
 from aibuild.train.config import TrainConfig
@@ -128,16 +129,17 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path: Path) -> None:
 
 def test_keep_last_k_and_resume_auto(tmp_path: Path) -> None:
     d = tmp_path / "checkpoints"
-    assert find_resume("auto", d) is None
+    assert resume_candidates("auto", d) == []
     for step in (5, 10, 15, 20, 100):
         save_checkpoint({"model": {"w": torch.tensor([step])}, "step": step}, d, step, keep=3)
     names = [p.name for p in list_checkpoints(d)]
     assert names == ["ckpt-00000015.pt", "ckpt-00000020.pt", "ckpt-00000100.pt"]
-    newest = find_resume("auto", d)
-    assert newest is not None and load_checkpoint(newest)["step"] == 100
-    assert find_resume(str(d / "ckpt-00000020.pt"), d) == d / "ckpt-00000020.pt"
+    newest = resume_candidates("auto", d)
+    assert [p.name for p in newest] == names[::-1]
+    assert load_checkpoint(newest[0])["step"] == 100
+    assert resume_candidates(str(d / "ckpt-00000020.pt"), d) == [d / "ckpt-00000020.pt"]
     with pytest.raises(TrainError, match="no such checkpoint"):
-        find_resume(str(tmp_path / "missing.pt"), d)
+        resume_candidates(str(tmp_path / "missing.pt"), d)
     (d / "junk.pt").write_bytes(b"nope")
-    with pytest.raises(TrainError, match="cannot load checkpoint"):
+    with pytest.raises(CorruptCheckpoint, match=r"junk.pt is unusable: \w+"):
         load_checkpoint(d / "junk.pt")

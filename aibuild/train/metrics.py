@@ -1,0 +1,163 @@
+"""Everything a run reports, written in one place: :class:`MetricsWriter`.
+
+Console lines for people (an updating progress line on a TTY, plain lines
+otherwise; warnings on stderr) and the files for programs: ``metrics.jsonl``
+(one JSON record per logged step and per evaluation) and ``summary.json``.
+Only rank 0 reports; a dry run writes no files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from aibuild.errors import TrainError
+from aibuild.train.checkpoint import atomic_write
+
+
+class MetricsWriter:
+    """Console lines and metrics files of one run (rank 0 only; files unless ``output`` is None)."""
+
+    def __init__(self, enabled: bool, stream: TextIO | None, output: Path | None) -> None:
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.output = output if enabled else None
+        self._open_line = False
+        self._file: TextIO | None = None
+
+    # -- console --------------------------------------------------------------------------
+
+    def progress(self, text: str) -> None:
+        """A line that the next one replaces on a TTY."""
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+            self._open_line = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._open_line:
+            self.stream.write("\n")
+            self._open_line = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def warn(self, text: str) -> None:
+        """``warning: TEXT`` on stderr."""
+        if self.enabled:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    # -- records --------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open ``metrics.jsonl`` for appending (a resumed run continues it)."""
+        if self.output is not None and self._file is None:
+            path = self.output / "metrics.jsonl"
+            try:
+                self._file = path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise TrainError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def _record(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise TrainError(f"cannot write {self._file.name}: {exc.strerror or exc}") from None
+
+    def train_step(
+        self,
+        *,
+        step: int,
+        epoch: int,
+        epochs: int,
+        total_steps: int,
+        loss: float,
+        lr: float,
+        rate: float,
+        elapsed: float,
+    ) -> None:
+        """A logged optimizer step: one metrics record and the progress line."""
+        self._record(
+            {
+                "type": "train",
+                "step": step,
+                "epoch": epoch,
+                "loss": round(loss, 6),
+                "lr": lr,
+                "samples_per_s": round(rate, 2),
+                "elapsed_s": round(elapsed, 3),
+            }
+        )
+        self.progress(
+            f"epoch {epoch}/{epochs} step {step}/{total_steps} "
+            f"loss {loss:.4f} lr {lr:.2e} {rate:,.0f} samples/s"
+        )
+
+    def evaluation(self, *, step: int, epoch: int, epochs: int, values: dict[str, float]) -> None:
+        self._record({"type": "eval", "step": step, "epoch": epoch, **values})
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+        self.line(f"epoch {epoch}/{epochs} eval: {shown}")
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        """The closing line, and ``summary.json``."""
+        acc = summary["eval"].get("accuracy")
+        ppl = summary["eval"].get("perplexity")
+        tail = (
+            f", eval perplexity {ppl:.2f}"
+            if ppl is not None
+            else (f", eval accuracy {acc:.2%}" if acc is not None else "")
+        )
+        rate = summary["samples_per_s"]
+        self.line(
+            f"{summary['status']}: {summary['steps']} steps in {summary['elapsed_s']:.1f}s, "
+            f"{rate if rate is not None else 0:,.0f} samples/s{tail}"
+        )
+        if self.output is not None:
+            text = json.dumps(summary, indent=2, default=str) + "\n"
+            atomic_write(self.output / "summary.json", lambda fh: fh.write(text.encode()))
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):  # every record was flushed (or reported) already
+                self._file.close()
+            self._file = None
+
+
+class Throughput:
+    """Samples and seconds spent training (not evaluating), wall and this process's CPU."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.wall_s = 0.0
+        self.cpu_s = 0.0  # steadier than wall time on a shared host
+        self._window = 0
+        self._wall = self._cpu = 0.0
+
+    def start(self) -> None:
+        self._window, self._wall, self._cpu = 0, time.perf_counter(), time.process_time()
+
+    def add(self, samples: int) -> None:
+        self._window += samples
+
+    def lap(self) -> float:
+        """Close the window (adding it to the totals), start the next; its samples/s."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        rate = self._window / max(wall - self._wall, 1e-9)
+        self.samples += self._window
+        self.wall_s += wall - self._wall
+        self.cpu_s += cpu - self._cpu
+        self._window, self._wall, self._cpu = 0, wall, cpu
+        return rate
