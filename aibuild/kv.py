@@ -17,6 +17,15 @@ DOTTED = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")  # a profile key path
 LABEL = re.compile(r"[^\s=]+")  # a label name: anything without whitespace or '='
 
 
+SHOWN = 80  # characters of an item echoed in an error message
+
+
+def _shown(item: str) -> str:
+    """``item`` as an error message shows it: repr'd (control characters escaped), and cut
+    short: one argument may be 128 KiB, and a message is one line for a person."""
+    return repr(item if len(item) <= SHOWN else item[:SHOWN] + "...")
+
+
 def split_item(
     item: str,
     *,
@@ -34,9 +43,9 @@ def split_item(
     name, sep, value = item.partition("=")
     name = name.strip()
     if not sep and not bare:
-        raise ValueError(f"{option} {item!r}: expected {example}")
+        raise ValueError(f"{option} {_shown(item)}: expected {example}")
     if not name or (key is not None and not key.fullmatch(name)):
-        raise ValueError(f"{option} {item!r}: expected {example} with a valid key")
+        raise ValueError(f"{option} {_shown(item)}: expected {example} with a valid key")
     return name, (value if sep else None)
 
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from aibuild.train.config import TrainConfig
 from aibuild.train.data import load_synthetic
-from aibuild.train.loop import RunOptions, run_training
+from aibuild.train.loop import TrainOptions, run_training
 from aibuild.train.models import build_model
 
 
@@ -86,7 +86,7 @@ def plain_loop(cfg: TrainConfig) -> tuple[float, float]:
 def trainer(cfg: TrainConfig) -> tuple[float, float]:
     """(samples per wall second, per CPU second) of aibuild's loop, from its summary."""
     with tempfile.TemporaryDirectory() as tmp:
-        opts = RunOptions(output=Path(tmp), handle_signals=False, stream=open("/dev/null", "w"))  # noqa: SIM115
+        opts = TrainOptions(output=Path(tmp), handle_signals=False, stream=open("/dev/null", "w"))  # noqa: SIM115
         try:
             summary = run_training(cfg, opts)
         finally:

@@ -101,3 +101,24 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return str(torch.cuda.get_device_name(device))
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' datasheets, in TFLOP/s,
+# matched against torch.cuda.get_device_name(): the denominator of the MFU the trainer
+# reports. SXM parts; a PCIe or NVL variant runs lower, so its MFU reads low.
+PEAK_TENSOR_TFLOPS = (
+    ("B200", 2250.0),  # NVIDIA DGX B200 datasheet: 72 PFLOPS FP8 dense / 8 GPUs, bf16 half
+    ("H200", 989.4),  # H200 datasheet: BF16 1,979 TFLOPS with sparsity
+    ("H100", 989.4),  # H100 SXM datasheet: BF16 1,979 TFLOPS with sparsity
+    ("A100", 312.0),  # A100 datasheet: BF16 312 TFLOPS (624 with sparsity)
+    ("L4", 121.0),  # L4 datasheet: BF16 242 TFLOPS with sparsity
+)
+
+
+def peak_tensor_tflops(device: torch.device, precision: str) -> float | None:
+    """The GPU's dense bf16/fp16 peak when this trainer knows it (None otherwise, and for
+    fp32 or the CPU, where there is no such single figure)."""
+    if device.type != "cuda" or precision not in ("bf16", "fp16"):
+        return None
+    name = str(torch.cuda.get_device_name(device))
+    return next((peak for key, peak in PEAK_TENSOR_TFLOPS if key in name), None)

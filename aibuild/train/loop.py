@@ -47,13 +47,19 @@ from aibuild.train.device import (
     determinism,
     device_name,
     peak_memory_bytes,
+    peak_tensor_tflops,
     pick_device,
     resolve_precision,
     versions,
 )
 from aibuild.train.distributed import DistInfo, all_reduce_sum, any_rank, cleanup, init_distributed
 from aibuild.train.metrics import MetricsWriter, Throughput
-from aibuild.train.models import build_model, count_parameters, generate
+from aibuild.train.models import (
+    build_model,
+    count_parameters,
+    generate,
+    training_flops_per_token,
+)
 from aibuild.train.schedule import lr_at
 
 SMALL_MODEL = 1_000_000  # parameters: below this, cpu_threads auto means one thread
@@ -438,6 +444,21 @@ class Trainer:
         self.metrics.line("sample:\n" + text)
         return text
 
+    def _model_flops(self, samples_per_s: float) -> dict[str, Any]:
+        """Tokens/s, achieved model TFLOP/s and MFU (per GPU, against its dense peak) for
+        the transformer; nothing for the other models."""
+        per_token = training_flops_per_token(self.raw_model, self.cfg)
+        if per_token is None or samples_per_s <= 0:
+            return {}
+        tokens = samples_per_s * self.cfg.block_size
+        achieved = tokens * per_token / 1e12 / self.info.world_size
+        peak = peak_tensor_tflops(self.device, self.precision)
+        return {
+            "tokens_per_s": round(tokens, 1),
+            "model_tflops_per_device": round(achieved, 3),
+            "mfu": round(achieved / peak, 4) if peak else None,
+        }
+
     def finish(self, status: str, n_params: int) -> dict[str, Any]:
         """The summary (printed, and with the final weights written unless a dry run)."""
         elapsed = time.perf_counter() - self.start
@@ -450,6 +471,7 @@ class Trainer:
             "train_loss": self.last_loss,
             "eval": self.last_eval,
             "samples_per_s": round(tp.samples / tp.wall_s, 2) if tp.wall_s > 0 else None,
+            **self._model_flops(tp.samples / tp.wall_s if tp.wall_s > 0 else 0.0),
             "train_time_s": round(tp.wall_s, 3),
             # per CPU-second of this process: steadier than wall time on a shared host
             "samples_per_cpu_s": round(tp.samples / tp.cpu_s, 2) if tp.cpu_s > 0 else None,

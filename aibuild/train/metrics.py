@@ -120,6 +120,10 @@ class MetricsWriter:
             if ppl is not None
             else (f", eval accuracy {acc:.2%}" if acc is not None else "")
         )
+        if summary.get("tokens_per_s"):
+            tail += f", {summary['tokens_per_s']:,.0f} tokens/s"
+            if summary.get("mfu") is not None:
+                tail += f", MFU {summary['mfu']:.1%}"
         rate = summary["samples_per_s"]
         self.line(
             f"{summary['status']}: {summary['steps']} steps in {summary['elapsed_s']:.1f}s, "

@@ -276,3 +276,15 @@ def build_model(cfg: TrainConfig, data: DataBundle) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def training_flops_per_token(model: nn.Module, cfg: TrainConfig) -> float | None:
+    """Forward + backward FLOPs per token of the transformer (PaLM, appendix B; nanoGPT's
+    ``estimate_mfu``): 6N + 12·L·d·T, with N the parameters less the position embedding
+    (the token embedding is tied to the output head, so it is counted once, as the head's
+    matmul). None for the other models."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    if not isinstance(model, GPT):
+        return None
+    n = count_parameters(model) - model.pos.weight.numel()
+    return float(6 * n + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from aibuild.errors import TrainError
 from aibuild.train.checkpoint import (
@@ -23,7 +24,7 @@ from aibuild.train.checkpoint import (
 )
 from aibuild.train.config import TrainConfig
 from aibuild.train.data import ArrayDataset, DataBundle, TokenWindows
-from aibuild.train.models import ConvNet, build_model, generate
+from aibuild.train.models import GPT, ConvNet, build_model, generate, training_flops_per_token
 from aibuild.train.schedule import lr_at
 
 
@@ -143,3 +144,12 @@ def test_keep_last_k_and_resume_auto(tmp_path: Path) -> None:
     (d / "junk.pt").write_bytes(b"nope")
     with pytest.raises(CorruptCheckpoint, match=r"junk.pt is unusable: \w+"):
         load_checkpoint(d / "junk.pt")
+
+
+def test_transformer_flops_per_token_is_palm_formula() -> None:
+    """6N + 12·L·d·T with N the parameters less the position embedding."""
+    cfg = TrainConfig(model="transformer", n_layer=2, n_head=2, n_embd=32, block_size=16)
+    model = GPT(50, cfg)
+    n = sum(p.numel() for p in model.parameters()) - 16 * 32
+    assert training_flops_per_token(model, cfg) == 6 * n + 12 * 2 * 32 * 16
+    assert training_flops_per_token(nn.Linear(2, 2), cfg) is None

@@ -213,6 +213,10 @@ def test_transformer_on_embedded_text_samples(
     assert result.exit_code == 0, result.output
     summary = _summary(out)
     assert summary["status"] == "max_steps" and summary["steps"] == 3
+    # tokens/s is samples/s times the context; no MFU on a CPU (no tensor-core peak)
+    assert summary["tokens_per_s"] == pytest.approx(summary["samples_per_s"] * 16, rel=0.01)
+    assert summary["model_tflops_per_device"] > 0 and summary["mfu"] is None
+    assert "tokens/s" in result.stdout
     assert isinstance(summary["sample"], str) and len(summary["sample"]) == 20
     assert "macbeth.txt" in summary["dataset"]
 
