@@ -9,7 +9,9 @@ Two workloads: the tutorial's CNN on MNIST-shaped 1x28x28 inputs, and the MLP on
 the embedded digits' 1x8x8 (small enough that per-batch overhead shows). The
 trainer runs ``aibuild train``'s loop (``run_training``) with ``dataset:
 synthetic`` on those tensors, evaluation off. Both are timed over their training
-loop only (no model build, no checkpoint write). Runs are interleaved and the
+loop only (no model build, no checkpoint write), after the same warm-up: the first
+``log_every`` (10) batches, where compilation, cuDNN autotuning and the allocator's
+first growth happen. Runs are interleaved and the
 best of ``--repeats`` is kept for each, so other load on the machine hurts every
 variant alike.
 
@@ -69,6 +71,10 @@ def plain_loop(cfg: TrainConfig) -> tuple[float, float]:
     start, cpu_start = time.perf_counter(), time.process_time()
     seen = 0
     for batch_idx, (inputs, target) in enumerate(loader):
+        if batch_idx == cfg.log_every:  # the trainer's rule: the first log window is warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start, cpu_start, seen = time.perf_counter(), time.process_time(), 0
         inputs, target = inputs.to(device), target.to(device)
         optimizer.zero_grad()
         output = model(inputs)

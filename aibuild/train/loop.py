@@ -463,18 +463,20 @@ class Trainer:
         """The summary (printed, and with the final weights written unless a dry run)."""
         elapsed = time.perf_counter() - self.start
         sample = self._sample()
-        tp = self.throughput
+        per_s, per_cpu_s, train_s = self.throughput.rates()
         summary = {
             "status": status,
             "steps": self.pos.step,
             "epochs_completed": self.pos.epoch,
             "train_loss": self.last_loss,
             "eval": self.last_eval,
-            "samples_per_s": round(tp.samples / tp.wall_s, 2) if tp.wall_s > 0 else None,
-            **self._model_flops(tp.samples / tp.wall_s if tp.wall_s > 0 else 0.0),
-            "train_time_s": round(tp.wall_s, 3),
+            # steady state: after the first log window (compilation, autotuning)
+            "samples_per_s": round(per_s, 2) if per_s else None,
+            **self._model_flops(per_s or 0.0),
+            "train_time_s": round(train_s, 3),
+            "warmup_s": round(self.throughput.warmup_s, 3),
             # per CPU-second of this process: steadier than wall time on a shared host
-            "samples_per_cpu_s": round(tp.samples / tp.cpu_s, 2) if tp.cpu_s > 0 else None,
+            "samples_per_cpu_s": round(per_cpu_s, 2) if per_cpu_s else None,
             "elapsed_s": round(elapsed, 3),
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "device": str(self.device),

@@ -141,12 +141,22 @@ class MetricsWriter:
 
 
 class Throughput:
-    """Samples and seconds spent training (not evaluating), wall and this process's CPU."""
+    """Samples and seconds spent training (not evaluating), wall and this process's CPU.
+
+    The first window (start to the first log step) is kept apart as the warm-up: it holds
+    torch.compile's compilation, cuDNN's autotuning and the allocator's first growth,
+    which can be a minute against seconds of training. ``samples``/``wall_s``/``cpu_s``
+    are the steady windows after it; ``rates()`` falls back to the warm-up when there
+    is nothing after it (a very short run)."""
 
     def __init__(self) -> None:
         self.samples = 0
         self.wall_s = 0.0
         self.cpu_s = 0.0  # steadier than wall time on a shared host
+        self.warmup_samples = 0
+        self.warmup_s = 0.0
+        self.warmup_cpu_s = 0.0
+        self._laps = 0
         self._window = 0
         self._wall = self._cpu = 0.0
 
@@ -160,8 +170,25 @@ class Throughput:
         """Close the window (adding it to the totals), start the next; its samples/s."""
         wall, cpu = time.perf_counter(), time.process_time()
         rate = self._window / max(wall - self._wall, 1e-9)
-        self.samples += self._window
-        self.wall_s += wall - self._wall
-        self.cpu_s += cpu - self._cpu
+        if self._laps == 0:
+            self.warmup_samples += self._window
+            self.warmup_s += wall - self._wall
+            self.warmup_cpu_s += cpu - self._cpu
+        else:
+            self.samples += self._window
+            self.wall_s += wall - self._wall
+            self.cpu_s += cpu - self._cpu
+        self._laps += 1 if self._window else 0
         self._window, self._wall, self._cpu = 0, wall, cpu
         return rate
+
+    def rates(self) -> tuple[float | None, float | None, float]:
+        """(samples per wall second, per CPU second, training seconds), steady state first."""
+        samples, wall, cpu = self.samples, self.wall_s, self.cpu_s
+        if samples == 0:
+            samples, wall, cpu = self.warmup_samples, self.warmup_s, self.warmup_cpu_s
+        return (
+            samples / wall if wall > 0 else None,
+            samples / cpu if cpu > 0 else None,
+            self.warmup_s + self.wall_s,
+        )
