@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 SMI_QUERY = "name,driver_version,compute_cap,memory.total"
 SMI_QUERY_OLD = "name,driver_version,memory.total"  # drivers before 510 lack compute_cap
 MIN_FREE_DISK_GB = 20.0  # a CUDA + torch image and its build layers
+MAX_SMI_BYTES = 1 << 20  # a GPU list; a recorded output larger than this is not one
 TOOLKIT_FIX = (
     "install the NVIDIA Container Toolkit and restart the engine "
     "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/"
@@ -216,7 +217,18 @@ def query_nvidia_smi(command: str | None = None) -> str:
     """
     recorded = os.environ.get("AIBUILD_NVIDIA_SMI_OUTPUT")
     if recorded:
-        return Path(recorded).read_text(encoding="utf-8")
+        try:
+            with Path(recorded).open("rb") as handle:
+                data = handle.read(MAX_SMI_BYTES + 1)
+        except OSError as exc:
+            raise SmiError(
+                f"AIBUILD_NVIDIA_SMI_OUTPUT={recorded}: cannot read it ({exc.strerror or exc})"
+            ) from None
+        if len(data) > MAX_SMI_BYTES:
+            raise SmiError(
+                f"AIBUILD_NVIDIA_SMI_OUTPUT={recorded}: larger than {MAX_SMI_BYTES} bytes"
+            )
+        return data.decode("utf-8", "replace")
     exe = command or os.environ.get("AIBUILD_NVIDIA_SMI") or "nvidia-smi"
     if shutil.which(exe) is None:
         raise SmiError(f"{exe} not found: no NVIDIA driver on this host")
@@ -227,6 +239,8 @@ def query_nvidia_smi(command: str | None = None) -> str:
                 [exe, f"--query-gpu={query}", "--format=csv,noheader"],
                 capture_output=True,
                 text=True,
+                encoding="utf-8",
+                errors="replace",  # a driver's output is not always UTF-8
                 timeout=30,
                 check=False,
             )

@@ -34,4 +34,5 @@ REPRODUCIBLE = "ai.aibuild.reproducible"
 
 # on containers aibuild starts
 RUN = "ai.aibuild.run"  # `aibuild run`
+RUN_OWNER = "ai.aibuild.run.owner"  # host:pid:start of the attached `aibuild run` (not -d)
 HELPER = "ai.aibuild.helper"  # throwaway probes (base detection, package inspection, doctor)

@@ -16,7 +16,6 @@ function here and prints its result.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -39,7 +38,7 @@ from aibuild.image.record import (
     update_record,
     write_record,
 )
-from aibuild.image.render import write_context
+from aibuild.image.render import check_context_dir, write_context
 from aibuild.logs import Log, silent
 from aibuild.oci.archive import BlobCache
 from aibuild.oci.credentials import resolve_credentials
@@ -136,15 +135,6 @@ def plan_build(
 # ---------------------------------------------------------------------------
 
 
-def _context_dir(requested: str | None, tmp: str) -> Path:
-    if not requested:
-        return Path(tmp) / "context"
-    context = Path(requested)
-    if context.exists():
-        shutil.rmtree(context)
-    return context
-
-
 def build_plan(
     client: docker.DockerClient,
     plan: BuildPlan,
@@ -167,9 +157,8 @@ def build_plan(
         )
     tags = [plan.image_ref, *[t for t in settings.tags if t != plan.image_ref]]
     with tempfile.TemporaryDirectory(prefix="aibuild-context-") as tmp:
-        context = _context_dir(settings.context_dir, tmp)
-        context.mkdir(parents=True)
-        write_context(plan, context, options)
+        context = Path(settings.context_dir or Path(tmp) / "context")
+        write_context(plan, context, options)  # refuses a directory holding others' files
         outcome = build_context(
             client,
             context,
@@ -214,6 +203,8 @@ def build_image(
     options = options or RenderOptions()
     settings = settings or BuildSettings()
     plan_build(None, ref, overrides, options)  # profile errors before the engine
+    if settings.context_dir:
+        check_context_dir(Path(settings.context_dir))
     with client_session(client) as engine:
         plan, options, facts = plan_build(engine, ref, overrides, options, pull=settings.pull)
         return build_plan(engine, plan, options, settings, facts=facts, reporter=reporter)
@@ -341,6 +332,8 @@ def make_image(
     options = request.options
     ref, overrides = request.profile, request.overrides
     plan_build(None, ref, overrides, options)  # profile errors before the engine
+    if request.build.context_dir:
+        check_context_dir(Path(request.build.context_dir))
     lock: dict[str, Any] | None = None
     lock_path: Path | None = None
     if publishing.locked:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
 import click
 
 from aibuild.cli.options import json_option, set_option
+
+MAX_GRACE_S = 3600  # an hour to save a checkpoint is more than any trainer needs
+MAX_PROCS = 1024  # processes per node under torchrun
 
 
 def _gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -20,6 +24,23 @@ def _gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
         return ("given", parse_gpus(value))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _shm_size(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from aibuild.profile.schema import parse_size
+
+    if value is not None:
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _grace(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value) or not 0 <= value <= MAX_GRACE_S:
+        raise click.BadParameter(f"{value} is not a number of seconds from 0 to {MAX_GRACE_S}")
+    return value
 
 
 def _pairs(parse: Any) -> Any:
@@ -57,7 +78,12 @@ def _labels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
     metavar="all|N|device=0,1|none",
     help="GPUs to pass through, as docker run --gpus. Default: the profile's run.gpus.",
 )
-@click.option("--shm-size", metavar="SIZE", help="/dev/shm size. Default: the profile's.")
+@click.option(
+    "--shm-size",
+    metavar="SIZE",
+    callback=_shm_size,
+    help="/dev/shm size (e.g. 16g, at most 1024g). Default: the profile's.",
+)
 @click.option("--ipc", metavar="MODE", help="IPC namespace (e.g. host) instead of --shm-size.")
 @click.option(
     "--data",
@@ -81,15 +107,16 @@ def _labels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
 )
 @click.option(
     "--nproc-per-node",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_PROCS),
     help="Run the trainer under torchrun with N processes.",
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=float,
+    callback=_grace,
     default=10.0,
     show_default=True,
-    help="Seconds between SIGTERM and SIGKILL on Ctrl-C.",
+    help=f"Seconds between SIGTERM and SIGKILL on Ctrl-C (0 to {MAX_GRACE_S}).",
 )
 def run(
     target: str | None,

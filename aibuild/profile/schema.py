@@ -99,16 +99,45 @@ def check_apt_item(value: Any) -> str | None:
     return None
 
 
+# Bounds on values that reach the engine: the engine reads them into 64-bit integers and
+# answers a larger one with a JSON decoding error; no node has more GPUs or shared memory.
+MAX_GPUS = 1024
+MAX_SHM_BYTES = 1 << 40  # 1 TiB
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``16g`` -> bytes, as Docker reads ``--shm-size`` (binary units: k, m, g); ValueError
+    when it is not such a size or is above ``MAX_SHM_BYTES``."""
+    if not SHM_RE.fullmatch(text):
+        raise ValueError(f"'{_show(text)}' is not a size like 16g (a number, then b, k, m or g)")
+    size = int(text.rstrip("bkmgBKMG")) * _UNITS[text[-1].lower() if text[-1].isalpha() else ""]
+    if size > MAX_SHM_BYTES:
+        raise ValueError(f"'{_show(text)}' is more than {MAX_SHM_BYTES >> 30}g")
+    return size
+
+
+def _size(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be a size like 16g"
+    try:
+        parse_size(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _gpus(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         return "must be all, none, a count, or device=0,1"
     if isinstance(value, int):
-        return None if value >= 0 else "must not be negative"
-    return (
-        None
-        if GPUS_RE.fullmatch(value)
-        else f"'{_show(value)}' is not all, none, a count, or device=0,1"
-    )
+        return None if 0 <= value <= MAX_GPUS else f"must be 0 to {MAX_GPUS}"
+    if not GPUS_RE.fullmatch(value):
+        return f"'{_show(value)}' is not all, none, a count, or device=0,1"
+    numbers = [int(n) for n in re.findall(r"\d+", value)]
+    if any(n > MAX_GPUS for n in numbers) or len(numbers) > MAX_GPUS:
+        return f"'{_show(value)}': GPU counts and device numbers go up to {MAX_GPUS}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -122,11 +151,13 @@ class Field:
     required: bool = False
 
 
-def _int_min(minimum: int) -> Callable[[Any], str | None]:
+def _int_min(minimum: int, maximum: int | None = None) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int):
             return "must be an integer"
-        return None if value >= minimum else f"must be at least {minimum}"
+        if value < minimum:
+            return f"must be at least {minimum}"
+        return None if maximum is None or value <= maximum else f"must be at most {maximum}"
 
     return check
 
@@ -170,7 +201,7 @@ FIELDS: tuple[Field, ...] = (
         "GPU model (A100, H100, L4, RTX 4090, ...); sets the compute capability.",
         lambda v: _text(v, 80),
     ),
-    Field("hardware.gpus", "int", "1 (nvidia), 0 (cpu)", "GPUs per node.", _int_min(0)),
+    Field("hardware.gpus", "int", "1 (nvidia), 0 (cpu)", "GPUs per node.", _int_min(0, MAX_GPUS)),
     Field(
         "hardware.driver",
         "str",
@@ -259,7 +290,7 @@ FIELDS: tuple[Field, ...] = (
         "str",
         "16g (nvidia), 2g (cpu)",
         "Size of /dev/shm (DataLoader workers need it).",
-        _pattern(SHM_RE, "a size like 16g"),
+        _size,
     ),
     Field(
         "run.ipc", "str", "private", "IPC namespace: private or host.", choices=("private", "host")

@@ -14,14 +14,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -46,6 +49,7 @@ STACK_BYTES = 67108864
 DEFAULT_SHM_SIZE = "2g"  # for images that are not a profile's (docker's 64m starves DataLoader)
 DEFAULT_GRACE_S = 10.0
 TRAIN_ENTRYPOINT = ("aibuild", "train")
+DEFAULT_OUTPUT_ROOT = Path("aibuild-output")  # where training results go without --output
 TOOLKIT_URL = (
     "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html"
 )
@@ -172,13 +176,17 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
         "user": user,
         "name": options.name,
         "detach": True,
-        "labels": {labels.RUN: "1", **dict(options.labels)},
+        "labels": {
+            labels.RUN: "1",
+            **({} if options.detach else {labels.RUN_OWNER: owner_label()}),
+            **dict(options.labels),
+        },
         "ulimits": [
             Ulimit(name="memlock", soft=MEMLOCK_UNLIMITED, hard=MEMLOCK_UNLIMITED),
             Ulimit(name="stack", soft=STACK_BYTES, hard=STACK_BYTES),
         ],
         "device_requests": [options.gpus.to_device_request()] if options.gpus else None,
-        "auto_remove": options.detach,
+        "auto_remove": True,  # the engine deletes it on exit, even if aibuild was killed
     }
     if options.ipc:
         config["ipc_mode"] = options.ipc
@@ -188,23 +196,86 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
 
 
 class _Terminate(Exception):
-    """aibuild itself got SIGTERM: treated like Ctrl-C."""
+    """aibuild itself got SIGTERM or SIGHUP (its terminal closed): treated like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _signals_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Terminate
+        raise _Terminate(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# ---------------------------------------------------------------------------
+# Containers that outlive a killed aibuild
+# ---------------------------------------------------------------------------
+# SIGKILL leaves no chance to clean up. What Docker offers instead: AutoRemove, so the
+# engine deletes the container as soon as it exits; and a label naming the attached
+# `aibuild run` (host, pid, process start time), so that the next `aibuild run` on this
+# host stops and removes containers whose aibuild is gone. Detached runs (-d) carry no
+# owner: they are meant to outlive aibuild.
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with
+    the pid, it names one process even after the pid is reused. Empty when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]
+
+
+def owner_label(pid: int | None = None) -> str:
+    """``host:pid:start`` of this process (or ``pid``)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def is_orphan(owner: str) -> bool:
+    """Whether the ``aibuild run`` an owner label names is gone (only judged on its host)."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    return not Path(f"/proc/{pid_text}").exists() or _start_time(int(pid_text)) != start
+
+
+def reap_orphans(client: docker.DockerClient, say: Any) -> list[str]:
+    """Stop and remove the containers of attached runs whose aibuild was killed; their ids."""
+    import docker as docker_module
+
+    reaped = []
+    found = client.containers.list(all=True, filters={"label": labels.RUN_OWNER})
+    for container in found:
+        owner = (container.labels or {}).get(labels.RUN_OWNER, "")
+        if not is_orphan(owner):
+            continue
+        say(
+            f"aibuild: removing container {container.short_id} ({container.name}), left "
+            f"running by an `aibuild run` that was killed (pid {owner.split(':')[1]})"
+        )
+        with contextlib.suppress(docker_module.errors.APIError):
+            container.remove(force=True)
+        reaped.append(container.id)
+    return reaped
 
 
 def _start_error(exc: Any, image: str, options: ContainerOptions) -> RunError:
@@ -304,6 +375,8 @@ def _stop(container: Any, grace_s: float, say: Any, pump: _Pump | None) -> None:
             try:
                 container.wait(timeout=grace_s)
                 exited = True
+            except docker.errors.NotFound:
+                exited = True  # exited and auto-removed
             except requests.exceptions.RequestException:
                 exited = False
         if not exited:
@@ -370,10 +443,33 @@ def _without_memlock(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "ulimits": limits}
 
 
+def _exit_waiter(client: Any, container_id: str) -> Callable[[], int]:
+    """Ask the engine for the container's next exit before it starts, as ``docker run``
+    does: with AutoRemove the container is gone right after it exits, and a wait sent
+    then finds nothing. The engine registers the wait, then answers with headers at
+    once; the body (the exit code) comes when the container exits. Returns a function
+    that blocks until then."""
+    api = client.api
+    response = api._post(
+        api._url("/containers/{0}/wait", container_id),
+        params={"condition": "next-exit"},
+        stream=True,
+        timeout=None,
+    )
+    api._raise_for_status(response)
+
+    def exit_code() -> int:
+        body = json.loads(response.content or b"{}")
+        return int(body.get("StatusCode", 1))
+
+    return exit_code
+
+
 def _create_and_start(
     client: Any, target: RunTarget, options: ContainerOptions, config: dict[str, Any], say: Any
 ) -> tuple[Any, Any]:
-    """Create, attach (unless detached) and start; (container, attached stream).
+    """Create, attach (unless detached), register the exit wait, start; (container,
+    (attached stream, exit-code function)).
 
     A failed start removes its container. An engine whose own hard memlock limit is
     lower than unlimited (no CAP_SYS_RESOURCE) cannot apply NVIDIA's memlock=-1: the
@@ -388,6 +484,7 @@ def _create_and_start(
             attached = client.api.attach(
                 container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
             )
+            exit_code = _exit_waiter(client, container.id)
         container.start()
     except docker.errors.APIError as exc:
         if attached is not None:
@@ -406,7 +503,7 @@ def _create_and_start(
             attached.close()
         _remove(container)
         raise
-    return container, attached
+    return container, (attached, exit_code if attached is not None else None)
 
 
 def _run(
@@ -420,10 +517,13 @@ def _run(
 ) -> int:
     container = None
     pump: _Pump | None = None
-    with engine_errors(f"running {target.image}"), _sigterm_as_interrupt():
+    with engine_errors(f"running {target.image}"), _signals_as_interrupt():
         _ensure_image(client, target)
         try:
-            container, attached = _create_and_start(client, target, options, config, say)
+            reap_orphans(client, say)
+            container, (attached, exit_code) = _create_and_start(
+                client, target, options, config, say
+            )
             if options.detach:
                 say(
                     f"aibuild: started {container.name} ({container.short_id}); "
@@ -435,14 +535,15 @@ def _run(
             pump = _Pump(attached, out, err)
             pump.start()
             pump.wait()
-            status = container.wait()
+            code: int = exit_code()
             if pump.error is not None:
                 raise pump.error
-            return int(status.get("StatusCode", 1))
-        except (KeyboardInterrupt, _Terminate):
+            return code
+        except (KeyboardInterrupt, _Terminate) as stop:
             if container is not None:
                 _stop(container, options.grace_s, say, pump)
-            return 130
+            # the shell's convention: 128 + the signal (Ctrl-C 130, SIGTERM 143, SIGHUP 129)
+            return 128 + (stop.signum if isinstance(stop, _Terminate) else signal.SIGINT)
         finally:
             if container is not None and not options.detach:
                 _remove(container)
@@ -487,6 +588,35 @@ def with_plan_defaults(options: ContainerOptions, target: RunTarget) -> Containe
     )
 
 
+def runs_trainer(options: ContainerOptions) -> bool:
+    """Whether the container runs the image's entrypoint with trainer flags (or none)."""
+    return not options.args or options.args[0].startswith("-")
+
+
+def with_default_output(
+    client: docker.DockerClient, options: ContainerOptions, target: RunTarget, say: Any
+) -> ContainerOptions:
+    """``options``, with an output directory on the host when the run trains in an aibuild
+    image and none was given: ``./aibuild-output/<profile>-<UTC time>``. Said before the
+    run starts, so results (checkpoints, metrics, the final weights) are never trained
+    into a container that is then removed."""
+    import docker as docker_module
+
+    if options.output is not None or not runs_trainer(options):
+        return options
+    try:
+        image_labels = client.images.get(target.image).attrs["Config"].get("Labels") or {}
+    except docker_module.errors.DockerException:
+        return options  # not on this engine: run_container says so
+    profile = image_labels.get(labels.PROFILE)
+    if not profile:
+        return options  # not an aibuild image: its entrypoint is not the trainer
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    output = DEFAULT_OUTPUT_ROOT / f"{profile}-{stamp}"
+    say(f"aibuild: no --output: the results go to {output} (--output DIR to choose)")
+    return replace(options, output=str(output))
+
+
 def run_image(
     ref: str | None,
     overrides: Sequence[str],
@@ -494,7 +624,14 @@ def run_image(
     *,
     client: docker.DockerClient | None = None,
 ) -> int:
-    """``aibuild run``: resolve what to run, apply its profile's run defaults, run it;
-    the container's exit code."""
+    """``aibuild run``: resolve what to run, apply its profile's run defaults and a default
+    output directory for training, run it; the container's exit code."""
     target = resolve_target(ref, overrides)
-    return run_container(target, with_plan_defaults(options, target), client=client)
+    options = with_plan_defaults(options, target)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    with client_session(client) as engine:
+        options = with_default_output(engine, options, target, say)
+        return run_container(target, options, client=engine)

@@ -6,6 +6,8 @@ import csv
 from dataclasses import dataclass
 from typing import Any
 
+from aibuild.profile.schema import MAX_GPUS
+
 # How an engine without the NVIDIA runtime answers a GPU request.
 NO_DRIVER_MARKER = "could not select device driver"
 
@@ -48,8 +50,8 @@ def _parse_count(text: str, whole: str) -> int:
             f"invalid --gpus value {whole!r}: expected all, none, a number of GPUs, "
             "or device=ID[,ID...]"
         ) from None
-    if count < 0:
-        raise ValueError(f"invalid --gpus value {whole!r}: the GPU count must be positive")
+    if not 0 <= count <= MAX_GPUS:
+        raise ValueError(f"invalid --gpus value {whole!r}: the GPU count must be 0 to {MAX_GPUS}")
     return count
 
 
@@ -114,6 +116,9 @@ def parse_gpus(value: str | None) -> GpuRequest | None:
                 options[k] = v
         else:
             raise ValueError(f"invalid --gpus value {value!r}: unknown key {key!r}")
+    if len(device_ids) > MAX_GPUS or any(len(d) > 64 for d in device_ids):
+        shown = value if len(value) <= 60 else value[:60] + "..."
+        raise ValueError(f"invalid --gpus value {shown!r}: too many or too long device IDs")
     if device_ids and count not in (None, 0):
         raise ValueError(f"invalid --gpus value {value!r}: give a count or device IDs, not both")
     if count is None and not device_ids:

@@ -176,3 +176,15 @@ def test_wheelhouse_failure_is_clear(tmp_path: Path) -> None:
     assert "pip download failed" in result.stderr
     assert "aibuild-no-such-package" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_unpullable_base_is_named_with_the_offline_way(tmp_path: Path) -> None:
+    result = aibuild(
+        "image", "cpu", "--base-image", "registry.invalid/nothing:1", *CPU_SETS, cwd=tmp_path
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert "base image registry.invalid/nothing:1" in lines[0]
+    assert "--base-image" in lines[0] and "--wheelhouse" in lines[0]

@@ -181,9 +181,16 @@ def _start_and_wait_running(
     pytest.fail("the container never ran")
 
 
-def test_ctrl_c_sends_sigterm_and_removes_the_container(
-    base_image: str, docker_cleanup: Any
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
+def test_a_stop_signal_sends_sigterm_and_removes_the_container(
+    base_image: str, docker_cleanup: Any, sig: signal.Signals, code: int
 ) -> None:
+    """Ctrl-C, a SIGTERM to aibuild, and a closed terminal (SIGHUP) all stop the container
+    gracefully and remove it; aibuild exits 128 + the signal."""
     client = docker_cleanup.client
     label = docker_cleanup.label
     script = 'trap "echo got-sigterm; exit 7" TERM; echo ready; while :; do sleep 0.2; done'
@@ -210,9 +217,9 @@ def test_ctrl_c_sends_sigterm_and_removes_the_container(
     first = proc.stdout.readline()  # the trap is installed once this arrives
     assert first == "ready\n", (first, proc.stderr.read() if proc.stderr else "")
     started = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "got-sigterm" in out  # SIGTERM reached the container, before any kill
     assert time.monotonic() - started < 15
     assert "stopping container" in err
@@ -231,3 +238,38 @@ def test_ctrl_c_kills_after_the_grace_period(base_image: str, docker_cleanup: An
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert leftovers(client, label) == []
+
+
+def test_a_killed_run_leaves_a_container_the_next_run_removes(
+    base_image: str, docker_cleanup: Any
+) -> None:
+    """SIGKILL gives aibuild no chance: the container runs on (as Docker allows), carries
+    its owner, and the next `aibuild run` on this host stops and removes it."""
+    client = docker_cleanup.client
+    label = docker_cleanup.label
+    proc = _start_and_wait_running(
+        [base_image, *label_args(label), "--", "sleep", "300"], client, label
+    )
+    proc.kill()
+    proc.wait(timeout=30)
+    left = leftovers(client, label)
+    assert len(left) == 1  # still running: nothing could stop it
+    owner = client.containers.get(left[0]).labels["ai.aibuild.run.owner"]
+    assert owner.split(":")[1] == str(proc.pid)
+    again = aibuild("run", base_image, *label_args(label), "--", "true")
+    assert again.returncode == 0, again.stderr
+    assert f"killed (pid {proc.pid})" in again.stderr
+    assert leftovers(client, label) == []
+
+
+def test_training_without_output_keeps_its_results(cpu_image: str, tmp_path: Path) -> None:
+    """No --output: the trainer's results go to ./aibuild-output/<profile>-<time> on the
+    host, said before training starts, never into the removed container."""
+    result = aibuild("run", cpu_image, "--", "--epochs", "1", "--max-steps", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = [ln for ln in result.stderr.splitlines() if "no --output" in ln]
+    assert said and "aibuild-output/cpu-" in said[0]
+    (out,) = (tmp_path / "aibuild-output").iterdir()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3
+    assert (out / "summary.json").stat().st_uid == os.getuid()

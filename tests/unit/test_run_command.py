@@ -49,8 +49,10 @@ def test_training_defaults() -> None:
     assert config["shm_size"] == "2g"
     assert "device_requests" not in config
     assert "user" not in config
+    owner = config["labels"].pop("ai.aibuild.run.owner")
     assert config["labels"] == {"ai.aibuild.run": "1"}
-    assert config["auto_remove"] is False
+    assert owner.split(":")[1] == str(os.getpid())  # the attached run that owns it
+    assert config["auto_remove"] is True
 
 
 def test_ipc_host_replaces_shm() -> None:

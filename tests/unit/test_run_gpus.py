@@ -73,7 +73,8 @@ def test_driver_alone_asks_for_one_gpu() -> None:
     ("value", "fragment"),
     [
         ("lots", "expected all, none, a number"),
-        ("-1", "positive"),
+        ("-1", "0 to 1024"),
+        ("99999999999999999999", "0 to 1024"),
         ("2,3", "unexpected '3'"),
         ("device=", "names no device"),
         ("count=2,device=0", "not both"),
