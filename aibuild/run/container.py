@@ -260,7 +260,6 @@ def is_orphan(owner: str) -> bool:
 
 def reap_orphans(client: docker.DockerClient, say: Any) -> list[str]:
     """Stop and remove the containers of attached runs whose aibuild was killed; their ids."""
-    import docker as docker_module
 
     reaped = []
     found = client.containers.list(all=True, filters={"label": labels.RUN_OWNER})
@@ -272,8 +271,7 @@ def reap_orphans(client: docker.DockerClient, say: Any) -> list[str]:
             f"aibuild: removing container {container.short_id} ({container.name}), left "
             f"running by an `aibuild run` that was killed (pid {owner.split(':')[1]})"
         )
-        with contextlib.suppress(docker_module.errors.APIError):
-            container.remove(force=True)
+        _remove(container)
         reaped.append(container.id)
     return reaped
 
@@ -301,16 +299,27 @@ def _stream(chunks: Any, stdout: BinaryIO, stderr: BinaryIO) -> None:
             stderr.flush()
 
 
-def _remove(container: Any) -> None:
+def _remove(container: Any, wait_s: float = 30.0) -> None:
+    """Remove the container and return once it is gone (AutoRemove may be removing it
+    already: the engine then refuses a second removal, and the container lingers for a
+    moment)."""
     import docker
 
     try:
         container.remove(force=True)
+        return
     except docker.errors.NotFound:
-        pass
+        return
     except docker.errors.APIError as exc:
         if "already in progress" not in api_message(exc):
             raise
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            container.reload()
+        except docker.errors.NotFound:
+            return
+        time.sleep(0.1)
 
 
 class _Pump(threading.Thread):
@@ -444,15 +453,15 @@ def _without_memlock(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _exit_waiter(client: Any, container_id: str) -> Callable[[], int]:
-    """Ask the engine for the container's next exit before it starts, as ``docker run``
+    """Ask the engine for the container's exit code before it starts, as ``docker run``
     does: with AutoRemove the container is gone right after it exits, and a wait sent
     then finds nothing. The engine registers the wait, then answers with headers at
-    once; the body (the exit code) comes when the container exits. Returns a function
-    that blocks until then."""
+    once; the body (the exit code) comes once the container has exited and been
+    removed. Returns a function that blocks until then."""
     api = client.api
     response = api._post(
         api._url("/containers/{0}/wait", container_id),
-        params={"condition": "next-exit"},
+        params={"condition": "removed"},  # AutoRemove: the answer comes once it is gone
         stream=True,
         timeout=None,
     )

@@ -251,7 +251,7 @@ def test_a_killed_run_leaves_a_container_the_next_run_removes(
         [base_image, *label_args(label), "--", "sleep", "300"], client, label
     )
     proc.kill()
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)  # reaps it and closes its pipes
     left = leftovers(client, label)
     assert len(left) == 1  # still running: nothing could stop it
     owner = client.containers.get(left[0]).labels["ai.aibuild.run.owner"]
