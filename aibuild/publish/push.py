@@ -311,6 +311,7 @@ def _engine_push_once(
 
     The engine may stay silent at most ``ENGINE_STALL`` seconds (cut to what is left of
     the deadline); the deadline is checked at each of its messages."""
+    import requests
     import urllib3
 
     seen: dict[str, str] = {}
@@ -323,9 +324,12 @@ def _engine_push_once(
     client.api.timeout = stall  # docker-py reads it per request: the stream's read timeout
     try:
         with engine_errors(f"pushing {ref}"):
-            stream = client.api.push(
-                ref.name, tag=ref.tag, auth_config=auth, stream=True, decode=True
-            )
+            try:
+                stream = client.api.push(
+                    ref.name, tag=ref.tag, auth_config=auth, stream=True, decode=True
+                )
+            except requests.exceptions.Timeout:
+                return "", f"the engine did not answer for {seconds_text(stall)}", _counts(seen)
         try:
             for chunk in stream:
                 if "error" in chunk or "errorDetail" in chunk:
