@@ -506,7 +506,7 @@ def normalise_for_push(
     log(f"SOURCE_DATE_EPOCH={when} ({source})")
     tag = normalised_tag(image, found.tags, found.id, when)
     result = normalise_image(
-        client, found.id, source_date_epoch=when, base=base_image, tags=[tag], log=log
+        client, image, source_date_epoch=when, base=base_image, tags=[tag], log=log
     )
     log(f"normalised image: {tag}")
     return result.image_id

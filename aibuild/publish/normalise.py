@@ -237,8 +237,7 @@ def normalised_tag(image: str, tags: Sequence[str], image_id: str, epoch: int) -
         return f"aibuild/reproducible:{image_id.removeprefix('sha256:')[:12]}-{epoch}"
     ref = parse_reference(name)
     suffix = f"-reproducible-{epoch}"
-    tag = (ref.tag or "latest")[: 128 - len(suffix)].rstrip(".-") or "image"
-    return f"{ref.name}:{tag}{suffix}"
+    return f"{ref.name}:{(ref.tag or 'latest')[: 128 - len(suffix)]}{suffix}"
 
 
 @dataclass
