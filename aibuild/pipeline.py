@@ -35,6 +35,7 @@ from aibuild.image.record import (
     record_push,
     recorded_builds,
     sbom_path,
+    unreadable_records,
     update_record,
     write_record,
 )
@@ -42,14 +43,19 @@ from aibuild.image.render import check_context_dir, write_context
 from aibuild.logs import Log, silent
 from aibuild.oci.archive import BlobCache
 from aibuild.oci.credentials import resolve_credentials
-from aibuild.oci.reference import DOCKER_HUB, parse_reference
-from aibuild.oci.registry import RetryPolicy
+from aibuild.oci.reference import DOCKER_HUB, Reference
+from aibuild.oci.registry import RetryPolicy, push_time_bound
 from aibuild.profile.load import Profile, is_profile_ref, load_profile
 from aibuild.profile.plan import BuildPlan, RenderOptions
 from aibuild.profile.resolve import plan_for, resolve
 from aibuild.publish import lock as lockfile
-from aibuild.publish.normalise import NormaliseResult, normalise_image
-from aibuild.publish.push import PushResult, push
+from aibuild.publish.normalise import (
+    NormaliseResult,
+    normalise_image,
+    normalised_epoch,
+    normalised_tag,
+)
+from aibuild.publish.push import PushResult, push, push_target
 from aibuild.publish.sbom import SBOM_PATH, attach_sbom, cyclonedx, sbom_bytes
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -66,6 +72,7 @@ class PublishSettings:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     retries: int = 8
+    timeout: float | None = None  # seconds per push; None: $AIBUILD_PUSH_TIMEOUT or 1800
 
 
 @dataclass(frozen=True)
@@ -278,17 +285,14 @@ def push_to(
     record_dir: Path = RECORD_DIR,
 ) -> list[PushResult]:
     """Push local ``image`` to every target (default: its own name) and note each digest
-    in the image's build record."""
+    in the image's build record. Every target is checked before the first push; a record
+    that cannot be updated is a warning, never a failure of a push that succeeded."""
+    bound = push_time_bound(settings.timeout)
+    refs = [_registry_target(target) for target in list(targets) or [image]]
     with engine_errors(f"looking up {image}"):
         found = client.images.get(image)
     results = []
-    for target in list(targets) or [image]:
-        ref = parse_reference(target)
-        if ref.registry == DOCKER_HUB and "/" not in target.split(":")[0]:
-            raise PublishError(
-                f"{target} has no registry part: tag it for a registry "
-                "(REGISTRY/NAME:TAG, e.g. with --to) before pushing"
-            )
+    for ref in refs:
         credentials = resolve_credentials(
             ref.registry, username=settings.username, password=settings.password
         )
@@ -299,9 +303,11 @@ def push_to(
             method=method,
             credentials=credentials,
             retry=RetryPolicy(attempts=settings.retries),
+            bound=bound,
             log=log,
         )
-        for record in find_records(found.id, record_dir)[:1]:
+        records = find_records(found.id, record_dir)
+        for record in records[:1]:
             problem = record_push(
                 record,
                 ref=str(result.reference),
@@ -310,8 +316,21 @@ def push_to(
                 method=result.method,
             )
             log(f"warning: {problem}" if problem else f"digest recorded in {record}")
+        for record in [] if records else unreadable_records(found.id, record_dir)[:1]:
+            log(f"warning: build record {record} is unreadable; the digest was not recorded")
         results.append(result)
     return results
+
+
+def _registry_target(target: str) -> Reference:
+    """A push target, checked: a reference with a tag, on a registry."""
+    ref = push_target(target)
+    if ref.registry == DOCKER_HUB and "/" not in target.split(":")[0]:
+        raise PublishError(
+            f"{target} has no registry part: tag it for a registry "
+            "(REGISTRY/NAME:TAG, e.g. with --to) before pushing"
+        )
+    return ref
 
 
 # ---------------------------------------------------------------------------
@@ -334,6 +353,8 @@ def make_image(
     plan_build(None, ref, overrides, options)  # profile errors before the engine
     if request.build.context_dir:
         check_context_dir(Path(request.build.context_dir))
+    if publishing.push:
+        push_time_bound(publishing.timeout)  # a bad $AIBUILD_PUSH_TIMEOUT before the build
     lock: dict[str, Any] | None = None
     lock_path: Path | None = None
     if publishing.locked:
@@ -404,12 +425,27 @@ def push_image(
     client: docker.DockerClient | None = None,
 ) -> list[PushResult]:
     """``aibuild push``: ``target`` is a profile (its plan's image, pushed under that name)
-    or a local image (pushed under its own name unless ``destinations`` are given)."""
+    or a local image (pushed under its own name unless ``destinations`` are given).
+
+    Everything the user gave (targets, time bound, SOURCE_DATE_EPOCH) is checked before
+    the engine is asked for anything. With ``reproducible``, a normalised copy is pushed:
+    the source image and its tags stay as they are (``normalise_for_push``)."""
     settings = settings or PublishSettings()
+    push_time_bound(settings.timeout)
+    for destination in destinations:
+        _registry_target(destination)
+    chosen: tuple[int, str] | None = None
+    explicit = False
+    if reproducible:
+        given = lockfile.explicit_epoch(epoch)
+        explicit = given is not None
+        chosen = given or lockfile.choose_epoch(None)
     image, own_name = target, target
     if is_profile_ref(target):
         plan = plan_for(target)
         image = own_name = plan.image_ref
+    if not destinations:
+        _registry_target(own_name)
     with client_session(client) as engine:
         with engine_errors(f"looking up {image}"):
             import docker as docker_module
@@ -419,12 +455,10 @@ def push_image(
             except docker_module.errors.ImageNotFound:
                 hint = f": build it first (aibuild image {target})" if image != target else ""
                 raise PublishError(f"no image {image} on this engine{hint}") from None
-        if reproducible:
-            when, source = lockfile.choose_epoch(None, epoch)
-            log(f"SOURCE_DATE_EPOCH={when} ({source})")
-            image = normalise_image(
-                engine, image, source_date_epoch=when, base=base_image, log=log
-            ).image_id
+        if chosen is not None:
+            image = normalise_for_push(
+                engine, image, chosen, explicit=explicit, base_image=base_image, log=log
+            )
             method = "direct" if method == "auto" else method
         return push_to(
             engine,
@@ -434,6 +468,41 @@ def push_image(
             settings=settings,
             log=log,
         )
+
+
+def normalise_for_push(
+    client: docker.DockerClient,
+    image: str,
+    epoch: tuple[int, str],
+    *,
+    explicit: bool,
+    base_image: str | None = None,
+    log: Log = silent,
+) -> str:
+    """The ID of a normalised copy of ``image`` to push (``aibuild push --reproducible``).
+
+    The copy is loaded under a tag of its own (``normalised_tag``: NAME:TAG-reproducible-
+    EPOCH); the source and all its tags stay exactly as they were. An image that is
+    itself a normalised one is pushed as it is when ``epoch`` is its own or was not
+    chosen ``explicit``-ly; another explicit epoch is an error (normalising it again would
+    not give what its source gives)."""
+    when, source = epoch
+    with engine_errors(f"inspecting {image}"):
+        found = client.images.get(image)
+    already = normalised_epoch(found.attrs)
+    if already is not None and (already == when or not explicit):
+        log(
+            f"warning: {image} is already normalised (SOURCE_DATE_EPOCH={already}): "
+            "pushing it as it is"
+        )
+        return str(found.id)
+    log(f"SOURCE_DATE_EPOCH={when} ({source})")
+    tag = normalised_tag(image, found.tags, found.id, when)
+    result = normalise_image(
+        client, image, source_date_epoch=when, base=base_image, tags=[tag], log=log
+    )
+    log(f"normalised image: {tag}")
+    return result.image_id
 
 
 # ---------------------------------------------------------------------------
@@ -463,6 +532,7 @@ def lock_profile(
     options = options or RenderOptions()
     records = record_dir or RECORD_DIR
     plan_build(None, ref, overrides, options)  # profile errors before the engine
+    when, when_from = lockfile.choose_epoch(lockfile.profile_file(ref), epoch)
     with client_session(client) as engine:
         plan, options, facts = plan_build(engine, ref, overrides, options)
         if image is not None:
@@ -505,7 +575,6 @@ def lock_profile(
             else:
                 python, os_packages = record["python_packages"], record["os_packages"]
                 image_id = record["image_id"]
-        when, when_from = lockfile.choose_epoch(lockfile.profile_file(ref), epoch)
         lock = lockfile.make_lock(
             plan,
             profile=ref,
@@ -531,6 +600,7 @@ __all__ = [
     "lock_profile",
     "make_image",
     "make_reproducible",
+    "normalise_for_push",
     "plan_build",
     "push_image",
     "push_to",

@@ -51,6 +51,13 @@ from aibuild.cli.options import (
 @username_option
 @password_stdin_option
 @retries_option
+@click.option(
+    "--timeout",
+    type=float,
+    metavar="SECONDS",
+    help="The most one push (to one target) may take in all, export and retries included. "
+    "Default: $AIBUILD_PUSH_TIMEOUT, else 1800.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only the pinned reference.")
 @json_option
 def push(
@@ -63,6 +70,7 @@ def push(
     username: str | None,
     password_stdin: bool,
     retries: int,
+    timeout: float | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -70,14 +78,23 @@ def push(
 
     Credentials: --username with --password-stdin, else AIBUILD_REGISTRY_USER and
     AIBUILD_REGISTRY_PASSWORD, else the Docker config file and its credential
-    helpers. Transient failures are retried with backoff; the manifest goes last,
-    so a failed push never moves a tag.
+    helpers. Transient failures are retried with backoff, within --timeout; the
+    manifest goes last, so a failed push never moves a tag, and no local tag is moved
+    or left behind by a failed push.
     """
     from aibuild.pipeline import PublishSettings, push_image
 
     settings = PublishSettings(
-        username=username, password=read_password(username, password_stdin), retries=retries
+        username=username,
+        password=read_password(username, password_stdin),
+        retries=retries,
+        timeout=timeout,
     )
+    progress = stderr_log(quiet or as_json)
+
+    def log(text: str) -> None:  # warnings even when quiet: a record left as it was
+        (stderr_log(False) if text.startswith("warning:") else progress)(text)
+
     results = push_image(
         image,
         targets,
@@ -86,12 +103,13 @@ def push(
         reproducible=reproducible,
         base_image=base_image,
         epoch=epoch,
-        log=stderr_log(quiet or as_json),
+        log=log,
     )
     if as_json:
         payload = [
             {
                 "ref": str(r.reference),
+                "image_id": r.image_id,
                 "digest": r.digest,
                 "pinned": r.pinned,
                 "method": r.method,

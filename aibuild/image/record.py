@@ -126,10 +126,12 @@ def update_record(path: Path, **fields: Any) -> str | None:
         return f"build record {path} is missing or unreadable; not updated"
     data.update(fields)
     text = _dump(data)
+    latest = path.with_name(LATEST)
     try:
         _write(path, text)
-        latest = path.with_name(LATEST)
         current = read_record(latest)
+        if current is None and latest.exists():
+            return f"{latest} is unreadable and was left as it is ({path} was updated)"
         if current is None or current.get("image_id") == data.get("image_id"):
             _write(latest, text)
     except OSError as exc:
@@ -174,6 +176,18 @@ def find_records(image_id: str, record_dir: Path) -> list[Path]:
     return found
 
 
+def unreadable_records(image_id: str, record_dir: Path) -> list[Path]:
+    """Records named for ``image_id`` (``*-<short id>.json``) that cannot be read."""
+    if not record_dir.is_dir():
+        return []
+    short = image_id.removeprefix("sha256:")[:12]
+    return [
+        path
+        for path in sorted(record_dir.glob(f"*-{short}.json"), reverse=True)
+        if path.name != LATEST and read_record(path) is None
+    ]
+
+
 def recorded_builds(profile_hash: str, record_dir: Path) -> Iterator[dict[str, Any]]:
     """Records (newest first) of builds of exactly this profile hash that hold package lists."""
     for _, data in _records(record_dir):
@@ -203,6 +217,7 @@ __all__ = [
     "record_push",
     "recorded_builds",
     "sbom_path",
+    "unreadable_records",
     "update_record",
     "write_record",
 ]

@@ -10,6 +10,9 @@ LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 CHUNK = 1 << 20  # bytes read or written at a time when streaming layers and blobs
 
+# The last second an image config's time format can hold (9999-12-31T23:59:59Z).
+EPOCH_MAX = 253402300799
+
 
 def rfc3339(epoch: int) -> str:
     """SOURCE_DATE_EPOCH as the timestamp format image configs use."""

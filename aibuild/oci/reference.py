@@ -44,17 +44,19 @@ REGISTRY = (
     rf"(?:localhost(?::[0-9]+)?|{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})+(?::[0-9]+)?"
     rf"|{_DOMAIN_COMPONENT}:[0-9]+|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?)"
 )
-TAG = r"[\w][\w.-]{0,127}"
+TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # the spec's \w is ASCII (Go), Python's is not
 DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 
-# Whole-string patterns, also used by the profile schema for image.name and base_image.
-TAG_RE = re.compile(rf"^{TAG}$")
-NAME_RE = re.compile(rf"^(?:{REGISTRY}/)?{PATH}$")
-REFERENCE_RE = re.compile(rf"^(?:{REGISTRY}/)?{PATH}(?::{TAG})?(?:@{DIGEST})?$")
-_DOMAIN_RE = re.compile(rf"^{DOMAIN}$")
-_PATH_RE = re.compile(rf"^{PATH}$")
-_DIGEST_RE = re.compile(rf"^{DIGEST}$")
-_SHA256_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# Whole-string patterns (use fullmatch: ``$`` would let a trailing newline through), also
+# used by the profile schema for image.name and base_image.
+TAG_RE = re.compile(TAG)
+NAME_RE = re.compile(rf"(?:{REGISTRY}/)?{PATH}")
+REFERENCE_RE = re.compile(rf"(?:{REGISTRY}/)?{PATH}(?::{TAG})?(?:@{DIGEST})?")
+_DOMAIN_RE = re.compile(DOMAIN)
+_PATH_RE = re.compile(PATH)
+_DIGEST_RE = re.compile(DIGEST)
+_SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_PORT_RE = re.compile(r":([0-9]+)\Z")
 
 
 class ReferenceError(PublishError):
@@ -111,24 +113,27 @@ def parse_reference(text: str, *, default_tag: str | None = "latest") -> Referen
     if any(c.isspace() or not c.isprintable() for c in text):
         raise bad("it has spaces or control characters")
     name, at, digest = text.partition("@")
-    if at and not _DIGEST_RE.match(digest):
+    if at and not _DIGEST_RE.fullmatch(digest):
         raise bad(f"{digest!r} is not a digest (ALGORITHM:HEX)")
-    if at and digest.startswith("sha256:") and not _SHA256_RE.match(digest):
+    if at and digest.startswith("sha256:") and not _SHA256_RE.fullmatch(digest):
         raise bad("a sha256 digest is 64 lower-case hex digits")
     tag: str | None = None
     slash, colon = name.rfind("/"), name.rfind(":")
     if colon > slash:
         name, tag = name[:colon], name[colon + 1 :]
-        if not TAG_RE.match(tag):
+        if not TAG_RE.fullmatch(tag):
             raise bad(f"{tag!r} is not a tag: letters, digits, '_', '.', '-', at most 128")
     if len(name) > NAME_MAX:
         raise bad(f"the name is longer than {NAME_MAX} characters")
     registry, path = _split_domain(name)
-    if registry is not None and not _DOMAIN_RE.match(registry):
+    if registry is not None and not _DOMAIN_RE.fullmatch(registry):
         raise bad(f"{registry!r} is not a registry host[:port]")
+    port = _PORT_RE.search(registry or "")
+    if port and not 0 < int(port.group(1)[:6]) <= 65535:
+        raise bad(f"port {port.group(1)[:12]} is not 1-65535")
     if path != path.lower():
         raise bad("repository names are lower case")
-    if not _PATH_RE.match(path):
+    if not _PATH_RE.fullmatch(path):
         raise bad(f"{path!r} is not a repository path: lower-case parts separated by '/'")
     if registry is None or registry in _HUB_ALIASES:
         registry = DOCKER_HUB

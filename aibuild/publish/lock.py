@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from aibuild import labels
 from aibuild.errors import PublishError
+from aibuild.oci.media import EPOCH_MAX
 from aibuild.publish.sbom import split_pins
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -104,15 +105,49 @@ def source_labels(path: Path | None) -> dict[str, str]:
     return found
 
 
+ENV_EPOCH = "SOURCE_DATE_EPOCH"
+
+
+def check_epoch(value: int, shown: str) -> int:
+    """``value`` when it is a usable SOURCE_DATE_EPOCH (0 to the end of year 9999), else a
+    PublishError that starts with ``shown`` (where it came from, and the value)."""
+    if not 0 <= value <= EPOCH_MAX:
+        raise PublishError(
+            f"{shown} is not a usable SOURCE_DATE_EPOCH: give whole seconds since "
+            f"1970-01-01 UTC, from 0 to {EPOCH_MAX} (9999-12-31T23:59:59Z)"
+        )
+    return value
+
+
+def explicit_epoch(
+    explicit: int | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[int, str] | None:
+    """The SOURCE_DATE_EPOCH the user chose (``--source-date-epoch``, else
+    ``$SOURCE_DATE_EPOCH``), checked; None when neither is set (an empty variable is unset).
+    A variable that is not a whole number of seconds in range is an error naming it."""
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        return check_epoch(explicit, f"--source-date-epoch {explicit}"), "--source-date-epoch"
+    raw = env.get(ENV_EPOCH, "").strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise PublishError(
+            f"{ENV_EPOCH}={shown!r} is not a usable SOURCE_DATE_EPOCH: give whole seconds "
+            f"since 1970-01-01 UTC, from 0 to {EPOCH_MAX} (or unset it)"
+        )
+    return check_epoch(int(raw), f"{ENV_EPOCH}={raw}"), f"${ENV_EPOCH}"
+
+
 def choose_epoch(
     path: Path | None, explicit: int | None = None, environ: Mapping[str, str] | None = None
 ) -> tuple[int, str]:
-    """The SOURCE_DATE_EPOCH to use and where it came from."""
-    env = os.environ if environ is None else environ
-    if explicit is not None:
-        return explicit, "--source-date-epoch"
-    if env.get("SOURCE_DATE_EPOCH", "").strip().isdigit():
-        return int(env["SOURCE_DATE_EPOCH"]), "$SOURCE_DATE_EPOCH"
+    """The SOURCE_DATE_EPOCH to use and where it came from: ``explicit_epoch``, else the
+    git commit time of ``path``, else the start of the current UTC day."""
+    chosen = explicit_epoch(explicit, environ)
+    if chosen is not None:
+        return chosen
     if path is not None:
         full = path.resolve()
         stamp = _git(["log", "-1", "--format=%ct", "--", full.name], full.parent)
@@ -210,6 +245,10 @@ def read_lock(path: Path) -> dict[str, Any]:
     for key in ("profile", "python", "os", "source_date_epoch", "base_image"):
         if key not in data:
             raise PublishError(f"lock file {path} has no '{key}'")
+    epoch = data["source_date_epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise PublishError(f"lock file {path}: source_date_epoch is not a whole number")
+    check_epoch(epoch, f"lock file {path}: source_date_epoch {epoch}")
     return data
 
 

@@ -46,7 +46,8 @@ from aibuild.engine import engine_errors
 from aibuild.errors import PublishError
 from aibuild.logs import Log, silent
 from aibuild.oci.archive import HashingWriter, disk_errors, load_image, save_image
-from aibuild.oci.media import CHUNK, rfc3339
+from aibuild.oci.media import CHUNK, EPOCH_MAX, rfc3339
+from aibuild.oci.reference import parse_reference
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker
@@ -214,6 +215,31 @@ def base_layer_count(
         return best, name
 
 
+def normalised_epoch(attrs: Mapping[str, Any]) -> int | None:
+    """The SOURCE_DATE_EPOCH of an image that is exactly the output of ``normalise_image``
+    (its label ``ai.aibuild.reproducible=N`` and its creation time N both); None for any
+    other image, including one built FROM a normalised image (it inherits the label, not
+    the creation time)."""
+    found = (attrs.get("Config") or {}).get("Labels") or {}
+    value = str(found.get(labels.REPRODUCIBLE) or "")
+    if not value.isascii() or not value.isdigit() or int(value) > EPOCH_MAX:
+        return None
+    return int(value) if attrs.get("Created") == rfc3339(int(value)) else None
+
+
+def normalised_tag(image: str, tags: Sequence[str], image_id: str, epoch: int) -> str:
+    """The tag a normalised copy of ``image`` gets, saying what it is: the source's own tag
+    (the one given, else its first) with ``-reproducible-EPOCH`` appended, in the same
+    repository; ``aibuild/reproducible:ID-EPOCH`` for a source without tags."""
+    own = [t for t in (image, f"{image}:latest") if t in tags]
+    name = own[0] if own else min(tags, default=None)
+    if name is None:
+        return f"aibuild/reproducible:{image_id.removeprefix('sha256:')[:12]}-{epoch}"
+    ref = parse_reference(name)
+    suffix = f"-reproducible-{epoch}"
+    return f"{ref.name}:{(ref.tag or 'latest')[: 128 - len(suffix)]}{suffix}"
+
+
 @dataclass
 class NormaliseResult:
     """A normalised image: its new ID, what changed, how long it took."""
@@ -255,26 +281,36 @@ def normalise_image(
     *,
     source_date_epoch: int,
     base: str | None = None,
-    tags: Sequence[str] | None = None,
+    tags: Sequence[str] = (),
     extra_labels: Mapping[str, str] | None = None,
     cache: BlobCache | None = None,
     workdir: Path | None = None,
     log: Log = silent,
 ) -> NormaliseResult:
-    """Normalise local ``image`` and load it back under its tags (or ``tags``).
+    """Normalise local ``image`` and load the result under ``tags`` (none by default: the
+    source and its tags stay as they are; a caller that means to move tags names them).
 
     ``base``: the image the build started FROM (its layers are kept as they are);
     found among tagged local images when not given. ``extra_labels`` are added to the
     config. With ``cache``, the layers are also gzipped into the blob cache, so a
-    following direct push need not export the image again.
+    following direct push need not export the image again. An image that is itself
+    the output of normalising (``normalised_epoch``) is refused unless ``source_date_epoch``
+    is its own: normalising it again would not give what its source gives.
     """
 
     started = time.monotonic()
     with engine_errors(f"inspecting {image}"):
         found = client.images.get(image)
     source_id: str = found.id
+    already = normalised_epoch(found.attrs)
+    if already is not None and already != source_date_epoch:
+        raise PublishError(
+            f"{image} is already a normalised image (SOURCE_DATE_EPOCH={already}, label "
+            f"{labels.REPRODUCIBLE}); normalising it with {source_date_epoch} would not give "
+            "what its source gives: normalise the original image instead"
+        )
     layers: list[str] = list(found.attrs["RootFS"]["Layers"])
-    keep_tags = list(tags) if tags is not None else list(found.tags)
+    keep_tags = list(tags)
     count, base_name = base_layer_count(client, layers, base)
     log(f"normalising {image}: {len(layers) - count} layer(s) above base {base_name or '(none)'}")
     with (
