@@ -27,7 +27,7 @@ reqs=(
     filelock "typing-extensions>=4.10.0" "setuptools>=77.0.3" "sympy>=1.13.3" mpmath
     "networkx>=2.5.1" jinja2 markupsafe "fsspec>=0.8.5"
     "click>=8.1" "pyyaml>=6.0" "packaging>=23" numpy
-    pip wheel
+    pip wheel uv==0.9.30
     "$@"
 )
 stamp_text=$(printf '%s\n' "${reqs[@]}")
@@ -57,7 +57,8 @@ fi
 log "downloading wheels into $dir"
 "$python" -m pip download --dest "$dir" --find-links "$dir" \
     --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
-    --platform manylinux_2_28_x86_64 --progress-bar off -q \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --progress-bar off -q \
     "${reqs[@]}" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 
 # pip may have added PyPI's (CUDA) torch next to ours only if something went

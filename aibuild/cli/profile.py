@@ -74,15 +74,13 @@ def check(profile: str, overrides: tuple[str, ...], as_json: bool, base_image: s
         for diag in diags:
             click.echo(diag.format(), err=True)
         if plan is not None and not errors:
-            gpu = (
-                f"{plan.gpu} ({plan.compute_capability}), CUDA {plan.cuda_full}, "
-                if plan.gpu
-                else ""
-            )
+            gpu = f"{plan.gpu} ({plan.compute_capability}), CUDA {plan.cuda}, " if plan.gpu else ""
             click.echo(
                 f"{plan.profile_name}: valid: {gpu}torch {plan.torch} ({plan.torch_variant}), "
                 f"Python {plan.python}, {plan.runtime_image} -> {plan.image_ref}"
             )
+            if plan.gpu:  # where CUDA comes from, and why
+                click.echo(f"  cuda: {plan.cuda_stack}")
     if errors or plan is None:
         raise click.exceptions.Exit(1)
 

@@ -27,12 +27,18 @@ from aibuild.errors import RenderError
 from aibuild.profile.plan import BuildPlan, RenderOptions
 from aibuild.profile.resolve import image_requirements
 
-BUILD_DIR = "/tmp/aibuild-build"  # builder-stage scratch (wheelhouse, CA, requirements)
-UV_REQUIREMENT = "uv==0.9.30"  # pinned: the uv that installs a managed CPython when the OS lacks it
+BUILD_DIR = "/tmp/aibuild-build"  # build-time scratch (uv, wheelhouse, CA, requirements)
+# Pinned: the installer of every Python package (and of a managed CPython when the OS lacks
+# one). Fetched inside each RUN that uses it and deleted in the same RUN: never in a layer.
+UV_REQUIREMENT = "uv==0.9.30"
+UV = f"{BUILD_DIR}/uv/bin/uv"
 APT_CLEANUP = (
-    "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/ldconfig/aux-cache "
-    "/var/log/apt /var/log/dpkg.log /var/log/alternatives.log"
+    "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb "
+    "/var/cache/ldconfig/aux-cache /var/log/apt /var/log/dpkg.log /var/log/alternatives.log"
 )
+# What torch.compile needs at run time: Triton builds its GPU launcher with a C compiler,
+# the CPU backend (inductor) builds C++; both need the libc and Python headers.
+COMPILE_APT = ("g++", "gcc", "libc6-dev")
 DOCKERIGNORE = "**/__pycache__\n**/*.pyc\n"
 # Not copied into the image's runtime: the image needs the code, not the host-side assets.
 RUNTIME_EXCLUDE = {"templates", "profiles", "__pycache__"}
@@ -112,44 +118,87 @@ def _summary(plan: BuildPlan) -> list[str]:
     if plan.accelerator == "nvidia":
         lines.append(
             f"{plan.gpu} x{plan.gpu_count}: compute capability "
-            f"{plan.compute_capability}, CUDA {plan.cuda_full}"
-            f"{' + cuDNN' if plan.cudnn else ''}, driver >= {plan.min_driver}"
+            f"{plan.compute_capability}, driver >= {plan.min_driver}"
         )
-    else:
-        lines.append("CPU only: no CUDA")
+    lines.append(plan.cuda_stack)
     return lines
 
 
 def _pip_install(args: list[str]) -> str:
-    return " ".join(["pip install", *(shell_quote(a) for a in args)])
+    return " ".join(["pip", "install", *(shell_quote(a) for a in args)])
+
+
+def _uv(args: list[str], index_flags: list[str]) -> str:
+    """One RUN's worth of ``uv pip install ARGS``: fetch uv into the build scratch with the
+    venv's pip, install, delete uv again; nothing of the installer stays in the layer."""
+    target = ["--target", f"{BUILD_DIR}/uv"]
+    fetch = _pip_install(
+        ["-q", "--no-cache-dir", "--no-compile", *target, *index_flags, UV_REQUIREMENT]
+    )
+    install = " ".join([UV, "pip", "install", *(shell_quote(a) for a in args)])
+    return f"{fetch} \\\n && {install} \\\n && rm -rf {BUILD_DIR}/uv"
+
+
+def install_sources(plan: BuildPlan, options: RenderOptions) -> tuple[list[str], list[str]]:
+    """(flags for every package, flags for torch): where packages come from. A wheelhouse
+    is the only source (copied into the build scratch, or served at ``wheelhouse_url``);
+    otherwise PyPI, and torch from its variant's index unless PyPI's torch is that build."""
+    index: list[str] = []
+    if options.wheelhouse_url:
+        index += ["--no-index", "--find-links", options.wheelhouse_url]
+    elif options.wheelhouse:
+        index += ["--no-index", "--find-links", f"{BUILD_DIR}/wheelhouse"]
+    for url in options.find_links:
+        index += ["--find-links", url]
+    torch = list(index)
+    if not options.wheelhouse and plan.torch_index_url:
+        torch = ["--index-url", plan.torch_index_url, *index]
+    for url in options.extra_index_urls:
+        index += ["--extra-index-url", url]
+        torch += ["--extra-index-url", url]
+    return index, torch
+
+
+def two_stages(plan: BuildPlan, options: RenderOptions) -> bool:
+    """Whether the image needs a builder stage. One stage writes the venv once, in the
+    image itself; a builder is needed only for what must not stay in the image (a
+    compiler toolkit, a CA file, a copied-in wheelhouse) or a different base to build on."""
+    return (
+        plan.cuda_toolkit
+        or bool(options.ca_cert)
+        or bool(options.wheelhouse and not options.wheelhouse_url)
+        or plan.base_image != plan.runtime_image
+    )
 
 
 def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
     """Everything the template needs, decided: flat, sorted values."""
+    two = two_stages(plan, options)
     system_python = plan.python_install == "system"
-    builder_apt: list[str] = []
-    runtime_apt = list(plan.apt)
+    python_apt: list[str] = []
     if plan.python_install in ("system", "uv"):
-        builder_apt = ["python3", "python3-venv"]
+        python_apt = ["python3", "python3-venv"]
         if plan.python_install == "uv":
-            builder_apt.append("ca-certificates")
+            python_apt.append("ca-certificates")
+    builder_apt = list(python_apt)
+    if plan.cuda_toolkit:
+        builder_apt += ["build-essential", *(["python3-dev"] if system_python else [])]
+    runtime_apt = set(plan.apt)
     if system_python:
-        runtime_apt = sorted({*runtime_apt, "python3"})
+        runtime_apt.add("python3")
+    if plan.compile_deps:
+        runtime_apt.update(COMPILE_APT)
+        if system_python:
+            runtime_apt.add("python3-dev")
+    if not two:
+        runtime_apt.update(builder_apt)
     python_exe = "python3" if system_python else "python"
-    pip_flags = ["--no-compile"] if options.reproducible else []
-    index_flags: list[str] = []
-    if options.wheelhouse:
-        index_flags += ["--no-index", "--find-links", f"{BUILD_DIR}/wheelhouse"]
-    for url in options.find_links:
-        index_flags += ["--find-links", url]
-    torch_flags = list(index_flags)
-    if not options.wheelhouse:
-        torch_flags = ["--index-url", plan.torch_index_url, *index_flags]
-    for url in options.extra_index_urls:
-        index_flags += ["--extra-index-url", url]
-        torch_flags += ["--extra-index-url", url]
+    index_flags, torch_flags = install_sources(plan, options)
+    uv_flags = ["--no-cache", "--python", "/opt/venv/bin/python"]
+    uv_flags += [] if options.reproducible else ["--compile-bytecode"]
     if options.constraints:
-        pip_flags += ["-c", f"{BUILD_DIR}/constraints.txt"]
+        uv_flags += ["-c", f"{BUILD_DIR}/constraints.txt"]
+    requirements = f"{BUILD_DIR}/requirements.txt"
     image_env: list[tuple[str, str]] = [
         ("AIBUILD_OUTPUT", "/output"),
         ("AIBUILD_PROFILE", "/etc/aibuild/profile.yaml"),
@@ -161,30 +210,46 @@ def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
             ("NVIDIA_VISIBLE_DEVICES", "all"),
             ("TORCH_CUDA_ARCH_LIST", ";".join(plan.arch_list)),
         ]
+    if plan.require_cuda:
+        # What `docker run --gpus` and Kubernetes need from an image that is not
+        # nvidia/cuda: the toolkit refuses a too-old driver at start (NVIDIA_REQUIRE_CUDA)
+        # and GKE-style driver mounts are found. Never CUDA_VERSION: the toolkit would
+        # then treat the image as a legacy CUDA image.
+        image_env += [
+            ("LD_LIBRARY_PATH", "/usr/local/nvidia/lib:/usr/local/nvidia/lib64"),
+            ("NVIDIA_REQUIRE_CUDA", plan.require_cuda),
+        ]
     user_keys = {key for key, _ in plan.env}
     image_env = sorted((k, v) for k, v in image_env if k not in user_keys)
+    builder_env: list[tuple[str, str]] = []
+    if plan.cuda_toolkit:
+        builder_env = [
+            ("CUDA_HOME", "/usr/local/cuda"),
+            ("TORCH_CUDA_ARCH_LIST", ";".join(plan.arch_list)),
+        ]
     remove_users = ["ubuntu"] if plan.os == "ubuntu24.04" else []
     return {
         "version": __version__,
         "plan": plan,
         "hash12": plan.profile_hash[:12],
         "summary": _summary(plan),
+        "two_stages": two,
         "build_dir": BUILD_DIR,
         "ca_cert": bool(options.ca_cert),
         "reproducible": options.reproducible,
         "source_date_epoch": options.source_date_epoch or 0,
-        "wheelhouse": bool(options.wheelhouse),
+        "wheelhouse_copy": bool(options.wheelhouse and not options.wheelhouse_url),
         "builder_apt": builder_apt,
-        "runtime_apt": runtime_apt,
+        "runtime_apt": sorted(runtime_apt),
+        "builder_env": builder_env,
         "apt_cleanup": APT_CLEANUP,
         "python_exe": python_exe,
-        "uv_install": _pip_install([*pip_flags, *index_flags, UV_REQUIREMENT]),
-        "torch_install": _pip_install([*pip_flags, *torch_flags, f"torch=={plan.torch}"]),
-        "requirements_install": _pip_install(
-            [*pip_flags, *index_flags, "-r", f"{BUILD_DIR}/requirements.txt"]
-        ),
+        "uv_install": _pip_install(["--no-cache-dir", *index_flags, UV_REQUIREMENT]),
+        "torch_install": _uv([*uv_flags, *torch_flags, f"torch=={plan.torch}"], index_flags),
+        "requirements_install": _uv([*uv_flags, *index_flags, "-r", requirements], index_flags),
         "constraints_file": bool(options.constraints),
         "image_env": image_env,
+        "path_extra": "/usr/local/nvidia/bin:" if plan.require_cuda else "",
         "site_packages": f"/opt/venv/lib/python{plan.python}/site-packages",
         "remove_users": remove_users,
         "labels": _labels(plan),

@@ -17,29 +17,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aibuild.errors import BuildError
+from aibuild.image.render import UV_REQUIREMENT
 from aibuild.profile.resolve import image_requirements
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from aibuild.profile.plan import BuildPlan
 
-PLATFORM = "manylinux_2_28_x86_64"
+# The image's platform: glibc 2.28 or newer on x86_64. pip matches each --platform tag
+# exactly, so every manylinux tag such an image runs is named (torch's wheels carry
+# 2_28, uv's and many others 2_17/2014, NVIDIA's 2_27 and 2_28).
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux_2_5_x86_64",
+    "manylinux1_x86_64",
+)
 PYPI = "https://pypi.org/simple"
 
 
 def requirements(plan: BuildPlan) -> list[str]:
     """Everything the image installs with pip: torch, then ``image_requirements`` (the
     profile's packages and the aibuild runtime's, exactly as rendered)."""
-    return [f"torch=={plan.torch}", *image_requirements(plan)]
-
-
-def _name(requirement: str) -> str:
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
-
-    try:
-        return canonicalize_name(Requirement(requirement).name)
-    except InvalidRequirement:
-        return requirement
+    return [f"torch=={plan.torch}", *image_requirements(plan), UV_REQUIREMENT]
 
 
 def pip_download_command(
@@ -47,7 +48,7 @@ def pip_download_command(
     dest: Path,
     *,
     python: str = sys.executable,
-    platform: str = PLATFORM,
+    platforms: Sequence[str] = PLATFORMS,
     extra_index_urls: Sequence[str] = (),
     find_links: Sequence[str] = (),
 ) -> list[str]:
@@ -59,8 +60,7 @@ def pip_download_command(
         "pip",
         "download",
         "--only-binary=:all:",
-        "--platform",
-        platform,
+        *(f for p in platforms for f in ("--platform", p)),
         "--python-version",
         plan.python,
         "--implementation",
@@ -70,10 +70,10 @@ def pip_download_command(
         "-d",
         str(dest),
         "--index-url",
-        plan.torch_index_url,
-        "--extra-index-url",
-        PYPI,
+        plan.torch_index_url or PYPI,
     ]
+    if plan.torch_index_url:
+        command += ["--extra-index-url", PYPI]
     for url in extra_index_urls:
         command += ["--extra-index-url", url]
     for link in find_links:
@@ -121,13 +121,14 @@ def download_wheelhouse(
         hint = ""
         if "Could not find a version" in text or "No matching distribution" in text:
             hint = (
-                f" (no wheel for CPython {plan.python} on {PLATFORM} in {plan.torch_index_url} "
-                f"or {PYPI}: is the index reachable from here? Add --find-links DIR holding "
+                f" (no wheel for CPython {plan.python} on {PLATFORMS[0]} in "
+                f"{plan.torch_index_url or PYPI} or {PYPI}: is the index reachable from here? "
+                "Add --find-links DIR holding "
                 "the wheels, or --extra-index-url a mirror)"
             )
         elif any(m in text for m in ("NewConnectionError", "ConnectTimeout", "ProxyError")):
             hint = (
-                f" (an index could not be reached: {plan.torch_index_url} / {PYPI}; set "
+                f" (an index could not be reached: {plan.torch_index_url or PYPI} / {PYPI}; set "
                 "HTTPS_PROXY, or use --find-links / --extra-index-url to a reachable mirror)"
             )
         raise BuildError(

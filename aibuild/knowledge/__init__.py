@@ -59,6 +59,7 @@ class TorchRelease:
     python_max: str
     cuda: tuple[str, ...]  # CUDA variants with wheels, e.g. ("11.8", "12.1", "12.4")
     stable_cuda: tuple[str, ...]
+    pypi_cuda: str | None  # the CUDA of the release's wheel on PyPI itself (Linux x86_64)
     uncertain: bool
     notes: str
     sources: str
@@ -203,9 +204,20 @@ def find_gpu(name: str) -> Gpu | None:
     return gpus()[canonical] if canonical else None
 
 
+def forward_compatible(gpu: Gpu) -> bool:
+    """Whether CUDA forward compatibility (the cuda-compat libraries: a newer CUDA on an
+    older driver) runs on this GPU: NVIDIA supports it on datacenter GPUs, not on GeForce
+    and RTX cards (CUDA Compatibility guide, "Forward Compatibility")."""
+    return not any(word in gpu.name.upper() for word in ("GEFORCE", "RTX", "TITAN"))
+
+
 def gpu_names() -> list[str]:
     """Short names accepted in profiles (for did-you-mean)."""
     return sorted(_gpu_index())
+
+
+def _minor_or_none(text: str) -> str | None:
+    return text if re.fullmatch(r"\d+\.\d+", text) else None
 
 
 @functools.cache
@@ -218,6 +230,9 @@ def torch_releases() -> dict[str, TorchRelease]:
             python_max=r["python_max"],
             cuda=tuple(v for v in r["cuda_versions"].split(";") if v),
             stable_cuda=tuple(v for v in r["stable_cuda"].split(";") if v),
+            pypi_cuda=r["pypi_default_cuda"]
+            if re.fullmatch(r"\d+\.\d+", r["pypi_default_cuda"])
+            else None,
             uncertain=r["uncertain"] == "?",
             notes=r["notes"],
             sources=r["sources"],

@@ -17,7 +17,9 @@ class RenderOptions:
     what the image is, only how it is fetched).
 
     base_image:       overrides ``software.base_image`` (e.g. a bootstrapped test base)
-    wheelhouse:       a local directory of wheels; pip installs from it, offline first
+    wheelhouse:       a local directory of wheels; the only source of Python packages
+    wheelhouse_url:   where the build reaches that wheelhouse over HTTP (a loopback server
+                      of aibuild's own), instead of copying it into the context
     find_links:       extra ``--find-links`` locations (URLs) for pip
     extra_index_urls: extra ``--extra-index-url`` locations for pip
     ca_cert:          a PEM file trusted during the build only (never in the final stage)
@@ -33,6 +35,7 @@ class RenderOptions:
 
     base_image: str | None = None
     wheelhouse: str | None = None
+    wheelhouse_url: str | None = None
     find_links: tuple[str, ...] = ()
     extra_index_urls: tuple[str, ...] = ()
     ca_cert: str | None = None
@@ -64,16 +67,21 @@ class BuildPlan:
     # software
     os: str  # "ubuntu22.04", "ubuntu24.04", "debian12"
     os_family: str  # "ubuntu" | "debian"
-    cuda: str | None  # "12.4" (None for cpu)
-    cuda_full: str | None  # "12.4.1": the nvidia/cuda image release
+    cuda: str | None  # "12.4" (None for cpu): the CUDA torch's wheels are built for
+    cuda_full: str | None  # "12.4.1": the nvidia/cuda image release (None: no nvidia/cuda)
     cudnn: bool
+    cuda_source: str | None  # "wheels" | "image" (None for cpu)
+    cuda_toolkit: bool  # nvcc in a devel builder stage
+    cuda_stack: str  # where the image's CUDA comes from, in words (check and the header)
+    require_cuda: str | None  # NVIDIA_REQUIRE_CUDA, e.g. "cuda>=13.0" (wheels source)
+    compile_deps: bool  # gcc, libc headers and Python headers at run time (Triton, compile)
     python: str  # "3.11"
     python_install: str  # "base" (image has it) | "system" (distro apt) | "uv" (uv-managed)
     torch: str  # exact version, e.g. "2.5.1"
     torch_variant: str  # "cu124" | "cpu"
-    torch_index_url: str  # https://download.pytorch.org/whl/<variant>
-    base_image: str  # builder-stage base (devel flavour for CUDA)
-    runtime_image: str  # final-stage base (runtime flavour for CUDA)
+    torch_index_url: str | None  # https://download.pytorch.org/whl/<variant>; None: PyPI
+    base_image: str  # builder-stage base (nvidia/cuda devel with cuda_toolkit)
+    runtime_image: str  # final-stage base (the same as base_image unless a toolkit is used)
     pip: tuple[str, ...]  # normalised PEP 508 requirements, sorted
     apt: tuple[str, ...]  # Debian package names, sorted
     env: tuple[tuple[str, str], ...]  # sorted (KEY, value)

@@ -242,6 +242,8 @@ class Resolver:
         self.sw: dict[str, Any] = d.get("software") or {}
         self.run_cfg: dict[str, Any] = d.get("run") or {}
         self.image_cfg: dict[str, Any] = d.get("image") or {}
+        self.toolkit = bool(self.sw.get("cuda_toolkit"))
+        self.source = self.sw.get("cuda_source") or ("image" if self.toolkit else "wheels")
 
     def error(self, message: str, key: str) -> None:
         self.diags.append(self.p.diag("error", message, key))
@@ -336,6 +338,7 @@ class Resolver:
         os_name: str,
         cudnn: bool,
         driver: str | None,
+        source: str = "wheels",
     ) -> Candidate:
         errors: list[str] = []
         warnings: list[str] = []
@@ -402,35 +405,68 @@ class Resolver:
                     f"not run on {gpu_desc}; use {self.torch_fix(cc)}"
                 )
                 (warnings if arch.uncertain else errors).append(message)
-        # base image
-        flavour_ok = self.pick_images(cuda, os_name, cudnn)
-        if flavour_ok is None:
-            oses = sorted({i.os for i in kb.cuda_images() if i.cuda == cuda})
-            want = " with cuDNN" if cudnn else ""
-            fix = (
-                f"use os {' or '.join(o for o in oses if o in schema.OS_CHOICES)}"
-                if oses
-                else "use another cuda"
-            )
-            errors.append(f"there is no nvidia/cuda {cuda} image{want} for {os_name}: {fix}")
-            return Candidate(cuda, tuple(errors), tuple(warnings))
-        full, builder, runtime = flavour_ok
-        min_driver, note = kb.driver_for(full)
+        # base image: nvidia/cuda only for the image source
+        full = builder = runtime = None
+        if source == "image":
+            flavours = self.image_flavours(cudnn)
+            flavour_ok = self.pick_images(cuda, os_name, flavours)
+            if flavour_ok is None:
+                oses = sorted({i.os for i in kb.cuda_images() if i.cuda == cuda})
+                want = " with cuDNN" if cudnn and self.toolkit else ""
+                fix = (
+                    f"use os {' or '.join(o for o in oses if o in schema.OS_CHOICES)}"
+                    if oses
+                    else "use another cuda"
+                )
+                errors.append(
+                    f"there is no nvidia/cuda {cuda} {'/'.join(flavours)} image{want} for "
+                    f"{os_name}: {fix}"
+                )
+                return Candidate(cuda, tuple(errors), tuple(warnings))
+            full, builder, runtime = flavour_ok
+            min_driver, note = kb.driver_for(full)
+        else:
+            # torch's wheels carry the CUDA runtime of that minor release (its update is
+            # the wheels' business): the minor's first release sets the driver it wants.
+            min_driver, note = kb.driver_for(f"{cuda}.0")
         driver_ok = True
         if driver:
             floor = kb.compat_floor(cuda)
-            if floor and version_lt(driver, floor):
+            stack = f"CUDA {full}" if full else f"CUDA {cuda} (torch's wheels)"
+            if floor and version_lt(driver, floor) and source == "image":
+                if not kb.forward_compatible(gpu):
+                    errors.append(
+                        f"driver {driver} is too old for CUDA {cuda} (its "
+                        f"minor-version-compatibility floor is {floor}), and forward "
+                        f"compatibility does not run on {gpu.name} (datacenter GPUs only): "
+                        "upgrade the driver or use an older cuda"
+                    )
+                else:
+                    warnings.append(
+                        f"driver {driver} is below CUDA {cuda}'s floor {floor}: it runs "
+                        f"through forward compatibility (the cuda-compat libraries in "
+                        f"{runtime}; datacenter GPUs only)"
+                    )
+                driver_ok = False
+            elif floor and version_lt(driver, floor):
+                hint = (
+                    ""
+                    if not kb.forward_compatible(gpu)
+                    else "; or, for forward compatibility on this datacenter GPU, "
+                    "software.cuda_source: image (nvidia/cuda carries the cuda-compat "
+                    "libraries)"
+                )
                 errors.append(
                     f"driver {driver} is too old for CUDA {cuda}: "
                     "its minor-version-compatibility floor "
-                    f"is {floor} (CUDA {full} wants >= "
+                    f"is {floor} ({stack} wants >= "
                     f"{min_driver or floor}); upgrade the driver or "
-                    f"use an older cuda"
+                    f"use an older cuda{hint}"
                 )
                 driver_ok = False
             elif min_driver and version_lt(driver, min_driver):
                 warnings.append(
-                    f"driver {driver} is below CUDA {full}'s minimum {min_driver}: it runs through "
+                    f"driver {driver} is below {stack}'s minimum {min_driver}: it runs through "
                     "minor-version compatibility (no PTX JIT); "
                     f"upgrade to >= {min_driver} for full "
                     f"support"
@@ -460,25 +496,35 @@ class Resolver:
             else f"torch {ordered[0]}"
         )
 
-    def pick_images(self, cuda: str, os_name: str, cudnn: bool) -> tuple[str, str, str] | None:
-        """(full, devel tag, runtime tag): the newest update of CUDA X.Y that has both
-        flavours for this OS (with cuDNN if asked; NVIDIA's cuDNN tag names vary)."""
-        images = [
-            i
-            for i in kb.cuda_images()
-            if i.cuda == cuda and i.os == os_name and ((i.cudnn != "none") == cudnn)
-        ]
+    def image_flavours(self, cudnn: bool) -> tuple[str, str]:
+        """(builder, runtime) nvidia/cuda flavours for the image source. With the toolkit:
+        devel to compile (cuDNN headers when asked), and base to run (cudart and the
+        forward-compatibility libraries; torch brings the rest). Without: one stage on
+        base, or on runtime with cuDNN for a consumer other than torch that needs it."""
+        if self.toolkit:
+            return ("cudnn-devel" if cudnn else "devel", "base")
+        one = "cudnn-runtime" if cudnn else "base"
+        return (one, one)
+
+    def pick_images(
+        self, cuda: str, os_name: str, flavours: tuple[str, str]
+    ) -> tuple[str, str, str] | None:
+        """(full, builder tag, runtime tag): the newest update of CUDA X.Y that has both
+        flavours for this OS (NVIDIA's cuDNN tag names vary)."""
+        images = [i for i in kb.cuda_images() if i.cuda == cuda and i.os == os_name]
         by_full: dict[str, dict[str, str]] = {}
         for img in images:
-            by_full.setdefault(img.full, {})[img.flavor] = img.tag
-        complete = [f for f, flavours in by_full.items() if {"devel", "runtime"} <= set(flavours)]
+            key = f"cudnn-{img.flavor}" if img.cudnn != "none" else img.flavor
+            by_full.setdefault(img.full, {})[key] = img.tag
+        complete = [f for f, tags in by_full.items() if set(flavours) <= set(tags)]
         if not complete:
             return None
         full = max(complete, key=kb.vkey)
+        builder, runtime = flavours
         return (
             full,
-            f"nvidia/cuda:{by_full[full]['devel']}",
-            f"nvidia/cuda:{by_full[full]['runtime']}",
+            f"nvidia/cuda:{by_full[full][builder]}",
+            f"nvidia/cuda:{by_full[full][runtime]}",
         )
 
     # -- the whole plan --------------------------------------------------------
@@ -501,6 +547,7 @@ class Resolver:
         self.check_python(python, torch, rel)
 
         explicit_base = self.o.base_image or sw.get("base_image")
+        self.check_cuda_source(nvidia, explicit_base)
         gpu = None
         cuda = full = builder = runtime = min_driver = None
         arch_list: tuple[str, ...] = ()
@@ -548,6 +595,8 @@ class Resolver:
             variant = "cu" + cuda.replace(".", "")
             if explicit_base:
                 builder = runtime = explicit_base
+            elif self.source == "wheels":
+                builder = runtime = self.slim_base(python, os_name)
         else:
             for key in ("gpu", "driver"):
                 if hw.get(key):
@@ -564,12 +613,7 @@ class Resolver:
                 )
             gpu_count = gpu_count or 0
             variant = "cpu"
-            if explicit_base:
-                builder = runtime = explicit_base
-            elif os_name.startswith("debian"):
-                builder = runtime = f"python:{python}-slim-{DEBIAN_CODENAMES[os_name]}"
-            else:
-                builder = runtime = f"ubuntu:{os_name.removeprefix('ubuntu')}"
+            builder = runtime = explicit_base or self.slim_base(python, os_name)
         assert builder is not None and runtime is not None
         python_install = self.python_install(
             python, os_name, builder, explicit_base is not None, nvidia
@@ -584,11 +628,15 @@ class Resolver:
             )
         if self.has_errors():
             return None
+        training = self.p.data.get("training") or {}
+        compile_deps = bool(training.get("compile"))
+        torch_index = (
+            None if nvidia and rel.pypi_cuda == cuda else f"{TORCH_INDEX}/{variant}"
+        )  # PyPI's own torch is that CUDA build: PyPI serves it
         name = self.p.name
         pip_reqs = sorted({str(Requirement(r)) for r in sw.get("pip") or []}, key=str.lower)
         apt = sorted(set(sw.get("apt") or []))
         env = tuple(sorted((k, _env_value(v)) for k, v in (sw.get("env") or {}).items()))
-        training = self.p.data.get("training") or {}
         image_name = self.image_cfg.get("name") or "aibuild"
         image_tag = self.image_cfg.get("tag") or f"{name}-torch{torch}-{variant}"
         resolved = self.resolved_profile(
@@ -627,11 +675,16 @@ class Resolver:
             cuda=cuda,
             cuda_full=full,
             cudnn=cudnn,
+            cuda_source=self.source if nvidia else None,
+            cuda_toolkit=self.toolkit and nvidia,
+            cuda_stack=self.describe_stack(nvidia, cuda, full, builder, runtime, explicit_base),
+            require_cuda=f"cuda>={cuda}" if nvidia and self.source == "wheels" else None,
+            compile_deps=compile_deps,
             python=python,
             python_install=python_install,
             torch=torch,
             torch_variant=variant,
-            torch_index_url=f"{TORCH_INDEX}/{variant}",
+            torch_index_url=torch_index,
             base_image=builder,
             runtime_image=runtime,
             pip=tuple(pip_reqs),
@@ -653,11 +706,73 @@ class Resolver:
         if explicit and self.o.base_python is not None:
             if self.o.base_python == python:
                 return "base"
-        elif not nvidia and base.startswith("python:"):
+        elif base.startswith("python:"):
             return "base"
         if kb.OS_PYTHON.get(os_name) == python:
             return "system"
         return "uv"
+
+    def slim_base(self, python: str, os_name: str) -> str:
+        """The OS base without any CUDA: ``python:X.Y-slim-<codename>`` on Debian (Python
+        included), the plain distro image on Ubuntu."""
+        if os_name.startswith("debian"):
+            return f"python:{python}-slim-{DEBIAN_CODENAMES[os_name]}"
+        return f"ubuntu:{os_name.removeprefix('ubuntu')}"
+
+    def check_cuda_source(self, nvidia: bool, explicit_base: str | None) -> None:
+        """The CUDA source and the toolkit agree with each other and with the profile."""
+        asked = self.sw.get("cuda_source")
+        if not nvidia:
+            for key in ("cuda_source", "cuda_toolkit"):
+                if self.sw.get(key):
+                    self.error(
+                        f"software.{key} is set but the accelerator is cpu; remove it or set "
+                        "hardware.accelerator: nvidia",
+                        f"software.{key}",
+                    )
+            return
+        if self.toolkit and asked == "wheels":
+            self.error(
+                "software.cuda_toolkit needs nvcc, which only an nvidia/cuda devel stage has: "
+                "set software.cuda_source: image (or leave cuda_source out)",
+                "software.cuda_source",
+            )
+        if explicit_base and asked == "image":
+            self.error(
+                "software.cuda_source: image picks an nvidia/cuda base, but a base image is "
+                "given (software.base_image or --base-image): keep one of them",
+                "software.cuda_source",
+            )
+        if explicit_base and self.toolkit:
+            self.error(
+                "software.cuda_toolkit builds on an nvidia/cuda devel image, but a base image "
+                "is given (software.base_image or --base-image): keep one of them",
+                "software.cuda_toolkit",
+            )
+
+    def describe_stack(
+        self,
+        nvidia: bool,
+        cuda: str | None,
+        full: str | None,
+        builder: str,
+        runtime: str,
+        explicit_base: str | None,
+    ) -> str:
+        """Where the image's CUDA comes from, in one line (``check`` and the header)."""
+        if not nvidia:
+            return "no CUDA (cpu)"
+        wheels = f"CUDA {cuda} from torch's wheels (nvidia-* packages, loaded via torch's RPATH)"
+        if explicit_base:
+            return f"{wheels}, on the given base {builder}"
+        if self.source == "wheels":
+            return f"{wheels}, on {runtime}: one CUDA stack"
+        if self.toolkit:
+            return (
+                f"{wheels}; nvcc {full} in the {builder} builder stage (its CUDA matches "
+                f"torch's), {runtime} to run"
+            )
+        return f"{wheels}; {runtime} for what else needs CUDA {full} (chosen: cuda_source: image)"
 
     def choose_cuda(
         self,
@@ -670,7 +785,7 @@ class Resolver:
     ) -> Candidate | None:
         asked = self.sw.get("cuda")
         if asked:
-            cand = self.evaluate(str(asked), torch, rel, gpu, os_name, cudnn, driver)
+            cand = self.evaluate(str(asked), torch, rel, gpu, os_name, cudnn, driver, self.source)
             for message in cand.errors:
                 self.error(
                     message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
@@ -681,7 +796,7 @@ class Resolver:
                 )
             return None if cand.errors else cand
         candidates = [
-            self.evaluate(c, torch, rel, gpu, os_name, cudnn, driver)
+            self.evaluate(c, torch, rel, gpu, os_name, cudnn, driver, self.source)
             for c in sorted(rel.cuda, key=kb.vkey, reverse=True)
         ]
         ok = [c for c in candidates if not c.errors]

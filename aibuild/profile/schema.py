@@ -226,10 +226,28 @@ FIELDS: tuple[Field, ...] = (
         _pattern(MINOR_RE, 'a CUDA version like "12.4"'),
     ),
     Field(
+        "software.cuda_source",
+        "str",
+        "wheels (image when cuda_toolkit)",
+        "Where CUDA comes from (nvidia only). wheels: torch's own CUDA (the nvidia-* wheels) "
+        "on a slim OS base, one CUDA stack; image: an nvidia/cuda base, for what needs it "
+        "(nvcc, forward-compatibility libraries, CUDA consumers other than torch).",
+        choices=("wheels", "image"),
+    ),
+    Field(
+        "software.cuda_toolkit",
+        "bool",
+        "false",
+        "nvcc in an nvidia/cuda devel builder stage, its CUDA matching torch's, for packages "
+        "that compile CUDA code (flash-attn, apex, DeepSpeed ops). Implies cuda_source: image.",
+        _bool,
+    ),
+    Field(
         "software.cudnn",
         "bool",
         "true",
-        "Use an nvidia/cuda image with cuDNN (nvidia only).",
+        "With cuda_source: image, an nvidia/cuda flavour with cuDNN (torch's wheels bring "
+        "their own cuDNN either way).",
         _bool,
     ),
     Field(

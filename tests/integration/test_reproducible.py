@@ -228,7 +228,7 @@ def _aibuild(
     )
 
 
-TORCH_FREE = '{% extends "aibuild/Dockerfile.j2" %}\n{% block builder_torch %}{% endblock %}\n'
+TORCH_FREE = '{% extends "aibuild/Dockerfile.j2" %}\n{% block torch %}{% endblock %}\n'
 
 
 def test_reproducible_cli_without_torch_gives_one_image_and_one_digest(

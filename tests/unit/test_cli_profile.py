@@ -196,7 +196,7 @@ def test_render_options_on_the_command_line(tmp_path: Path) -> None:
 
 def test_render_template_dir(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile.j2").write_text(
-        '{% extends "aibuild/Dockerfile.j2" %}{% block runtime_extra %}RUN echo hi\n{% endblock %}'
+        '{% extends "aibuild/Dockerfile.j2" %}{% block extra %}RUN echo hi\n{% endblock %}'
     )
     result = invoke("render", "cpu", "--template-dir", str(tmp_path))
     assert result.exit_code == 0 and "\nRUN echo hi\n" in result.stdout

@@ -98,7 +98,7 @@ def test_old_driver_fails_with_a_fix() -> None:
     checks = profile_checks(plan, parse_nvidia_smi(recorded("a100-old-driver-535.csv")), None)
     failed = [c for c in checks if c.status == FAIL]
     assert [c.name for c in failed] == ["driver >= min"]
-    assert "535.104.05 < 550.54.15" in failed[0].detail
+    assert "535.104.05 < 550.54.14" in failed[0].detail
     assert "upgrade the NVIDIA driver" in failed[0].fix
 
 

@@ -80,50 +80,74 @@ def test_context_files_content(tmp_path: Path) -> None:
     assert "precision: bf16" in (tmp_path / "profile.yaml").read_text()
 
 
+def idx(lines: list[str], pattern: str) -> int:
+    hits = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+    assert hits, f"no instruction matches {pattern!r}"
+    return hits[0]
+
+
+def ordered(lines: list[str], patterns: list[str]) -> None:
+    found = [idx(lines, p) for p in patterns]
+    assert found == sorted(found), (patterns, lines)
+
+
 @pytest.mark.parametrize("name", ["gpu-a100", "cpu", "gpu-h100"])
-def test_layer_order(name: str) -> None:
-    builder, runtime = stages(render(name))
-    b = [f"{w} {a}" for w, a in builder]
-    r = [f"{w} {a}" for w, a in runtime]
+def test_one_stage_layer_order(name: str) -> None:
+    """Least to most often changed, and the venv written once, in the image itself."""
+    (image,) = stages(render(name))  # one stage: nothing has to stay out of the image
+    lines = [f"{w} {a}" for w, a in image]
+    ordered(
+        lines,
+        [
+            r"^FROM .* AS image$",
+            r"useradd",
+            r"-m venv|uv venv",
+            r"torch==",
+            r"COPY requirements\.txt",
+            r"-r /tmp/aibuild-build/requirements\.txt",
+            r"COPY runtime/aibuild/",
+            r"COPY profile\.yaml",
+            r"^USER ",
+        ],
+    )
+    if name == "gpu-a100":  # one apt step, with the profile's packages, before Python
+        ordered(lines, [r"apt-get install .*git", r"useradd", r"uv venv"])
+        assert sum(1 for line in lines if "apt-get install" in line) == 1
+    assert not any("COPY --from" in line for line in lines)
 
-    def idx(lines: list[str], pattern: str) -> int:
-        hits = [i for i, line in enumerate(lines) if re.search(pattern, line)]
-        assert hits, f"no instruction matches {pattern!r}"
-        return hits[0]
 
-    order_b = [
-        idx(b, r"^FROM "),
-        idx(b, r"-m venv|uv venv"),
-        idx(b, r"torch=="),
-        idx(b, r"COPY requirements\.txt"),
-        idx(b, r"-r /tmp/aibuild-build/requirements\.txt"),
+def test_a_builder_stage_only_for_what_must_stay_out() -> None:
+    """A toolkit (nvcc), a build CA or a copied-in wheelhouse: those go in a builder
+    stage and the image copies only the venv."""
+    cases: list[tuple[RenderOptions | None, tuple[str, ...]]] = [
+        (None, ("software.cuda_toolkit=true",)),
+        (RenderOptions(ca_cert="/etc/hosts"), ()),
+        (RenderOptions(wheelhouse="/tmp"), ()),
     ]
-    assert order_b == sorted(order_b), b
-    if name == "gpu-a100":  # system packages before python in the builder
-        assert idx(b, r"apt-get install") < idx(b, r"uv venv")
-    order_r = [
-        idx(r, r"^FROM "),
-        idx(r, r"COPY --from=builder /opt/venv"),
-        idx(r, r"COPY runtime/aibuild/"),
-        idx(r, r"COPY profile\.yaml"),
-        idx(r, r"^USER "),
-    ]
-    assert order_r == sorted(order_r), r
-    if name == "gpu-a100":
-        assert idx(r, r"apt-get install .*git") < idx(r, r"COPY --from=builder /opt/venv")
+    for options, sets in cases:
+        builder, runtime = stages(render("gpu-h100", options, *sets))
+        copies = [a for w, a in runtime if w == "COPY" and a.startswith("--from=builder")]
+        assert copies == ["--from=builder /opt/venv /opt/venv"], (options, sets)
+        assert not any("pip install" in a for w, a in runtime if w == "RUN")
+        b = [f"{w} {a}" for w, a in builder]
+        ordered(b, [r"^FROM ", r"-m venv", r"torch==", r"-r /tmp/aibuild-build/requirements"])
+    served = RenderOptions(wheelhouse="/tmp", wheelhouse_url="http://127.0.0.1:31234/")
+    (image,) = stages(render("cpu", served))
+    text = " ".join(a for _, a in image)
+    assert "--no-index --find-links http://127.0.0.1:31234/ torch==2.13.0" in text
+    assert "wheelhouse/" not in text  # served, not copied: not in the context, not in a layer
 
 
-def test_multi_stage_copies_the_venv() -> None:
-    text = render("gpu-a100")
+def test_toolkit_builds_on_devel_and_runs_on_base() -> None:
+    text = render("gpu-h100", None, "software.cuda_toolkit=true")
     builder, runtime = stages(text)
-    assert builder[0] == ("FROM", "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04 AS builder")
-    assert runtime[0] == ("FROM", "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 AS runtime")
-    copies = [a for w, a in runtime if w == "COPY" and a.startswith("--from=builder")]
-    assert copies == [
-        "--from=builder /opt/python /opt/python",
-        "--from=builder /opt/venv /opt/venv",
-    ]
-    assert not any("pip install" in a for w, a in runtime if w == "RUN")
+    assert re.fullmatch(
+        r"nvidia/cuda:13\.0\.\d+-cudnn-devel-ubuntu24\.04 AS builder", builder[0][1]
+    )
+    assert re.fullmatch(r"nvidia/cuda:13\.0\.\d+-base-ubuntu24\.04 AS runtime", runtime[0][1])
+    builder_text = " ".join(a for _, a in builder)
+    assert 'CUDA_HOME="/usr/local/cuda"' in builder_text and "build-essential" in builder_text
+    assert "NVIDIA_REQUIRE_CUDA" not in text  # nvidia/cuda sets its own
 
 
 @pytest.mark.parametrize("name", ["gpu-a100", "cpu", "gpu-h100x8"])
@@ -139,9 +163,12 @@ def test_nvidia_env_and_arch_list() -> None:
     assert 'TORCH_CUDA_ARCH_LIST="8.0"' in text
     assert 'NVIDIA_VISIBLE_DEVICES="all"' in text
     assert 'NVIDIA_DRIVER_CAPABILITIES="compute,utility"' in text
-    assert re.search(
-        r"^FROM nvidia/cuda:12\.\d+\.\d+-cudnn[0-9]*-runtime-ubuntu\S+ AS runtime$", text, re.M
-    )
+    assert 'NVIDIA_REQUIRE_CUDA="cuda>=12.4"' in text  # the toolkit refuses a too-old driver
+    assert 'LD_LIBRARY_PATH="/usr/local/nvidia/lib:/usr/local/nvidia/lib64"' in text
+    assert "ENV PATH=/usr/local/nvidia/bin:/opt/venv/bin:$PATH" in text
+    assert "CUDA_VERSION" not in text  # the toolkit would treat the image as legacy
+    assert re.search(r"^FROM ubuntu:22\.04 AS image$", text, re.M)  # one CUDA stack
+    assert "nvidia/cuda" not in text
     cpu = render("cpu")
     assert "NVIDIA_" not in cpu and "TORCH_CUDA_ARCH_LIST" not in cpu and "nvidia/cuda" not in cpu
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in cpu
@@ -158,7 +185,8 @@ def test_labels() -> None:
         'ai.aibuild.cuda="12.4"',
         'ai.aibuild.torch="2.5.1"',
         'ai.aibuild.arch-list="8.0"',
-        'ai.aibuild.min-driver="550.54.15"',
+        'ai.aibuild.min-driver="550.54.14"',  # CUDA 12.4.0's: the wheels' update is theirs
+        'org.opencontainers.image.base.name="ubuntu:22.04"',
     ):
         assert key in label, key
 
@@ -186,13 +214,41 @@ def test_build_only_files_stay_in_the_builder() -> None:
     assert "SSL_CERT_FILE" not in runtime_text
 
 
+def test_build_settings_are_args_not_image_env() -> None:
+    """pip's and Python's build-time settings are ARGs: none reaches the image's config."""
+    ins = dfparse.instructions(render("cpu"))
+    env = " ".join(a for w, a in ins if w == "ENV")
+    assert "PIP_" not in env and "PYTHONDONTWRITEBYTECODE" not in env
+    args = " ".join(a for w, a in ins if w == "ARG")
+    assert "PIP_NO_CACHE_DIR=1" in args and "PYTHONDONTWRITEBYTECODE=1" in args
+
+
+def test_uv_installs_and_leaves_no_trace() -> None:
+    runs = [a for w, a in dfparse.instructions(render("cpu")) if w == "RUN" and "uv pip" in a]
+    assert len(runs) == 2  # torch, then the requirements
+    for run in runs:
+        assert "--target /tmp/aibuild-build/uv uv==0.9.30" in run  # fetched in this RUN ...
+        assert run.rstrip().endswith("rm -rf /tmp/aibuild-build/uv")  # ... and gone after it
+        assert "--no-cache" in run and "--compile-bytecode" in run
+
+
+def test_compile_brings_a_compiler_and_headers() -> None:
+    plain = render("gpu-h100")
+    compiled = render("gpu-h100", None, "training.compile=true")
+    assert "gcc" not in plain
+    (apt,) = [a for w, a in dfparse.instructions(compiled) if w == "RUN" and "apt-get" in a]
+    for package in ("g++", "gcc", "libc6-dev", "python3-dev"):  # Triton and inductor
+        assert f" {package}" in apt
+    assert "/var/cache/apt/archives/*.deb" in apt  # no downloaded .deb stays in the layer
+
+
 def test_find_links_and_extra_index_url() -> None:
     options = RenderOptions(
         find_links=("https://example.com/wheels/",),
         extra_index_urls=("https://pypi.example.com/simple",),
     )
-    builder, _ = stages(render("cpu", options))
-    runs = [a for w, a in builder if w == "RUN" and "pip install" in a]
+    (image,) = stages(render("cpu", options))
+    runs = [a for w, a in image if w == "RUN" and "uv pip install" in a]
     torch_run = next(a for a in runs if "torch==" in a)
     req_run = next(a for a in runs if "requirements.txt" in a)
     assert "--index-url https://download.pytorch.org/whl/cpu" in torch_run
@@ -227,7 +283,7 @@ def test_missing_wheelhouse_is_a_render_error(tmp_path: Path) -> None:
 def test_user_template_overrides_one_block(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile.j2").write_text(
         '{% extends "aibuild/Dockerfile.j2" %}\n'
-        "{% block runtime_extra %}\nRUN echo custom-step\n{% endblock %}\n"
+        "{% block extra %}\nRUN echo custom-step\n{% endblock %}\n"
     )
     options = RenderOptions(template_dir=str(tmp_path))
     text = render("gpu-a100", options)
@@ -256,7 +312,9 @@ def test_python_install_methods_render() -> None:
     system = render("gpu-h100")
     assert "RUN python3 -m venv /opt/venv" in system and "uv python install" not in system
     uv = render("gpu-a100")
-    assert "uv python install 3.11" in uv and "COPY --from=builder /opt/python /opt/python" in uv
+    assert "uv python install 3.11" in uv and "COPY --from" not in uv  # one stage
+    builder = render("gpu-a100", RenderOptions(ca_cert="/etc/hosts"))
+    assert "COPY --from=builder /opt/python /opt/python" in builder
     base = render("cpu")
     assert "RUN python -m venv /opt/venv" in base and "apt-get" not in base
 

@@ -144,7 +144,8 @@ def test_driver_between_floor_and_minimum_is_a_warning() -> None:
     plan, diags = check("gpu-a100", "hardware.driver=530.30.02")
     assert plan is not None
     (warn,) = warnings(diags)
-    assert warn.key == "hardware.driver" and "below CUDA 12.4.1's minimum 550.54.15" in warn.message
+    assert warn.key == "hardware.driver"
+    assert "below CUDA 12.4 (torch's wheels)'s minimum 550.54.14" in warn.message
 
 
 def test_h100_with_driver_580_resolves_to_cuda_130_not_132(tmp_path: Path) -> None:
@@ -160,9 +161,13 @@ def test_h100_with_driver_580_resolves_to_cuda_130_not_132(tmp_path: Path) -> No
 
 
 def test_no_base_image_for_cuda_and_os_suggests_another_os() -> None:
-    err = only_error("gpu-a100", "software.os=ubuntu24.04")
-    assert "no nvidia/cuda 12.4 image with cuDNN for ubuntu24.04" in err.message
+    err = only_error(
+        "gpu-a100", "software.os=ubuntu24.04", "software.cuda_source=image", "software.cudnn=false"
+    )
+    assert "no nvidia/cuda 12.4 base/base image for ubuntu24.04" in err.message
     assert "ubuntu22.04" in err.message
+    # the wheels source needs no nvidia/cuda image at all: ubuntu24.04 is fine there
+    assert plan_for("gpu-a100", ("software.os=ubuntu24.04",)).runtime_image == "ubuntu:24.04"
 
 
 @pytest.mark.parametrize(
@@ -187,18 +192,29 @@ def test_no_base_image_for_cuda_and_os_suggests_another_os() -> None:
 )
 def test_cudnn_tag_names_resolve_to_real_tags(cuda: str, devel: str, runtime: str) -> None:
     resolver = Resolver(load_profile("gpu-a100"), RenderOptions())
-    picked = resolver.pick_images(cuda, "ubuntu22.04", True)
+    picked = resolver.pick_images(cuda, "ubuntu22.04", ("cudnn-devel", "cudnn-runtime"))
     assert picked is not None and picked[1:] == (devel, runtime)
 
 
-def test_cudnn_false_picks_the_plain_images() -> None:
-    plan = plan_for("gpu-a100", ("software.cudnn=false",))
-    assert plan.base_image == "nvidia/cuda:12.4.1-devel-ubuntu22.04"
-    assert plan.runtime_image == "nvidia/cuda:12.4.1-runtime-ubuntu22.04"
+def test_image_source_flavours() -> None:
+    """nvidia/cuda only where needed: base (cudart, forward compatibility) by default,
+    cudnn-runtime for another consumer of cuDNN, devel to build with the toolkit."""
+    image = ("software.cuda_source=image",)
+    plain = plan_for("gpu-a100", (*image, "software.cudnn=false"))
+    assert plain.base_image == plain.runtime_image == "nvidia/cuda:12.4.1-base-ubuntu22.04"
+    cudnn = plan_for("gpu-a100", image)
+    assert cudnn.runtime_image == "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"
+    toolkit = plan_for("gpu-a100", ("software.cuda_toolkit=true",))
+    assert toolkit.cuda_source == "image" and toolkit.cuda_toolkit
+    assert toolkit.base_image == "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04"
+    assert toolkit.runtime_image == "nvidia/cuda:12.4.1-base-ubuntu22.04"
+    assert toolkit.require_cuda is None  # nvidia/cuda images set NVIDIA_REQUIRE_CUDA
 
 
 def test_cuda_121_resolves_the_cudnn8_tag() -> None:
-    plan = plan_for("gpu-a100", ("software.torch=2.1.2", "software.cuda=12.1"))
+    plan = plan_for(
+        "gpu-a100", ("software.torch=2.1.2", "software.cuda=12.1", "software.cuda_toolkit=true")
+    )
     assert plan.base_image == "nvidia/cuda:12.1.1-cudnn8-devel-ubuntu22.04"
 
 
@@ -252,15 +268,20 @@ def test_gpu_a100_plan() -> None:
     plan = plan_for("gpu-a100")
     assert (plan.cuda, plan.cuda_full, plan.torch, plan.torch_variant) == (
         "12.4",
-        "12.4.1",
+        None,  # no nvidia/cuda image: torch's wheels carry CUDA 12.4
         "2.5.1",
         "cu124",
     )
+    assert (plan.cuda_source, plan.cuda_toolkit, plan.require_cuda) == (
+        "wheels",
+        False,
+        "cuda>=12.4",
+    )
     assert plan.torch_index_url == "https://download.pytorch.org/whl/cu124"
-    assert plan.base_image == "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04"
-    assert plan.runtime_image == "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"
+    assert plan.base_image == plan.runtime_image == "ubuntu:22.04"  # one CUDA stack
+    assert "one CUDA stack" in plan.cuda_stack
     assert plan.arch_list == ("8.0",) and plan.compute_capability == "8.0"
-    assert plan.min_driver == "550.54.15" and plan.gpu == "NVIDIA A100" and plan.gpu_count == 8
+    assert plan.min_driver == "550.54.14" and plan.gpu == "NVIDIA A100" and plan.gpu_count == 8
     assert plan.python_install == "uv"  # ubuntu22.04 has 3.10
     assert plan.pip == ("numpy", "pillow", "scipy") and plan.apt == ("git",)
     assert plan.image_ref == "aibuild:gpu-a100-torch2.5.1-cu124"
@@ -283,8 +304,62 @@ def test_plan_is_frozen_and_deterministic() -> None:
 
 def test_resolve_raises_every_error() -> None:
     with pytest.raises(ProfileError) as info:
-        plan_for("gpu-a100", ("software.python=3.8", "software.os=ubuntu24.04"))
+        plan_for(
+            "gpu-a100",
+            ("software.python=3.8", "software.os=ubuntu24.04", "software.cuda_source=image"),
+        )
     assert len(info.value.errors) == 2
+
+
+@pytest.mark.parametrize(
+    ("sets", "key", "says"),
+    [
+        (
+            ("software.cuda_toolkit=true", "software.cuda_source=wheels"),
+            "software.cuda_source",
+            "set software.cuda_source: image",
+        ),
+        (
+            ("software.cuda_source=image", "software.base_image=registry.example.com/x:1"),
+            "software.cuda_source",
+            "keep one of them",
+        ),
+    ],
+)
+def test_cuda_source_conflicts_name_the_fix(sets: tuple[str, ...], key: str, says: str) -> None:
+    err = only_error("gpu-h100", *sets)
+    assert err.key == key and says in err.message
+
+
+def test_cuda_source_on_cpu_is_an_error() -> None:
+    err = only_error("cpu", "software.cuda_source=image")
+    assert err.key == "software.cuda_source" and "accelerator is cpu" in err.message
+
+
+def test_forward_compatibility_needs_the_image_source_and_a_datacenter_gpu() -> None:
+    """CUDA 13 on a 535 driver: not with the wheels; with nvidia/cuda's cuda-compat
+    libraries on a datacenter GPU (a warning); never on a GeForce/RTX card."""
+    old = ("hardware.driver=535.104.05", "software.cuda=13.0")
+    err = only_error("gpu-h100", *old)
+    assert "minor-version-compatibility floor" in err.message
+    assert "software.cuda_source: image" in err.message
+    plan, diags = check("gpu-h100", *old, "software.cuda_source=image")
+    assert plan is not None and plan.runtime_image.startswith("nvidia/cuda:13.0")
+    assert any("forward compatibility" in w.message for w in warnings(diags))
+    consumer = only_error("gpu-rtx5090", *old, "software.cuda_source=image", "software.cuda=13.0")
+    assert "datacenter GPUs only" in consumer.message
+
+
+def test_torch_from_pypi_when_its_own_build_is_the_variant() -> None:
+    plan = plan_for("gpu-h100")
+    assert (plan.cuda, plan.torch_index_url) == ("13.0", None)
+    assert plan_for("gpu-h100", ("software.cuda=12.6",)).torch_index_url.endswith("/cu126")
+
+
+def test_compile_needs_compilers_in_the_image() -> None:
+    assert plan_for("gpu-h100", ("training.compile=true",)).compile_deps
+    assert plan_for("cpu", ("training.compile=true",)).compile_deps  # inductor builds C++
+    assert not plan_for("gpu-h100").compile_deps
 
 
 def test_explicit_base_image_is_used_for_both_stages(tmp_path: Path) -> None:
