@@ -16,6 +16,7 @@ function here and prints its result.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -40,6 +41,7 @@ from aibuild.image.record import (
     write_record,
 )
 from aibuild.image.render import check_context_dir, write_context
+from aibuild.image.wheelhouse import serve_wheelhouse
 from aibuild.logs import Log, silent
 from aibuild.oci.archive import BlobCache
 from aibuild.oci.credentials import resolve_credentials
@@ -142,6 +144,18 @@ def plan_build(
 # ---------------------------------------------------------------------------
 
 
+def _can_serve(client: docker.DockerClient, settings: BuildSettings) -> bool:
+    """Whether the build's RUN steps can reach a wheelhouse served on this machine's
+    loopback: the engine runs here, and the build uses the host's network (the default
+    when a wheelhouse is given; another --network gets the wheelhouse copied in)."""
+    if settings.network_mode not in (None, "host"):
+        return False
+    url = str(getattr(client.api, "base_url", ""))
+    return url.startswith(("http+unix", "http+docker")) or any(
+        host in url for host in ("//127.0.0.1", "//localhost", "//[::1]")
+    )
+
+
 def build_plan(
     client: docker.DockerClient,
     plan: BuildPlan,
@@ -163,7 +177,21 @@ def build_plan(
             f"python3 {facts.python or 'absent'}"
         )
     tags = [plan.image_ref, *[t for t in settings.tags if t != plan.image_ref]]
-    with tempfile.TemporaryDirectory(prefix="aibuild-context-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="aibuild-context-") as tmp,
+        contextlib.ExitStack() as serving,
+    ):
+        if options.wheelhouse and _can_serve(client, settings):
+            try:
+                url = serving.enter_context(serve_wheelhouse(Path(options.wheelhouse)))
+            except OSError as exc:
+                report.message(
+                    f"wheelhouse: its port is taken ({exc.strerror}): copying it into the "
+                    "build context instead"
+                )
+            else:
+                options = replace(options, wheelhouse_url=url)
+                settings = replace(settings, network_mode="host")
         context = Path(settings.context_dir or Path(tmp) / "context")
         write_context(plan, context, options)  # refuses a directory holding others' files
         outcome = build_context(

@@ -64,16 +64,18 @@ storage_driver=$(docker info --format '{{.Driver}}')
 base_image=${AIBUILD_TEST_BASE_IMAGE:-aibuild-test/bookworm:12}
 step base-image bash "$scripts/bootstrap-base.sh" "$base_image"
 
-# 3. networking: does the default bridge (NAT) reach Debian's mirror? Fall back
-# to host networking when it does not (no iptables/NAT in some sandboxes).
+# 3. networking: which network do builds use? The host's first: aibuild serves the
+# wheelhouse to builds on loopback, which RUN steps reach only on the host network (on
+# another network it copies the wheelhouse in; tests of that pass --network bridge).
+# Bridge (NAT) as the fallback where host networking cannot reach Debian's mirror.
 probe_network() {
     local mode out
-    for mode in bridge host; do
+    for mode in host bridge; do
         if out=$(docker run --rm --network "$mode" "$base_image" \
             timeout 10 bash -c 'exec 3<>/dev/tcp/deb.debian.org/80 && echo reached' 2>&1) &&
             [[ $out == *reached* ]]; then
             build_network=$mode
-            [[ $mode == bridge ]] || log "using host networking for builds and containers"
+            [[ $mode == host ]] || log "using bridge networking for builds and containers"
             return 0
         fi
         log "containers on the $mode network cannot reach deb.debian.org:80: ${out:0:300}"

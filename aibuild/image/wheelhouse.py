@@ -8,13 +8,19 @@ first and PyPI as an extra index. The directory can then be given to
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import socket
 import subprocess
 import sys
+import threading
+import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aibuild.errors import BuildError
 from aibuild.image.render import UV_REQUIREMENT
@@ -138,3 +144,50 @@ def download_wheelhouse(
         )
     wheels = sorted(p.name for p in dest.glob("*.whl"))
     return WheelhouseResult(dest, wheels, command)
+
+
+# ---------------------------------------------------------------------------
+# Serving a wheelhouse to a build, instead of copying it into the context
+# ---------------------------------------------------------------------------
+# A copied wheelhouse is sent with every build context (3 GB for a CUDA torch) and written
+# into a builder layer. Served over loopback HTTP, the build's RUN steps (on the host's
+# network) read only the wheels they install, and the image can be a single stage.
+
+
+def wheelhouse_port(directory: Path) -> int:
+    """A port fixed for this wheelhouse's path: the URL lands in RUN instructions, so it
+    must be the same from build to build for the layer cache to hit."""
+    return 20000 + zlib.crc32(str(directory.resolve()).encode()) % 20000
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_wheelhouse(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` read-only on 127.0.0.1 at its fixed port for the duration; yields
+    the URL (``http://127.0.0.1:PORT/``) that pip and uv take as ``--find-links``. Other
+    aibuild builds serving the same wheelhouse share the port (SO_REUSEPORT). OSError when
+    something else holds the port."""
+    handler = functools.partial(_QuietHandler, directory=str(directory.resolve()))
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+        def server_bind(self) -> None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+
+    port = wheelhouse_port(directory)
+    server = Server(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, name="aibuild-wheelhouse", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.shutdown()
+        server.server_close()

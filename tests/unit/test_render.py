@@ -228,8 +228,9 @@ def test_uv_installs_and_leaves_no_trace() -> None:
     assert len(runs) == 2  # torch, then the requirements
     for run in runs:
         assert "--target /tmp/aibuild-build/uv uv==0.9.30" in run  # fetched in this RUN ...
-        assert run.rstrip().endswith("rm -rf /tmp/aibuild-build/uv")  # ... and gone after it
+        assert "&& rm -rf /tmp/aibuild-build/uv" in run  # ... and gone after it
         assert "--no-cache" in run and "--compile-bytecode" in run
+    assert runs[-1].endswith("&& rm -rf /tmp/aibuild-build")  # one stage: no scratch left
 
 
 def test_compile_brings_a_compiler_and_headers() -> None:

@@ -30,7 +30,8 @@ RUN pip install -q --no-cache-dir --no-compile --target /tmp/aibuild-build/uv uv
 COPY requirements.txt /tmp/aibuild-build/
 RUN pip install -q --no-cache-dir --no-compile --target /tmp/aibuild-build/uv uv==0.9.30 \
  && /tmp/aibuild-build/uv/bin/uv pip install --no-cache --python /opt/venv/bin/python --compile-bytecode -r /tmp/aibuild-build/requirements.txt \
- && rm -rf /tmp/aibuild-build/uv
+ && rm -rf /tmp/aibuild-build/uv \
+ && rm -rf /tmp/aibuild-build
 
 ENV AIBUILD_OUTPUT="/output" \
     AIBUILD_PROFILE="/etc/aibuild/profile.yaml" \
