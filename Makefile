@@ -21,10 +21,12 @@ test: engine
 	$(PYTHON) -c "import aibuild, hatchling, hypothesis, pytest, torch" 2>/dev/null || $(MAKE) install
 	. ./.aibuild-test-env && $(PYTHON) -m pytest -m "not gpu and not heavy"
 
-# The heavy tier: minutes of cold torch builds (twice-built reproducible torch image).
-# CI runs it after `make test`.
+# The heavy tier: minutes of cold torch builds (the twice-built reproducible torch image,
+# the CUDA image from a ~3 GB wheelhouse made once in .cache). CI runs it after `make test`.
+CUDA_WHEELHOUSE ?= $(CURDIR)/.cache/wheelhouse-cu130
 test-heavy: engine
-	. ./.aibuild-test-env && $(PYTHON) -m pytest -m heavy
+	PYTHON=$(PYTHON) bash scripts/make-cuda-wheelhouse.sh $(CUDA_WHEELHOUSE)
+	. ./.aibuild-test-env && AIBUILD_TEST_CUDA_WHEELHOUSE=$(CUDA_WHEELHOUSE) $(PYTHON) -m pytest -m heavy
 
 # The gpu tier, on a machine with an NVIDIA GPU: fails (never skips) when none works.
 test-gpu:

@@ -30,14 +30,12 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from aibuild.profile.plan import BuildPlan
 
 # The image's platform: glibc 2.28 or newer on x86_64. pip matches each --platform tag
-# exactly, so every manylinux tag such an image runs is named (torch's wheels carry
-# 2_28, uv's and many others 2_17/2014, NVIDIA's 2_27 and 2_28).
+# exactly (it does not expand manylinux_2_28 to the older tags such a system runs), so
+# every one is named: torch's wheels carry 2_28, NCCL's 2_18, uv's 2_17, others 2014.
 PLATFORMS = (
-    "manylinux_2_28_x86_64",
-    "manylinux_2_27_x86_64",
-    "manylinux_2_17_x86_64",
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)),
     "manylinux2014_x86_64",
-    "manylinux_2_5_x86_64",
+    "manylinux2010_x86_64",
     "manylinux1_x86_64",
 )
 PYPI = "https://pypi.org/simple"
@@ -46,7 +44,11 @@ PYPI = "https://pypi.org/simple"
 def requirements(plan: BuildPlan) -> list[str]:
     """Everything the image installs with pip: torch, then ``image_requirements`` (the
     profile's packages and the aibuild runtime's, exactly as rendered)."""
-    return [f"torch=={plan.torch}", *image_requirements(plan), UV_REQUIREMENT]
+    # PyPI's own build (torch_index_url None) has no local version label: `===` asks for
+    # exactly that version, so a `+cpu` wheel in a find-links directory (whose label would
+    # satisfy `==`, and sort higher) can never stand in for the CUDA build.
+    pin = "===" if plan.torch_index_url is None and plan.accelerator == "nvidia" else "=="
+    return [f"torch{pin}{plan.torch}", *image_requirements(plan), UV_REQUIREMENT]
 
 
 def pip_download_command(
