@@ -1,31 +1,34 @@
-"""Cache benchmark: what aibuild's layer order buys, against a real Docker engine.
+"""Cache and cold-build benchmark: aibuild's image against a naive Dockerfile, side by side.
 
-Measures, for the cpu profile (torch 2.13.0 CPU):
+For a profile (the cpu one, or with ``--profile gpu-h200`` the CUDA image: torch 2.13.0
+cu130 from PyPI's wheels) it measures, on a real engine, through aibuild's own build path
+(``pipeline.build_plan``: the wheelhouse served on loopback, one stage):
 
-1. a no-op rebuild (same context, everything cached);
-2. a rebuild after a training-only change (``--set training.epochs=N``), as a ratio
-   to (1): only the profile layers and labels may rebuild, no package install;
-3. a cold build (``--no-cache``) of aibuild's multi-stage Dockerfile against a naive
-   single-stage Dockerfile that installs the same packages (``COPY . /app`` first, no
-   cleanup), and the naive one's rebuild after the same training-only change;
-4. the final image sizes side by side.
+1. a cold build (``--no-cache``) against a naive single-stage Dockerfile that installs
+   the same packages with pip (``COPY . /app`` first, the wheelhouse copied in, no
+   cleanup), as a ratio;
+2. a no-op rebuild, and rebuilds after a training-only change and after a change to
+   the code shipped in the image, each as a ratio to the no-op rebuild (the naive
+   Dockerfile's rebuild after the training change beside them);
+3. the final image sizes, and aibuild's image against its floor: the base, plus
+   Python (its apt layer), plus the installed wheels (the venv).
 
-    python benchmarks/bench_cache.py [--base-image IMG] [--wheelhouse DIR] [--network MODE]
-                                     [--skip-cold] [--json FILE]
+    python benchmarks/bench_cache.py [--profile cpu|gpu-h200] [--base-image IMG]
+                                     [--wheelhouse DIR] [--skip-naive] [--json FILE]
 
 Defaults come from the test environment (``.aibuild-test-env``: AIBUILD_TEST_BASE_IMAGE,
-AIBUILD_TEST_WHEELHOUSE, AIBUILD_TEST_BUILD_NETWORK), else python:3.11-slim-bookworm
-and PyTorch's CPU index. Cold builds take minutes each on a small machine.
+AIBUILD_TEST_WHEELHOUSE; the CUDA wheelhouse from ``make test-heavy``). Cold builds take
+minutes on a small machine; the figures move with its load: compare the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -36,12 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aibuild.engine import get_client  # noqa: E402
-from aibuild.image.build import build_context  # noqa: E402
-from aibuild.image.render import requirements_text, write_context  # noqa: E402
-from aibuild.pipeline import plan_build  # noqa: E402
+from aibuild.image.build import BuildSettings, build_context  # noqa: E402
+from aibuild.image.render import write_context  # noqa: E402
+from aibuild.pipeline import build_plan, plan_build  # noqa: E402
 from aibuild.profile.plan import RenderOptions  # noqa: E402
-
-SETS = ["software.torch=2.13.0", "software.python=3.11", "image.name=aibuild-bench/cpu"]
 
 NAIVE_DOCKERFILE = """\
 # The naive way: one stage, sources first, no cleanup.
@@ -71,95 +72,123 @@ def env_file_defaults() -> dict[str, str]:
     return values
 
 
-def timed_build(client: Any, context: Path, tag: str, network: str | None, **kw: Any) -> float:
+def aibuild_build(
+    client: Any, profile: str, sets: list[str], options: RenderOptions, **settings: Any
+) -> tuple[float, str]:
+    """(seconds, image id) of a build through aibuild's own pipeline."""
+    plan, opts, facts = plan_build(client, profile, sets, options)
+    with tempfile.TemporaryDirectory(prefix="aibuild-bench-records-") as records:
+        started = time.monotonic()
+        result = build_plan(
+            client, plan, opts, BuildSettings(record_dir=records, **settings), facts=facts
+        )
+        return time.monotonic() - started, result.image_id
+
+
+def naive_build(client: Any, context: Path, tag: str, **kw: Any) -> float:
     started = time.monotonic()
-    build_context(client, context, tags=[tag], network_mode=network, **kw)
+    build_context(client, context, tags=[tag], network_mode="host", **kw)
     return time.monotonic() - started
 
 
-def render(client: Any, dest: Path, options: RenderOptions, extra: list[str]) -> Path:
-    plan, opts, _ = plan_build(client, "cpu", [*SETS, *extra], options)
-    if dest.exists():
-        shutil.rmtree(dest)
-    return write_context(plan, dest, opts)
-
-
-def naive_context(aibuild_context: Path, dest: Path, base: str, torch: str) -> Path:
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(aibuild_context, dest)
+def naive_context(
+    client: Any, profile: str, sets: list[str], options: RenderOptions, dest: Path, base: str
+) -> Path:
+    plan, opts, _ = plan_build(client, profile, sets, options)
+    write_context(plan, dest, opts)  # copies the wheelhouse in, as the naive way does
     (dest / ".dockerignore").unlink(missing_ok=True)
-    (dest / "Dockerfile").write_text(NAIVE_DOCKERFILE.format(base=base, torch=torch))
+    (dest / "Dockerfile").write_text(NAIVE_DOCKERFILE.format(base=base, torch=plan.torch))
     return dest
 
 
-def size_mb(client: Any, tag: str) -> float:
-    return float(client.images.get(tag).attrs["Size"]) / 1e6
+def floor_mb(client: Any, image: str, base: str) -> float:
+    """The base, plus Python (the apt layer), plus the installed wheels (the venv)."""
+    venv = client.containers.run(
+        image, ["du", "-sb", "/opt/venv"], entrypoint=[], remove=True, network_disabled=True
+    )
+    history = client.api.history(image)
+    apt = max(
+        (h["Size"] for h in history if "apt-get install" in (h.get("CreatedBy") or "")),
+        default=0,
+    )
+    size = client.images.get(base).attrs["Size"] + apt + int(bytes(venv).split()[0])
+    return size / 1e6
+
+
+def size_mb(client: Any, image: str) -> float:
+    return float(client.images.get(image).attrs["Size"]) / 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
     defaults = env_file_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu", choices=["cpu", "gpu-h200"])
     parser.add_argument("--base-image", default=defaults.get("AIBUILD_TEST_BASE_IMAGE"))
-    parser.add_argument("--wheelhouse", default=defaults.get("AIBUILD_TEST_WHEELHOUSE"))
-    parser.add_argument("--network", default=defaults.get("AIBUILD_TEST_BUILD_NETWORK"))
-    parser.add_argument("--skip-cold", action="store_true", help="only the warm rebuilds")
+    parser.add_argument("--wheelhouse")
+    parser.add_argument("--skip-naive", action="store_true", help="only aibuild's builds")
     parser.add_argument("--json", dest="json_path", help="also write the figures here")
     args = parser.parse_args(argv)
     if "DOCKER_HOST" not in os.environ and defaults.get("DOCKER_HOST"):
         os.environ["DOCKER_HOST"] = defaults["DOCKER_HOST"]
+    cuda = args.profile != "cpu"
+    wheelhouse = args.wheelhouse or (
+        str(ROOT / ".cache" / "wheelhouse-cu130") if cuda else defaults["AIBUILD_TEST_WHEELHOUSE"]
+    )
+    sets = [
+        "software.torch=2.13.0",
+        "software.python=3.11",
+        f"image.name=aibuild-bench/{args.profile}",
+    ]
 
     client = get_client()
-    options = RenderOptions(base_image=args.base_image, wheelhouse=args.wheelhouse)
-    figures: dict[str, Any] = {"base_image": args.base_image, "wheelhouse": args.wheelhouse}
-    tag = "aibuild-bench/cpu:bench"
-    naive_tag = "aibuild-bench/naive:bench"
+    options = RenderOptions(base_image=args.base_image, wheelhouse=wheelhouse)
+    figures: dict[str, Any] = {"profile": args.profile, "base_image": args.base_image}
+    naive_tag = f"aibuild-bench/naive-{args.profile}:bench"
+    ids: list[str] = []
     with tempfile.TemporaryDirectory(prefix="aibuild-bench-") as tmp:
         work = Path(tmp)
-        context = render(client, work / "ctx", options, ["training.epochs=2"])
-        plan_torch = "2.13.0"
-        print("warming the cache (first build may take minutes)...", flush=True)
-        figures["warm_s"] = round(timed_build(client, context, tag, args.network), 2)
-
-        noop = timed_build(client, context, tag, args.network)
-        epochs = random.randint(3, 10_000)
-        changed = render(client, work / "ctx2", options, [f"training.epochs={epochs}"])
-        train_change = timed_build(client, changed, tag, args.network)
+        print(f"== {args.profile}: cold build (--no-cache), aibuild", flush=True)
+        cold, image = aibuild_build(client, args.profile, sets, options, nocache=True)
+        noop, _ = aibuild_build(client, args.profile, sets, options)
+        epochs = [f"training.epochs={random.randint(100, 10**6)}"]
+        train_change, _ = aibuild_build(client, args.profile, [*sets, *epochs], options)
+        ids.append(image)
         figures.update(
+            cold_build_s=round(cold, 1),
             noop_rebuild_s=round(noop, 2),
             training_change_rebuild_s=round(train_change, 2),
             training_change_ratio=round(train_change / noop, 2),
+            image_size_mb=round(size_mb(client, image), 1),
+            floor_mb=round(floor_mb(client, image, args.base_image), 1),
         )
-        print(f"no-op rebuild:                 {noop:8.1f} s")
-        print(f"rebuild after training change: {train_change:8.1f} s  ({train_change / noop:.2f}x)")
-
-        if not args.skip_cold:
-            print("cold builds (--no-cache), aibuild then naive...", flush=True)
-            cold = timed_build(client, context, tag, args.network, nocache=True)
-            naive = naive_context(context, work / "naive", args.base_image, plan_torch)
-            naive_cold = timed_build(client, naive, naive_tag, args.network, nocache=True)
-            naive2 = naive_context(changed, work / "naive2", args.base_image, plan_torch)
-            naive_change = timed_build(client, naive2, naive_tag, args.network)
+        figures["size_over_floor"] = round(figures["image_size_mb"] / figures["floor_mb"], 3)
+        if not args.skip_naive:
+            print("== naive single-stage Dockerfile: cold build, then the training change")
+            naive = naive_context(
+                client, args.profile, sets, options, work / "naive", args.base_image
+            )
+            naive_cold = naive_build(client, naive, naive_tag, nocache=True)
+            changed = naive_context(
+                client, args.profile, [*sets, "training.epochs=3"], options,
+                work / "naive2", args.base_image,
+            )  # fmt: skip
+            naive_change = naive_build(client, changed, naive_tag)
             figures.update(
-                cold_build_s=round(cold, 1),
                 naive_cold_build_s=round(naive_cold, 1),
+                cold_ratio=round(cold / naive_cold, 2),
                 naive_training_change_rebuild_s=round(naive_change, 1),
-                image_size_mb=round(size_mb(client, tag), 1),
                 naive_image_size_mb=round(size_mb(client, naive_tag), 1),
             )
-            print(f"cold build, aibuild multi-stage: {cold:8.1f} s")
-            print(f"cold build, naive single-stage:  {naive_cold:8.1f} s")
-            print(f"naive rebuild after training change: {naive_change:8.1f} s")
-            print(
-                f"image size: aibuild {figures['image_size_mb']:.0f} MB, "
-                f"naive {figures['naive_image_size_mb']:.0f} MB"
-            )
-        text = requirements_text(plan_build(client, "cpu", SETS, options)[0])
-        figures["requirements"] = [r for r in text.splitlines() if r and not r.startswith("#")]
+        for key, value in figures.items():
+            print(f"{key:34} {value}")
+        ids.append(naive_tag)
+    for ref in ids:
+        with contextlib.suppress(Exception):
+            client.images.remove(ref, force=True)
+    client.images.prune(filters={"dangling": True})
     client.close()
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
     return 0
 
 

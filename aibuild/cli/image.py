@@ -20,6 +20,7 @@ from aibuild.cli.options import (
     render_options_from,
     set_option,
     stderr_log,
+    timeout_option,
     username_option,
 )
 
@@ -85,6 +86,7 @@ def _build_args(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
 )
 @username_option
 @password_stdin_option
+@timeout_option
 def image(
     profile: str,
     overrides: tuple[str, ...],
@@ -101,6 +103,7 @@ def image(
     push: bool,
     username: str | None,
     password_stdin: bool,
+    timeout: float | None,
     **render: Any,
 ) -> None:
     """Render PROFILE's build context and build its image (then normalise and push it).
@@ -130,6 +133,7 @@ def image(
             push=push,
             username=username,
             password=read_password(username, password_stdin),  # now, not after the build
+            timeout=timeout,
         ),
     )
     result = make_image(

@@ -138,11 +138,21 @@ def read_password(username: str | None, password_stdin: bool) -> str | None:
     return None
 
 
+timeout_option = click.option(
+    "--timeout",
+    type=float,
+    metavar="SECONDS",
+    help="The most one push (to one target) may take in all, export and retries included. "
+    "Default: $AIBUILD_PUSH_TIMEOUT, else 1800.",
+)
+
+
 def stderr_log(quiet: bool) -> Callable[[str], None]:
-    """A progress callback that writes lines to stderr (nothing when ``quiet``)."""
+    """A progress callback that writes lines to stderr: with ``quiet``, only the lines that
+    start with ``warning:`` (what the user must know, such as a record left as it was)."""
 
     def log(text: str) -> None:
-        if not quiet:
+        if not quiet or text.startswith("warning:"):
             click.echo(text, err=True)
 
     return log

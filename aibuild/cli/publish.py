@@ -20,6 +20,7 @@ from aibuild.cli.options import (
     retries_option,
     set_option,
     stderr_log,
+    timeout_option,
     username_option,
 )
 
@@ -51,13 +52,7 @@ from aibuild.cli.options import (
 @username_option
 @password_stdin_option
 @retries_option
-@click.option(
-    "--timeout",
-    type=float,
-    metavar="SECONDS",
-    help="The most one push (to one target) may take in all, export and retries included. "
-    "Default: $AIBUILD_PUSH_TIMEOUT, else 1800.",
-)
+@timeout_option
 @click.option("-q", "--quiet", is_flag=True, help="Print only the pinned reference.")
 @json_option
 def push(
@@ -90,11 +85,7 @@ def push(
         retries=retries,
         timeout=timeout,
     )
-    progress = stderr_log(quiet or as_json)
-
-    def log(text: str) -> None:  # warnings even when quiet: a record left as it was
-        (stderr_log(False) if text.startswith("warning:") else progress)(text)
-
+    log = stderr_log(quiet or as_json)
     results = push_image(
         image,
         targets,
