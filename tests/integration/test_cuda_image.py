@@ -160,3 +160,20 @@ def test_image_size_is_near_its_floor(
     python = max(h["Size"] for h in history if "apt-get install" in (h.get("CreatedBy") or ""))
     floor = base + python + venv
     assert image.attrs["Size"] <= 1.1 * floor, (image.attrs["Size"], floor)
+
+
+def test_lock_pins_the_nvidia_wheels_too(
+    cuda_image: dict[str, Any], base_image: str, cuda_wheelhouse: Path
+) -> None:
+    """pip resolved nvidia-nvjitlink and cuda-bindings unpinned beside a CUDA 13.0 torch:
+    the lock, read from the built image, pins every one of them, with wheel hashes."""
+    lock_path = Path(cuda_image["cwd"]) / "cuda.lock.json"
+    locked = cli(
+        "lock", "gpu-h200", "--base-image", base_image, "--wheelhouse", str(cuda_wheelhouse),
+        *SETS, "--image", cuda_image["image_id"], "-o", str(lock_path), cwd=cuda_image["cwd"],
+    )  # fmt: skip
+    assert locked.returncode == 0, locked.stderr[-3000:]
+    pins = {p["name"].lower(): p for p in json.loads(lock_path.read_text())["python"]}
+    nvidia = [name for name in pins if name.startswith(("nvidia-", "cuda-"))]
+    assert {"nvidia-nvjitlink", "cuda-bindings", "nvidia-cudnn-cu13"} <= set(nvidia), nvidia
+    assert all(pins[name]["version"] and pins[name].get("sha256") for name in nvidia)
