@@ -75,6 +75,20 @@ _output_dir = click.option(
     "--output", metavar="DIR", help="Output directory on the nodes (shared), at /output."
 )
 
+# what every multi-node job takes (Slurm, Kubernetes)
+_NODE_JOB = (
+    profile_argument,
+    _args,
+    set_option,
+    _image,
+    _nodes,
+    _nproc,
+    _gpus_per_node,
+    _cpus,
+    _mem,
+    _time,
+)
+
 
 def _slurm_options(func: F) -> F:
     from aibuild.export.slurm import DEFAULT_RUNTIME, RUNTIMES
@@ -90,16 +104,7 @@ def _slurm_options(func: F) -> F:
     partition = click.option("--partition", help="Slurm partition.")
     account = click.option("--account", help="Slurm account.")
     return _options(
-        profile_argument,
-        _args,
-        set_option,
-        _image,
-        _nodes,
-        _nproc,
-        _gpus_per_node,
-        _cpus,
-        _mem,
-        _time,
+        *_NODE_JOB,
         runtime,
         partition,
         account,
@@ -222,16 +227,7 @@ def export_slurm(path: str | None, submit_it: bool, wait: bool, **fields: Any) -
 
 @export.command("k8s")
 @_options(
-    profile_argument,
-    _args,
-    set_option,
-    _image,
-    _nodes,
-    _nproc,
-    _gpus_per_node,
-    _cpus,
-    _mem,
-    _time,
+    *_NODE_JOB,
     click.option(
         "--kind",
         type=click.Choice(["job", "pytorchjob"]),

@@ -51,7 +51,7 @@ def compose_service(job: ClusterJob) -> dict[str, Any]:
         shm_size=job.plan.run_shm_size,
         data=job.data,
         output=job.output,
-        env=tuple(job.environment()),
+        env=tuple(job.environment(multinode=False)),
         nproc_per_node=job.nproc_per_node if job.nproc_per_node > 1 else None,
     )
     config = container_config(options, job.image)
@@ -83,6 +83,18 @@ def compose_service(job: ClusterJob) -> dict[str, Any]:
     return service
 
 
+def _literal(value: Any) -> Any:
+    """Every string with its ``$`` doubled: Compose interpolates ``${VAR}`` in all values,
+    and a trainer flag or variable must reach the container as written."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    return value
+
+
 def compose_yaml(job: ClusterJob) -> str:
     header = (
         f"# Written by aibuild {__version__} (aibuild export compose): profile "
@@ -90,5 +102,5 @@ def compose_yaml(job: ClusterJob) -> str:
         f"{job.gpus_per_node} GPU(s).\n"
         "# Run: docker compose -f THIS_FILE up (or docker-compose)\n"
     )
-    document = {"services": {SERVICE: compose_service(job)}}
+    document = {"services": {SERVICE: _literal(compose_service(job))}}
     return header + yaml.safe_dump(document, sort_keys=False, width=100)

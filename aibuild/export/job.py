@@ -67,6 +67,7 @@ class Rendezvous:
     endpoint: str
     run_id: str = "none"
     node_rank: str | None = None
+    local_addr: str | None = None  # what this node tells the others to reach it at
 
     @property
     def backend(self) -> str:
@@ -91,6 +92,8 @@ class Rendezvous:
             argv += ["--rdzv-id", self.run_id]
         else:
             argv += ["--node-rank", self.node_rank]
+        if self.local_addr is not None:
+            argv += ["--local-addr", self.local_addr]
         return [*argv, "-m", *TRAIN_ENTRYPOINT, *trainer_args]
 
 
@@ -225,10 +228,11 @@ class ClusterJob:
     def time_seconds(self) -> int | None:
         return time_seconds(self.time_limit) if self.time_limit else None
 
-    def environment(self) -> list[tuple[str, str]]:
-        """The job's variables: torchrun's rank prefix, NCCL's (GPU jobs, unless the profile
-        sets them), where the data and output are, then ``--env`` (which wins)."""
-        env = dict([RANK_PREFIX_ENV])
+    def environment(self, *, multinode: bool = True) -> list[tuple[str, str]]:
+        """The job's variables: torchrun's rank prefix (``multinode``), NCCL's (GPU jobs,
+        unless the profile sets them), where the data and output are, then ``--env``
+        (which wins)."""
+        env = dict([RANK_PREFIX_ENV]) if multinode else {}
         if self.gpus_per_node:
             profile_env = dict(self.plan.env)
             env.update((k, v) for k, v in NCCL_ENV if k not in profile_env)
@@ -240,11 +244,16 @@ class ClusterJob:
         return list(env.items())
 
     def rendezvous(
-        self, endpoint_host: str, *, run_id: str = "none", node_rank: str | None = None
+        self,
+        endpoint_host: str,
+        *,
+        run_id: str = "none",
+        node_rank: str | None = None,
+        local_addr: str | None = None,
     ) -> Rendezvous:
         port = str(self.rdzv_port or DEFAULT_RDZV_PORT)
         endpoint = endpoint_host if ":" in endpoint_host else f"{endpoint_host}:{port}"
-        return Rendezvous(self.nodes, self.nproc_per_node, endpoint, run_id, node_rank)
+        return Rendezvous(self.nodes, self.nproc_per_node, endpoint, run_id, node_rank, local_addr)
 
 
 def _gpus_per_node(gpus: str | None, plan: BuildPlan) -> tuple[int, tuple[str, ...]]:

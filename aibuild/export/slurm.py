@@ -41,6 +41,10 @@ DEFAULT_RUNTIME = "pyxis"
 JOB_PORT = f"$(({DEFAULT_RDZV_PORT} + SLURM_JOB_ID % 1000))"
 ENDPOINT = "$RDZV_HOST:$RDZV_PORT"
 RUN_ID = "$SLURM_JOB_ID"
+NODE_ADDR = "$node_addr"
+# A node's address as Slurm knows it (NodeAddr: the host name unless the cluster says
+# otherwise), for the node named in $1.
+SLURM_NODE_ADDR = "scontrol show node -o \"$1\" | tr ' ' '\\n' | sed -n 's/^NodeAddr=//p'"
 CONTAINER_NAME = "aibuild-$SLURM_JOB_ID-$SLURM_NODEID"
 SLURM_WORD = re.compile(r"^[A-Za-z0-9_.,:+-]+$")  # partition and account names
 
@@ -142,7 +146,10 @@ def _docker(job: ClusterJob, torchrun: list[str]) -> list[list[str]]:
     config = container_config(options, job.image)
     ulimits = [u for u in config["ulimits"] if u["Name"] != "memlock"]
     segments = [
-        ["docker", "run", "--init", "--rm", "--name", CONTAINER_NAME, "--network", "host"],
+        ["docker", "run", "--init", "--rm", "--name", CONTAINER_NAME],
+        # the node's network, as pyxis and Apptainer have it; its process IDs too, so that
+        # two nodes on one host never look alike to the rendezvous (address, pid)
+        ["--network", "host", "--pid", "host"],
         ["--shm-size", str(config["shm_size"])],
         [*ARRAYS[1:], *(f"--ulimit={u['Name']}={u['Soft']}:{u['Hard']}" for u in ulimits)],
     ]
@@ -160,11 +167,16 @@ def _docker(job: ClusterJob, torchrun: list[str]) -> list[list[str]]:
 
 
 def _docker_node_script(job: ClusterJob, torchrun: list[str]) -> str:
-    expand = (ENDPOINT, RUN_ID, CONTAINER_NAME, "$(id -u):$(id -g)")
+    expand = (ENDPOINT, RUN_ID, NODE_ADDR, CONTAINER_NAME, "$(id -u):$(id -g)")
     memlock = f"--ulimit=memlock={MEMLOCK_UNLIMITED}:{MEMLOCK_UNLIMITED}"
     probe = ["docker", "run", "--rm", memlock, "--entrypoint", "true", job.image]
     lines = [
         "set -euo pipefail",
+        "# This node's address for torchrun to give the others: inside a container a node's",
+        "# own name for itself can be localhost.",
+        f"node_addr() {{ {SLURM_NODE_ADDR}; }}",
+        'node_addr=$(node_addr "$SLURMD_NODENAME")',
+        "node_addr=${node_addr:-$(hostname -f)}",
         "# NVIDIA's memlock=-1 where the engine can raise it (as aibuild run does)",
         f"memlock=({memlock})",
         f"if ! {_command([probe])} >/dev/null 2>&1; then",
@@ -246,8 +258,8 @@ def slurm_script(job: ClusterJob, options: SlurmOptions | None = None) -> str:
         "",
         "# torchrun's c10d rendezvous: hosted on the allocation's first node, named by the job id.",
         'first_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        "RDZV_HOST=$(scontrol show node -o \"$first_node\" | tr ' ' '\\n' "
-        "| sed -n 's/^NodeAddr=//p')",
+        f"node_addr() {{ {SLURM_NODE_ADDR}; }}",
+        'RDZV_HOST=$(node_addr "$first_node")',
         "export RDZV_HOST=${RDZV_HOST:-$first_node}",
         f"export RDZV_PORT={port}",
         'echo "aibuild: job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s), '
@@ -261,6 +273,9 @@ def slurm_script(job: ClusterJob, options: SlurmOptions | None = None) -> str:
     elif options.runtime in ("apptainer", "singularity"):
         body = [_command([srun, *_apptainer(job, torchrun, options.runtime)], expand)]
     else:
+        torchrun = job.rendezvous(ENDPOINT, run_id=RUN_ID, local_addr=NODE_ADDR).torchrun(
+            job.trainer_args
+        )
         body = [
             "# One container per node; scancel stops it (docker run --init --rm).",
             "node_script=$(cat <<'AIBUILD_NODE'",
