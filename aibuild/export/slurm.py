@@ -11,7 +11,10 @@ Container runtimes (``RUNTIMES``; ``DEFAULT_RUNTIME`` is pyxis):
 
 - ``pyxis``: ``srun --container-image=REGISTRY#IMAGE`` (NVIDIA's enroot plugin);
   the container shares the node's network; the job's environment is passed in.
-- ``apptainer`` / ``singularity``: ``apptainer exec [--nv] --cleanenv docker://IMAGE``.
+- ``apptainer`` / ``singularity``: ``apptainer exec [--nv] --cleanenv docker://IMAGE``;
+  the job's variables go in as ``APPTAINERENV_NAME`` (``SINGULARITYENV_``), which
+  ``--cleanenv`` lets through and which Apptainer evaluates in double quotes: their
+  backslashes, dollars and backticks are escaped so that they arrive as written.
 - ``docker``: ``docker run --init --rm --network host`` per node, named
   ``aibuild-<job id>-<node id>``. ``scancel`` signals the ``docker`` client, which
   forwards the signal to the container; ``--init`` makes sure PID 1 acts on it and
@@ -128,9 +131,17 @@ def _apptainer(job: ClusterJob, torchrun: list[str], binary: str) -> list[list[s
         [binary, "exec", *(["--nv"] if job.gpus_per_node else [])],
         ["--cleanenv", "--no-home", "--pwd", WORKDIR],
         ["--bind", binds] if binds else [],
-        *(["--env", f"{k}={v}"] for k, v in job.environment()),
         [f"docker://{job.image}", *torchrun],
     ]
+
+
+def apptainer_value(value: str) -> str:
+    """A value for ``APPTAINERENV_*``: Apptainer writes it into ``export K="VALUE"`` (only
+    ``"`` escaped) and evaluates that, so backslashes, dollars and backticks are escaped
+    here."""
+    for char in ("\\", "$", "`"):
+        value = value.replace(char, "\\" + char)
+    return value
 
 
 def _docker(job: ClusterJob, torchrun: list[str]) -> list[list[str]]:
@@ -271,7 +282,11 @@ def slurm_script(job: ClusterJob, options: SlurmOptions | None = None) -> str:
         body = [f"export {k}={shlex.quote(v)}" for k, v in job.environment()]
         body.append(_command([srun, *_pyxis(job, torchrun)], expand))
     elif options.runtime in ("apptainer", "singularity"):
-        body = [_command([srun, *_apptainer(job, torchrun, options.runtime)], expand)]
+        prefix = options.runtime.upper() + "ENV_"
+        body = [
+            f"export {prefix}{k}={shlex.quote(apptainer_value(v))}" for k, v in job.environment()
+        ]
+        body.append(_command([srun, *_apptainer(job, torchrun, options.runtime)], expand))
     else:
         torchrun = job.rendezvous(ENDPOINT, run_id=RUN_ID, local_addr=NODE_ADDR).torchrun(
             job.trainer_args

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,37 +130,74 @@ def group_ranks(lines: list[str], node_prefix: Callable[[int], str]) -> dict[int
 # --------------------------------------------------------------------------- aibuild run --nodes
 
 
-def run_nodes_argv(image: str, label: str, output: Path, *trainer: str) -> list[str]:
-    return [
-        "run",
-        image,
-        "--nodes",
-        "2",
-        "--nproc-per-node",
-        "1",
-        "--name",
-        label,
-        "--label",
-        f"{TEST_LABEL}={label}",
-        "--output",
-        str(output),
-        "-e",
-        "LOGLEVEL=INFO",
-        "--",
-        *trainer,
-    ]
+@dataclass(frozen=True)
+class NodeJob:
+    """One `aibuild run --nodes 2` of this test: its image, engine, label (also the job's
+    name) and directory."""
+
+    image: str
+    client: docker.DockerClient
+    label: str
+    directory: Path
+
+    def argv(self, *trainer: str) -> list[str]:
+        return [
+            "run",
+            self.image,
+            "--nodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--name",
+            self.label,
+            "--label",
+            f"{TEST_LABEL}={self.label}",
+            "--output",
+            str(self.directory / "out"),
+            "-e",
+            "LOGLEVEL=INFO",
+            "--",
+            *trainer,
+        ]
+
+    def leftovers(self) -> tuple[list[str], list[str]]:
+        return labelled(self.client, self.label)
+
+    def start_long(self) -> tuple[subprocess.Popen[str], Path]:
+        """Start a long job; return once both nodes train."""
+        log = self.directory / "aibuild.log"
+        with log.open("w") as handle:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "aibuild", *self.argv(*LONG)],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        wait_for(
+            "both nodes to train",
+            lambda: (
+                proc.poll() is None
+                and re.search(r"\[node 0\] \[rank0\]: epoch \d+/500 step", log.read_text())
+            ),
+        )
+        assert len(self.leftovers()[0]) == 2
+        return proc, log
 
 
-def test_two_containers_train_one_ddp_job(
+@pytest.fixture
+def node_job(
     cluster_image: str,
     docker_client: docker.DockerClient,
     docker_cleanup: Any,
     network_cleanup: None,
     unique_name: str,
     tmp_path: Path,
-) -> None:
-    out = tmp_path / "out"
-    result = run_aibuild(*run_nodes_argv(cluster_image, unique_name, out, *TINY), timeout=300)
+) -> NodeJob:
+    return NodeJob(cluster_image, docker_client, unique_name, tmp_path)
+
+
+def test_two_containers_train_one_ddp_job(node_job: NodeJob) -> None:
+    result = run_aibuild(*node_job.argv(*TINY), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     lines = result.stdout.splitlines() + result.stderr.splitlines()
     node_lines = [ln for ln in lines if not ln.startswith("aibuild: ")]
@@ -167,6 +205,7 @@ def test_two_containers_train_one_ddp_job(
     # both nodes met: node i got group rank i (their host names sort in order)
     assert group_ranks(node_lines, lambda n: f"[node {n}] ") == {0: 0, 1: 1}
     # both ranks trained (the sampler split the data: 12 steps, not 24), rank 0 alone wrote
+    out = node_job.directory / "out"
     summary = train_summary(out)
     assert summary["world_size"] == 2 and summary["steps"] == 12
     trainer_lines = [ln for ln in node_lines if "]: " in ln and "[rank" in ln]
@@ -178,64 +217,27 @@ def test_two_containers_train_one_ddp_job(
         "model.pt",
         "summary.json",
     ]
-    assert labelled(docker_client, unique_name) == ([], [])
+    assert node_job.leftovers() == ([], [])
 
 
-def start_long_job(
-    image: str, label: str, tmp_path: Path, docker_client: docker.DockerClient
-) -> tuple[subprocess.Popen[str], Path]:
-    log = tmp_path / "aibuild.log"
-    handle = log.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aibuild", *run_nodes_argv(image, label, tmp_path / "out", *LONG)],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    handle.close()
-    wait_for(
-        "both nodes to train",
-        lambda: (
-            proc.poll() is None
-            and re.search(r"\[node 0\] \[rank0\]: epoch \d+/500 step", log.read_text())
-        ),
-    )
-    assert len(labelled(docker_client, label)[0]) == 2
-    return proc, log
-
-
-def test_killing_one_node_ends_the_job(
-    cluster_image: str,
-    docker_client: docker.DockerClient,
-    docker_cleanup: Any,
-    network_cleanup: None,
-    unique_name: str,
-    tmp_path: Path,
-) -> None:
-    proc, log = start_long_job(cluster_image, unique_name, tmp_path, docker_client)
-    docker_client.containers.get(f"{unique_name}-node1").kill()
+def test_killing_one_node_ends_the_job(node_job: NodeJob) -> None:
+    proc, log = node_job.start_long()
+    node_job.client.containers.get(f"{node_job.label}-node1").kill()
     started = time.monotonic()
     assert proc.wait(timeout=60) == 137, log.read_text()[-3000:]  # the killed node's code
     assert time.monotonic() - started < 30
     assert "node 1 exited with 137; stopping the job" in log.read_text()
-    assert labelled(docker_client, unique_name) == ([], [])
+    assert node_job.leftovers() == ([], [])
 
 
-def test_sigterm_to_aibuild_stops_every_node(
-    cluster_image: str,
-    docker_client: docker.DockerClient,
-    docker_cleanup: Any,
-    network_cleanup: None,
-    unique_name: str,
-    tmp_path: Path,
-) -> None:
-    proc, log = start_long_job(cluster_image, unique_name, tmp_path, docker_client)
+def test_sigterm_to_aibuild_stops_every_node(node_job: NodeJob) -> None:
+    proc, log = node_job.start_long()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
     assert "stopping 2 node(s)" in log.read_text()
-    assert labelled(docker_client, unique_name) == ([], [])
+    assert node_job.leftovers() == ([], [])
     # the nodes had their grace period: rank 0 saved a checkpoint on the way out
-    assert list((tmp_path / "out" / "checkpoints").glob("ckpt-*.pt"))
+    assert list((node_job.directory / "out" / "checkpoints").glob("ckpt-*.pt"))
 
 
 # --------------------------------------------------------------------------- Slurm

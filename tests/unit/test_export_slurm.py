@@ -64,6 +64,11 @@ def commands(script: str) -> list[list[str]]:
     return [shlex.split(line) for line in joined.splitlines() if line and not line.startswith("#")]
 
 
+def exported(script: str) -> dict[str, str]:
+    """The variables the script exports, as the shell reads them."""
+    return dict(w[1].split("=", 1) for w in commands(script) if w[:1] == ["export"])
+
+
 def srun_words(script: str) -> list[str]:
     found = [words for words in commands(script) if words and words[0] == "srun"]
     assert len(found) == 1, found
@@ -109,7 +114,7 @@ def test_pyxis(tmp_path: Path) -> None:
     assert torchrun[torchrun.index("--rdzv-id") + 1] == "$SLURM_JOB_ID"
     assert torchrun[-4:] == ["aibuild", "train", "--epochs", "3"]
     # pyxis passes the job's environment into the container: the script exports it
-    exports = dict(w[1].split("=", 1) for w in commands(script) if w[:1] == ["export"])
+    exports = exported(script)
     assert exports["WANDB_MODE"] == "offline"
     assert exports["AIBUILD_DATA"] == "/data" and exports["AIBUILD_OUTPUT"] == "/output"
     assert exports["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
@@ -124,10 +129,32 @@ def test_apptainer(tmp_path: Path, binary: str) -> None:
     assert runtime[:3] == [binary, "exec", "--nv"]
     assert "--cleanenv" in runtime
     assert runtime[runtime.index("--bind") + 1] == "/shared/data:/data:ro,/shared/out:/output"
-    env = [runtime[i + 1] for i, w in enumerate(runtime) if w == "--env"]
-    assert "WANDB_MODE=offline" in env and "AIBUILD_OUTPUT=/output" in env
     image = runtime.index(f"docker://registry.example.com:5000/team/train@{DIGEST}")
     assert runtime[image + 1] == "torchrun"
+    # the variables pass --cleanenv as APPTAINERENV_* (SINGULARITYENV_*)
+    prefix = binary.upper() + "ENV_"
+    exports = exported(script)
+    assert exports[prefix + "WANDB_MODE"] == "offline"
+    assert exports[prefix + "AIBUILD_OUTPUT"] == "/output"
+
+
+def apptainer_sees(exported: str, tmp_path: Path) -> str:
+    """What the container gets for a variable the batch shell exported as APPTAINERENV_K:
+    Apptainer's own injection (process_linux.go, injectEnvHandler): ``export K="V"`` with
+    only ``"`` escaped, sourced by its shell."""
+    snippet = tmp_path / "inject.sh"
+    snippet.write_text('export K="' + exported.replace('"', '\\"') + '"\nprintf %s "$K"\n')
+    return subprocess.run(["bash", str(snippet)], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize(
+    "value", ["[rank${rank}]: ", "a b", "$HOME", "`id`", "\\", 'x"y', "it's", "a,b"]
+)
+def test_apptainer_gets_variables_as_written(value: str, tmp_path: Path) -> None:
+    job = cluster_job(plan_for("cpu"), nodes=2, env=(("K", value),))
+    script = slurm_script(job, SlurmOptions(runtime="apptainer"))
+    exports = exported(script)
+    assert apptainer_sees(exports["APPTAINERENV_K"], tmp_path) == value
 
 
 def test_apptainer_without_gpus_has_no_nv(tmp_path: Path) -> None:
@@ -169,14 +196,19 @@ def test_docker(tmp_path: Path) -> None:
 
 def test_values_are_quoted(tmp_path: Path) -> None:
     """A hostile value stays one word in every runtime."""
-    job = gpu_job(env=(("NOTE", "a b'c\"$(touch /tmp/x)`id`"),), trainer_args=("--set", "x=$(y)"))
+    hostile = "a b'c\"$(touch /tmp/x)`id`"
+    job = gpu_job(env=(("NOTE", hostile),), trainer_args=("--set", "x=$(y)"))
     for runtime in ("pyxis", "apptainer", "docker"):
         script = slurm_script(job, SlurmOptions(runtime=runtime))
         bash_syntax_ok(script, tmp_path)
         text = node_script(script) if runtime == "docker" else script
         words = [w for cmd in commands(text) for w in cmd]
-        assert any(w.endswith("a b'c\"$(touch /tmp/x)`id`") for w in words), runtime
         assert "x=$(y)" in words
+        if runtime == "apptainer":
+            exports = exported(script)
+            assert apptainer_sees(exports["APPTAINERENV_NOTE"], tmp_path) == hostile
+        else:
+            assert any(w.endswith(hostile) for w in words), runtime
 
 
 def test_bad_names_and_paths() -> None:
