@@ -18,11 +18,13 @@ with no privilege escalation and no capabilities.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 from aibuild import __version__
+from aibuild.errors import ExportError
 from aibuild.export.job import (
     DATA_DIR,
     DEFAULT_RDZV_PORT,
@@ -34,6 +36,8 @@ from aibuild.export.job import (
 )
 
 KINDS = ("job", "pytorchjob")
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+CLAIM_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")  # a DNS subdomain
 DEFAULT_KIND = "job"
 INSTANCE = "app.kubernetes.io/instance"
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -173,6 +177,14 @@ def pytorch_job(job: ClusterJob) -> list[dict[str, Any]]:
 
 
 def k8s_documents(job: ClusterJob, kind: str = DEFAULT_KIND) -> list[dict[str, Any]]:
+    for claim, option in ((job.data, "--data-claim"), (job.output, "--output-claim")):
+        if claim is not None and not CLAIM_RE.match(claim):
+            raise ExportError(
+                f"{option} {claim!r} is not a PersistentVolumeClaim name (lower-case letters, "
+                "digits, '-' and '.')"
+            )
+    if kind not in KINDS:
+        raise ExportError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
     if kind == "pytorchjob":
         return pytorch_job(job)
     return indexed_job(job)

@@ -348,6 +348,25 @@ def _squeue() -> str:
     return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
 
 
+def test_submit_wait_exits_with_the_job_code(
+    slurm: int, cluster_image: str, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """A job whose trainer refuses its flags fails on both nodes; `--wait` returns its code."""
+    result = run_aibuild(
+        "submit", "slurm", "cpu", "--image", cluster_image, "--nodes", "2",
+        "--runtime", "docker", "--wait", "--", "--epochs", "0",
+        cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    job_id = re.fullmatch(r"submitted batch job (\d+)\n", result.stdout)[1]  # type: ignore[index]
+    # the job's code: 1 from the first node to fail, or 143 when srun's --kill-on-bad-exit
+    # stopped the other one while it was failing too
+    assert result.returncode in (1, 143), result.stderr
+    assert f"job {job_id} ended with exit code {result.returncode}" in result.stderr
+    log = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert "--epochs: error: must be >= 1, not 0" in log, log[-3000:]
+    assert named(docker_client, f"aibuild-{job_id}-") == []
+
+
 @pytest.mark.parametrize(
     ("runtime", "message"),
     [
@@ -479,8 +498,10 @@ def test_k8s_indexed_pods_meet_in_containers(
         docker_cleanup.container(created)
         network.connect(created, aliases=[f"{hostname}.{template['spec']['subdomain']}"])
         started.append(created)
-    for created in started:
-        created.start()
+    # pod 1 first: it must wait for pod 0's name to resolve and its store to answer
+    started[1].start()
+    time.sleep(3)
+    started[0].start()
     codes = [c.wait(timeout=240)["StatusCode"] for c in started]
     logs = [c.logs().decode() for c in started]
     assert codes == [0, 0], logs

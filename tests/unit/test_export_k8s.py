@@ -247,3 +247,12 @@ def test_cli_writes_yaml() -> None:
     (doc,) = yaml.safe_load_all(result.stdout)
     assert doc["kind"] == "PyTorchJob"
     assert "Worker" in doc["spec"]["pytorchReplicaSpecs"]
+
+
+def test_bad_claim_names_are_refused() -> None:
+    from aibuild.errors import ExportError
+
+    with pytest.raises(ExportError, match="--data-claim 'My Data' is not a PersistentVolumeClaim"):
+        k8s_documents(gpu_job(data="My Data"))
+    with pytest.raises(ExportError, match="--output-claim"):
+        k8s_documents(gpu_job(output="-runs"))
