@@ -78,7 +78,6 @@ class _Prefixed:
 @dataclass
 class _Node:
     index: int
-    name: str
     config: dict[str, Any]
     out: _Prefixed
     err: _Prefixed
@@ -93,7 +92,6 @@ class _Node:
 @dataclass
 class _Job:
     client: Any
-    target: RunTarget
     options: ContainerOptions
     network: str
     nodes: list[_Node] = field(default_factory=list)
@@ -241,11 +239,11 @@ def run_nodes(
     configs = node_configs(options, target.image, nodes, base)
     lock = threading.Lock()
     with client_session(client) as engine:
-        job = _Job(engine, target, options, base)
+        job = _Job(engine, options, base)
         for i, config in enumerate(configs):
             prefix = f"[node {i}] ".encode()
             out_i, err_i = _Prefixed(out, prefix, lock), _Prefixed(err, prefix, lock)
-            job.nodes.append(_Node(i, config["name"], config, out_i, err_i))
+            job.nodes.append(_Node(i, config, out_i, err_i))
         with engine_errors(f"running {target.image} on {nodes} nodes"), _sigterm_as_interrupt():
             try:
                 _ensure_image(engine, target)
