@@ -110,3 +110,7 @@ class PublishError(AibuildError):
 
 class TrainError(AibuildError):
     """The trainer cannot start: bad config, missing dataset, no usable device."""
+
+
+class ExportError(AibuildError):
+    """A cluster job could not be written or submitted (bad size, too many GPUs, no sbatch)."""

@@ -10,7 +10,8 @@
 #   4. a second engine without the hook, holding the base image too
 #   5. the wheelhouse (scripts/make-wheelhouse.sh)
 #   6. the registries: plain :5000, auth :5001 (scripts/registry.sh)
-#   7. .aibuild-test-env: `export VAR=value` lines for the tests and the shell
+#   7. a 2-node Slurm on this host (scripts/slurm-local.sh; one already running is used)
+#   8. .aibuild-test-env: `export VAR=value` lines for the tests and the shell
 # Timings go to stderr and to .cache/test-env-timings.log.
 set -euo pipefail
 
@@ -39,7 +40,8 @@ step() {
 # 0. system packages the steps below need, when missing (root on Debian/Ubuntu only), so
 #    that `make test` works on a fresh machine as well as after .ci/run.
 system_packages() {
-    local wanted=(docker.io iptables iproute2 debootstrap docker-registry apache2-utils) missing=() p
+    local wanted=(docker.io iptables iproute2 debootstrap docker-registry apache2-utils docker-compose)
+    local missing=() p
     for p in "${wanted[@]}"; do
         [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
     done
@@ -118,7 +120,11 @@ registry=$(bash "$scripts/registry.sh" addr plain)
 auth_registry=$(bash "$scripts/registry.sh" addr auth)
 creds=$AIBUILD_TEST_STATE/registry/credentials
 
-# 7. the env file, written whole then moved into place
+# 7. Slurm: munge, slurmctld and two slurmd (n1, n2) on this host, for `aibuild export slurm`
+step slurm bash "$scripts/slurm-local.sh"
+slurm_nodes=$(sinfo -h -N -o '%N' | sort -u | wc -l)
+
+# 8. the env file, written whole then moved into place
 tmp=$(mktemp "$env_file.XXXXXX")
 {
     echo "# Written by scripts/test-env.sh on $(date -Is); source it: . ./.aibuild-test-env"
@@ -137,6 +143,7 @@ tmp=$(mktemp "$env_file.XXXXXX")
         AIBUILD_TEST_AUTH_PASSWORD "$(<"$creds/password")"
         AIBUILD_TEST_CA_CERT "/etc/ssl/certs/ca-certificates.crt"
         AIBUILD_TEST_STATE "$AIBUILD_TEST_STATE"
+        AIBUILD_TEST_SLURM_NODES "$slurm_nodes"
     )
     for ((i = 0; i < ${#vars[@]}; i += 2)); do
         printf 'export %s=%q\n' "${vars[i]}" "${vars[i + 1]}"

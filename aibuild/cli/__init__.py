@@ -47,6 +47,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "doctor",
         "Check this host (engine, driver, GPUs) against a profile.",
     ),
+    "export": (
+        "aibuild.cli.cluster",
+        "export",
+        "Write a cluster job: Slurm sbatch script, Kubernetes objects, Compose file.",
+    ),
+    "submit": ("aibuild.cli.cluster", "submit", "Write a Slurm job and submit it with sbatch."),
     "push": ("aibuild.cli.publish", "push", "Push an image to its registry and print its digest."),
     "lock": ("aibuild.cli.publish", "lock", "Pin a profile's base image, packages and build time."),
     "diff": ("aibuild.cli.publish", "diff", "Show what differs between two images."),

@@ -111,6 +111,12 @@ def _labels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
     help="Run the trainer under torchrun with N processes.",
 )
 @click.option(
+    "--nodes",
+    type=int,
+    help="Run N containers as N nodes of one torchrun job (c10d rendezvous) on a network "
+    "of their own.",
+)
+@click.option(
     "--grace",
     type=float,
     callback=_grace,
@@ -132,6 +138,7 @@ def run(
     labels: tuple[tuple[str, str], ...],
     detach: bool,
     nproc_per_node: int | None,
+    nodes: int | None,
     grace: float,
 ) -> None:
     """Run a profile's image (its image_ref) or any IMAGE; exit with the container's code.
@@ -161,6 +168,10 @@ def run(
         nproc_per_node=nproc_per_node,
         grace_s=grace,
     )
+    if nodes is not None:
+        from aibuild.run.multinode import run_multinode
+
+        sys.exit(run_multinode(target, overrides, options, nodes))
     sys.exit(container.run_image(target, overrides, options))
 
 

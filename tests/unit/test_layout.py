@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("aibuild.profile",),
     ("aibuild.image",),
     ("aibuild.publish",),
-    ("aibuild.run", "aibuild.doctor"),
+    ("aibuild.run", "aibuild.doctor", "aibuild.export"),
     ("aibuild.pipeline",),
     ("aibuild.cli", "aibuild.__main__"),
 ]  # fmt: skip

@@ -1,0 +1,347 @@
+"""A training job for a cluster, decided once: what every exporter (and ``aibuild run
+--nodes``) shares.
+
+- ``Rendezvous`` is how torchrun's agents on several nodes find each other; its
+  ``torchrun`` method is the one place the multi-node torchrun command line is written.
+- ``cluster_job`` checks the request against the profile (nodes, GPUs per node,
+  processes per node, the image reference, sizes and times) and returns a frozen
+  ``ClusterJob``; every mistake is one ``ExportError`` line.
+- ``pinned_image`` finds the ``name@sha256:`` a build record knows for an image.
+
+Sizes are written as profiles write them (``16g``: binary units, as docker reads them);
+times as Slurm writes them (``90``, ``1:30:00``, ``2-00:00:00``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aibuild.errors import ExportError
+from aibuild.image.record import RECORD_DIR, recorded_builds
+from aibuild.oci.reference import ReferenceError, parse_reference
+from aibuild.run.container import TRAIN_ENTRYPOINT
+from aibuild.run.gpus import parse_gpus
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from aibuild.profile.plan import BuildPlan
+
+DEFAULT_RDZV_PORT = 29500
+IMAGE_UID = 1000  # the non-root user every aibuild image runs as (USER 1000:1000)
+DATA_DIR = "/data"
+OUTPUT_DIR = "/output"
+WORKDIR = "/workspace"
+# NCCL's settings for a multi-node job; a profile's software.env (baked into the image)
+# wins over these.
+NCCL_ENV = (("NCCL_DEBUG", "WARN"), ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"))
+# torchrun prefixes every line of a worker with its global rank (with ``--tee 3``)
+RANK_PREFIX_ENV = ("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]: ")
+
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$")  # a DNS-1035 label, room for -<index>
+SIZE_RE = re.compile(r"^(\d+)([bkmgt]?)$", re.IGNORECASE)
+TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+# --------------------------------------------------------------------------- rendezvous
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """How torchrun's agents on ``nnodes`` nodes meet.
+
+    ``endpoint`` is ``HOST:PORT`` and may hold a variable the scheduler fills in
+    (``$RDZV_HOST:$RDZV_PORT`` in a Slurm script). With ``node_rank`` None it is c10d
+    rendezvous named ``run_id`` (the agent on HOST hosts the store, ranks are given out
+    as agents join); with ``node_rank`` set it is static rendezvous, in which the node
+    of rank 0 hosts the store at HOST and every node knows its rank (a Kubernetes
+    Indexed Job's completion index). Workers' lines are prefixed with their global rank
+    (``--tee 3`` and ``RANK_PREFIX_ENV`` in the environment).
+    """
+
+    nnodes: int
+    nproc_per_node: int
+    endpoint: str
+    run_id: str = "none"
+    node_rank: str | None = None
+    local_addr: str | None = None  # what this node tells the others to reach it at
+
+    @property
+    def backend(self) -> str:
+        return "c10d" if self.node_rank is None else "static"
+
+    def torchrun(self, trainer_args: Sequence[str] = ()) -> list[str]:
+        """The whole command: torchrun with this rendezvous, then ``aibuild train ARGS``."""
+        argv = [
+            "torchrun",
+            "--nnodes",
+            str(self.nnodes),
+            "--nproc-per-node",
+            str(self.nproc_per_node),
+            "--tee",
+            "3",
+            "--rdzv-backend",
+            self.backend,
+            "--rdzv-endpoint",
+            self.endpoint,
+        ]
+        if self.node_rank is None:
+            argv += ["--rdzv-id", self.run_id]
+        else:
+            argv += ["--node-rank", self.node_rank]
+        if self.local_addr is not None:
+            argv += ["--local-addr", self.local_addr]
+        return [*argv, "-m", *TRAIN_ENTRYPOINT, *trainer_args]
+
+
+def check_nodes(nodes: int) -> int:
+    if nodes < 1:
+        raise ExportError(f"--nodes must be at least 1 (got {nodes})")
+    return nodes
+
+
+# --------------------------------------------------------------------------- values
+
+
+def size_bytes(text: str, option: str) -> int:
+    """``16g`` -> bytes (b, k, m, g, t: binary units, as docker reads --shm-size)."""
+    match = SIZE_RE.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ExportError(f"{option} {text!r} is not a size: a number with k, m, g or t (16g)")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def quantity(size: int) -> str:
+    """Bytes as a Kubernetes quantity, exactly (``17179869184`` -> ``16Gi``)."""
+    for suffix, unit in (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+def time_seconds(text: str) -> int:
+    """A Slurm time limit in seconds: ``MIN``, ``MIN:SEC``, ``H:MIN:SEC``, ``D-H``,
+    ``D-H:MIN``, ``D-H:MIN:SEC``."""
+    match = TIME_RE.match(text.strip())
+    if not match:
+        raise ExportError(
+            f"--time {text!r} is not a time limit: MINUTES, HH:MM:SS or DAYS-HH[:MM[:SS]]"
+        )
+    days, first, second, third = (int(g) if g else None for g in match.groups())
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        seconds = days * 86400 + (first or 0) * 3600 + (second or 0) * 60 + (third or 0)
+    elif third is not None:  # H:M:S
+        seconds = (first or 0) * 3600 + (second or 0) * 60 + third
+    elif second is not None:  # M:S
+        seconds = (first or 0) * 60 + second
+    else:  # M
+        seconds = (first or 0) * 60
+    if seconds <= 0:
+        raise ExportError(f"--time {text!r} is zero: give the job some time")
+    return seconds
+
+
+def job_name(name: str | None, plan: BuildPlan) -> str:
+    """``--name``, else ``aibuild-<profile>``: a DNS label, so every scheduler takes it."""
+    if name is None:
+        name = "aibuild-" + re.sub(r"[^a-z0-9-]+", "-", plan.profile_name.lower()).strip("-")
+        name = name[:50].rstrip("-")
+    if not NAME_RE.match(name):
+        raise ExportError(
+            f"--name {name!r} is not a job name: lower-case letters, digits and '-', "
+            "starting with a letter, at most 50 characters"
+        )
+    return name
+
+
+# --------------------------------------------------------------------------- the image
+
+
+def pinned_image(ref: str, plan: BuildPlan, record_dir: Path = RECORD_DIR) -> tuple[str, str]:
+    """(the reference to run, a note for the user). A reference with a digest is kept;
+    otherwise the newest build record of this profile that has ``ref`` as its image, a
+    tag or a push target gives the ``name@sha256:`` it was pushed as."""
+    wanted = parse_reference(ref)
+    if wanted.digest:
+        return ref, f"image {ref} (pinned by digest)"
+    key = str(wanted)
+    for record in recorded_builds(plan.profile_hash, record_dir):
+        pushes = [p for p in record.get("pushes") or [] if isinstance(p, dict)]
+        names = {
+            record.get("image_ref"),
+            *(record.get("tags") or []),
+            *(p.get("ref") for p in pushes),
+        }
+        if key not in {_normal(n) for n in names if isinstance(n, str)}:
+            continue
+        for push in pushes:
+            if _normal(str(push.get("ref", ""))) == key and push.get("pinned"):
+                return str(push["pinned"]), f"image {ref} pinned by its build record"
+        break
+    return ref, (
+        f"image {ref} is not pinned by digest: no build record here holds a push of it "
+        "(`aibuild push` records one); nodes may run different images if the tag moves"
+    )
+
+
+def _normal(ref: str) -> str:
+    """A reference as the parser writes it (``docker.io/library/x`` -> ``x:latest``)."""
+    try:
+        return str(parse_reference(ref))
+    except ReferenceError:
+        return ref
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@dataclass(frozen=True)
+class ClusterJob:
+    """Everything a job file needs, checked. ``data``/``output`` are host paths for
+    Slurm and Compose, claim names for Kubernetes."""
+
+    name: str
+    plan: BuildPlan
+    image: str
+    nodes: int
+    nproc_per_node: int
+    gpus_per_node: int
+    gpu_devices: tuple[str, ...] = ()
+    cpus_per_node: int | None = None
+    memory_bytes: int | None = None
+    time_limit: str | None = None
+    data: str | None = None
+    output: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    trainer_args: tuple[str, ...] = ()
+    rdzv_port: int | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def shm_bytes(self) -> int:
+        return size_bytes(self.plan.run_shm_size, "run.shm_size")
+
+    @property
+    def time_seconds(self) -> int | None:
+        return time_seconds(self.time_limit) if self.time_limit else None
+
+    def environment(self, *, multinode: bool = True) -> list[tuple[str, str]]:
+        """The job's variables: torchrun's rank prefix (``multinode``), NCCL's (GPU jobs,
+        unless the profile sets them), where the data and output are, then ``--env``
+        (which wins)."""
+        env = dict([RANK_PREFIX_ENV]) if multinode else {}
+        if self.gpus_per_node:
+            profile_env = dict(self.plan.env)
+            env.update((k, v) for k, v in NCCL_ENV if k not in profile_env)
+        if self.data:
+            env["AIBUILD_DATA"] = DATA_DIR
+        if self.output:
+            env["AIBUILD_OUTPUT"] = OUTPUT_DIR
+        env.update(self.env)
+        return list(env.items())
+
+    def rendezvous(
+        self,
+        endpoint_host: str,
+        *,
+        run_id: str = "none",
+        node_rank: str | None = None,
+        local_addr: str | None = None,
+    ) -> Rendezvous:
+        port = str(self.rdzv_port or DEFAULT_RDZV_PORT)
+        endpoint = endpoint_host if ":" in endpoint_host else f"{endpoint_host}:{port}"
+        return Rendezvous(self.nodes, self.nproc_per_node, endpoint, run_id, node_rank, local_addr)
+
+
+def _gpus_per_node(gpus: str | None, plan: BuildPlan) -> tuple[int, tuple[str, ...]]:
+    """(GPUs each node gets, device IDs when named) from a ``--gpus`` value (docker's
+    syntax: all, N, device=0,1, none), by default the profile's ``run.gpus``."""
+    try:
+        request = parse_gpus(gpus if gpus is not None else plan.run_gpus)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    if request is None:
+        return 0, ()
+    have = plan.gpu_count if plan.accelerator == "nvidia" else 0
+    if request.device_ids:
+        count = len(request.device_ids)
+    elif request.count < 0:
+        count = have
+    else:
+        count = request.count
+    if count > have:
+        what = (
+            f"hardware.gpus is {have}"
+            if plan.accelerator == "nvidia"
+            else "it is a CPU profile (hardware.accelerator: cpu)"
+        )
+        raise ExportError(
+            f"{count} GPUs per node asked for, but profile {plan.profile_name} has fewer: "
+            f"{what}; ask for at most {have} or raise hardware.gpus"
+        )
+    return count, request.device_ids
+
+
+def cluster_job(
+    plan: BuildPlan,
+    *,
+    image: str | None = None,
+    nodes: int = 1,
+    nproc_per_node: int | None = None,
+    gpus: str | None = None,
+    name: str | None = None,
+    cpus: int | None = None,
+    memory: str | None = None,
+    time_limit: str | None = None,
+    data: str | None = None,
+    output: str | None = None,
+    env: Sequence[tuple[str, str]] = (),
+    trainer_args: Sequence[str] = (),
+    rdzv_port: int | None = None,
+    record_dir: Path = RECORD_DIR,
+) -> ClusterJob:
+    """Check a request against ``plan`` and decide the job; ``ExportError`` for a mistake."""
+    check_nodes(nodes)
+    gpus_per_node, devices = _gpus_per_node(gpus, plan)
+    if nproc_per_node is None:
+        nproc_per_node = gpus_per_node or 1
+    if nproc_per_node < 1:
+        raise ExportError(f"--nproc-per-node must be at least 1 (got {nproc_per_node})")
+    if gpus_per_node and nproc_per_node > gpus_per_node:
+        raise ExportError(
+            f"--nproc-per-node {nproc_per_node} is more than the {gpus_per_node} GPUs per "
+            "node: each process needs a GPU of its own"
+        )
+    if cpus is not None and cpus < 1:
+        raise ExportError(f"--cpus must be at least 1 (got {cpus})")
+    if rdzv_port is not None and not 1024 <= rdzv_port <= 65535:
+        raise ExportError(f"--rdzv-port must be between 1024 and 65535 (got {rdzv_port})")
+    if trainer_args and not trainer_args[0].startswith("-"):
+        raise ExportError(
+            f"a cluster job runs the trainer: ARGS after -- must be trainer flags "
+            f"(--epochs 1), not a command ({trainer_args[0]!r})"
+        )
+    reference, note = pinned_image(image or plan.image_ref, plan, record_dir)
+    if time_limit is not None:
+        time_seconds(time_limit)
+    return ClusterJob(
+        name=job_name(name, plan),
+        plan=plan,
+        image=reference,
+        nodes=nodes,
+        nproc_per_node=nproc_per_node,
+        gpus_per_node=gpus_per_node,
+        gpu_devices=devices,
+        cpus_per_node=cpus,
+        memory_bytes=size_bytes(memory, "--mem") if memory is not None else None,
+        time_limit=time_limit,
+        data=data,
+        output=output,
+        env=tuple(env),
+        trainer_args=tuple(trainer_args),
+        rdzv_port=rdzv_port,
+        notes=(note,),
+    )

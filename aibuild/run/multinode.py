@@ -1,0 +1,283 @@
+"""``aibuild run --nodes N``: one training job across N containers on one Docker host.
+
+Each container is a node: it runs torchrun with the c10d rendezvous that a cluster job
+uses (``aibuild.export.job.Rendezvous``), hosted by node 0, on a user-defined bridge
+network made for the job, so the DDP job that would span machines spans containers.
+The containers are configured as ``aibuild run`` configures one (``container_config``:
+GPUs, shm, ulimits, mounts, user) and named ``<name>-node<i>``, with that name as their
+host name, in order, so that the rendezvous gives node i the group rank i.
+
+Every line a node prints is prefixed with ``[node i]``; torchrun prefixes each worker's
+lines with its global rank. When a node exits non-zero the others are stopped (SIGTERM,
+the grace period, SIGKILL) and its exit code is returned; Ctrl-C or SIGTERM to aibuild
+stops them all (130). The containers and the network are removed on every path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+from aibuild import labels
+from aibuild.engine import client_session, engine_errors
+from aibuild.errors import RunError
+from aibuild.export.job import DEFAULT_RDZV_PORT, RANK_PREFIX_ENV, Rendezvous, check_nodes
+from aibuild.run.container import (
+    ContainerOptions,
+    RunTarget,
+    _create_and_start,
+    _ensure_image,
+    _kill,
+    _Pump,
+    _remove,
+    _sigterm_as_interrupt,
+    _Terminate,
+    container_config,
+    resolve_target,
+    with_plan_defaults,
+)
+from aibuild.run.gpus import GpuRequest
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import docker
+
+
+class _Prefixed:
+    """A byte stream that writes whole lines, each behind ``prefix``, under a lock shared by
+    every node, so that lines of two nodes never interleave."""
+
+    def __init__(self, out: BinaryIO, prefix: bytes, lock: threading.Lock) -> None:
+        self.out = out
+        self.prefix = prefix
+        self.lock = lock
+        self.partial = b""
+
+    def write(self, data: bytes) -> int:
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if lines:
+            with self.lock:
+                self.out.write(b"".join(self.prefix + line + b"\n" for line in lines))
+                self.out.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.partial:
+            with self.lock:
+                self.out.write(self.prefix + self.partial + b"\n")
+                self.out.flush()
+            self.partial = b""
+
+
+@dataclass
+class _Node:
+    index: int
+    config: dict[str, Any]
+    out: _Prefixed
+    err: _Prefixed
+    container: Any = None
+    pump: _Pump | None = None
+    exit_code: int | None = None
+
+    def finished(self) -> bool:
+        return self.pump is not None and self.pump.done.is_set()
+
+
+@dataclass
+class _Job:
+    client: Any
+    options: ContainerOptions
+    network: str
+    nodes: list[_Node] = field(default_factory=list)
+    network_made: bool = False
+
+
+def _gpus_for(options: ContainerOptions, nodes: int) -> list[GpuRequest | None]:
+    """Each node's GPUs: named devices are shared out in order (``device=0,1,2,3`` over two
+    nodes: 0,1 and 2,3); a count or ``all`` is asked for by every node."""
+    gpus = options.gpus
+    if gpus is None or not gpus.device_ids:
+        return [gpus] * nodes
+    ids = gpus.device_ids
+    if len(ids) % nodes:
+        raise RunError(
+            f"--gpus device={','.join(ids)}: {len(ids)} GPUs cannot be shared out evenly "
+            f"over {nodes} nodes"
+        )
+    per = len(ids) // nodes
+    return [replace(gpus, device_ids=ids[i * per : (i + 1) * per]) for i in range(nodes)]
+
+
+def node_configs(
+    options: ContainerOptions, image: str, nodes: int, base: str
+) -> list[dict[str, Any]]:
+    """The container config of every node (pure): ``aibuild run``'s config, with the
+    node's name and host name, the job's network and torchrun's c10d rendezvous on
+    node 0."""
+    width = len(str(nodes - 1))
+    names = [f"{base}-node{i:0{width}d}" for i in range(nodes)]
+    rdzv = Rendezvous(nodes, options.nproc_per_node or 1, f"{names[0]}:{DEFAULT_RDZV_PORT}", base)
+    command = rdzv.torchrun(options.args)
+    configs = []
+    for name, gpus in zip(names, _gpus_for(options, nodes), strict=True):
+        node_options = replace(options, name=name, gpus=gpus, detach=False, nproc_per_node=None)
+        config = container_config(node_options, image)
+        config.update(entrypoint=command[:1], command=command[1:], hostname=name, network=base)
+        config["environment"] = {**dict([RANK_PREFIX_ENV]), **config["environment"]}
+        configs.append(config)
+    return configs
+
+
+def _say(err: BinaryIO) -> Any:
+    def say(text: str) -> None:
+        err.write((text + "\n").encode())
+        err.flush()
+
+    return say
+
+
+def _once(say: Any) -> Any:
+    """``say`` that says each message once (a warning every node would repeat)."""
+    said: set[str] = set()
+
+    def once(text: str) -> None:
+        if text not in said:
+            said.add(text)
+            say(text)
+
+    return once
+
+
+def _stop_all(job: _Job, grace_s: float, say: Any) -> None:
+    """SIGTERM to every node still running, up to ``grace_s`` for all to exit, then SIGKILL.
+    A second Ctrl-C kills at once."""
+    import docker as docker_sdk
+
+    running = [n for n in job.nodes if n.container is not None and not n.finished()]
+    if not running:
+        return
+    say(f"aibuild: stopping {len(running)} node(s) (SIGTERM, {grace_s:g}s grace)")
+    for node in running:
+        with contextlib.suppress(docker_sdk.errors.APIError):
+            node.container.kill(signal="SIGTERM")
+    deadline = time.monotonic() + grace_s
+    try:
+        while any(not n.finished() for n in running) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    except (KeyboardInterrupt, _Terminate):
+        pass
+    for node in running:
+        if not node.finished():
+            say(f"aibuild: killing node {node.index}")
+            _kill(node.container)
+    for node in running:
+        if node.pump is not None:
+            node.pump.wait(5)
+
+
+def _cleanup(job: _Job) -> None:
+    import docker as docker_sdk
+
+    for node in job.nodes:
+        if node.container is not None:
+            _remove(node.container)
+        node.out.flush()
+        node.err.flush()
+    if job.network_made:
+        with contextlib.suppress(docker_sdk.errors.NotFound):
+            job.client.networks.get(job.network).remove()
+
+
+def _watch(job: _Job, say: Any) -> int:
+    """Wait for the nodes; the first non-zero exit stops the others and is returned."""
+    pending = list(job.nodes)
+    while pending:
+        for node in [n for n in pending if n.finished()]:
+            pending.remove(node)
+            node.exit_code = int(node.container.wait().get("StatusCode", 1))
+            if node.pump is not None and node.pump.error is not None:
+                raise node.pump.error
+            if node.exit_code != 0:
+                say(f"aibuild: node {node.index} exited with {node.exit_code}; stopping the job")
+                _stop_all(job, job.options.grace_s, say)
+                return node.exit_code
+        time.sleep(0.2)
+    return 0
+
+
+def run_nodes(
+    target: RunTarget,
+    options: ContainerOptions,
+    nodes: int,
+    *,
+    client: docker.DockerClient | None = None,
+    stdout: BinaryIO | None = None,
+    stderr: BinaryIO | None = None,
+) -> int:
+    """Run ``target.image`` as an N-node torchrun job; the failing node's exit code, 0, or
+    130 when interrupted."""
+    check_nodes(nodes)
+    if options.detach:
+        raise RunError("--detach starts one container; it cannot be combined with --nodes")
+    if options.args and not options.args[0].startswith("-"):
+        raise RunError(
+            "--nodes runs the trainer under torchrun: ARGS after -- must be trainer flags, "
+            f"not a command ({options.args[0]!r})"
+        )
+    out = stdout or sys.stdout.buffer
+    err = stderr or sys.stderr.buffer
+    say = _say(err)
+    if options.output:
+        Path(options.output).mkdir(parents=True, exist_ok=True)
+    base = options.name or f"aibuild-{uuid.uuid4().hex[:8]}"
+    configs = node_configs(options, target.image, nodes, base)
+    lock = threading.Lock()
+    with client_session(client) as engine:
+        job = _Job(engine, options, base)
+        for i, config in enumerate(configs):
+            prefix = f"[node {i}] ".encode()
+            out_i, err_i = _Prefixed(out, prefix, lock), _Prefixed(err, prefix, lock)
+            job.nodes.append(_Node(i, config, out_i, err_i))
+        with engine_errors(f"running {target.image} on {nodes} nodes"), _sigterm_as_interrupt():
+            try:
+                _ensure_image(engine, target)
+                engine.networks.create(
+                    base, driver="bridge", labels={**dict(options.labels), labels.RUN: "1"}
+                )
+                job.network_made = True
+                say_once = _once(say)
+                for node in job.nodes:
+                    node.container, attached = _create_and_start(
+                        engine, target, options, node.config, say_once
+                    )
+                    node.pump = _Pump(attached, cast(BinaryIO, node.out), cast(BinaryIO, node.err))
+                    node.pump.start()
+                names = ", ".join(c["name"] for c in configs)
+                say(f"aibuild: {nodes} nodes on network {base}: {names}")
+                return _watch(job, say)
+            except (KeyboardInterrupt, _Terminate):
+                _stop_all(job, options.grace_s, say)
+                return 130
+            finally:
+                _cleanup(job)
+
+
+def run_multinode(
+    ref: str | None,
+    overrides: tuple[str, ...] | list[str],
+    options: ContainerOptions,
+    nodes: int,
+    *,
+    client: docker.DockerClient | None = None,
+) -> int:
+    """``aibuild run --nodes N``: resolve what to run, apply its profile's run defaults, run
+    it on N nodes."""
+    check_nodes(nodes)
+    target = resolve_target(ref, overrides)
+    return run_nodes(target, with_plan_defaults(options, target), nodes, client=client)
