@@ -16,6 +16,7 @@ stops them all (130). The containers and the network are removed on every path.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import threading
 import time
@@ -36,10 +37,11 @@ from aibuild.run.container import (
     _kill,
     _Pump,
     _remove,
-    _sigterm_as_interrupt,
+    _signals_as_interrupt,
     _Terminate,
     container_config,
     resolve_target,
+    with_default_output,
     with_plan_defaults,
 )
 from aibuild.run.gpus import GpuRequest
@@ -84,6 +86,7 @@ class _Node:
     container: Any = None
     pump: _Pump | None = None
     exit_code: int | None = None
+    wait_exit: Any = None  # the exit code, asked for before the start (AutoRemove)
 
     def finished(self) -> bool:
         return self.pump is not None and self.pump.done.is_set()
@@ -200,7 +203,7 @@ def _watch(job: _Job, say: Any) -> int:
     while pending:
         for node in [n for n in pending if n.finished()]:
             pending.remove(node)
-            node.exit_code = int(node.container.wait().get("StatusCode", 1))
+            node.exit_code = int(node.wait_exit())
             if node.pump is not None and node.pump.error is not None:
                 raise node.pump.error
             if node.exit_code != 0:
@@ -221,7 +224,7 @@ def run_nodes(
     stderr: BinaryIO | None = None,
 ) -> int:
     """Run ``target.image`` as an N-node torchrun job; the failing node's exit code, 0, or
-    130 when interrupted."""
+    128 + the signal when interrupted."""
     check_nodes(nodes)
     if options.detach:
         raise RunError("--detach starts one container; it cannot be combined with --nodes")
@@ -244,7 +247,7 @@ def run_nodes(
             prefix = f"[node {i}] ".encode()
             out_i, err_i = _Prefixed(out, prefix, lock), _Prefixed(err, prefix, lock)
             job.nodes.append(_Node(i, config, out_i, err_i))
-        with engine_errors(f"running {target.image} on {nodes} nodes"), _sigterm_as_interrupt():
+        with engine_errors(f"running {target.image} on {nodes} nodes"), _signals_as_interrupt():
             try:
                 _ensure_image(engine, target)
                 engine.networks.create(
@@ -253,7 +256,7 @@ def run_nodes(
                 job.network_made = True
                 say_once = _once(say)
                 for node in job.nodes:
-                    node.container, attached = _create_and_start(
+                    node.container, (attached, node.wait_exit) = _create_and_start(
                         engine, target, options, node.config, say_once
                     )
                     node.pump = _Pump(attached, cast(BinaryIO, node.out), cast(BinaryIO, node.err))
@@ -261,9 +264,10 @@ def run_nodes(
                 names = ", ".join(c["name"] for c in configs)
                 say(f"aibuild: {nodes} nodes on network {base}: {names}")
                 return _watch(job, say)
-            except (KeyboardInterrupt, _Terminate):
+            except (KeyboardInterrupt, _Terminate) as stop:
                 _stop_all(job, options.grace_s, say)
-                return 130
+                # the shell's convention, as `aibuild run`: 128 + the signal
+                return 128 + (stop.signum if isinstance(stop, _Terminate) else signal.SIGINT)
             finally:
                 _cleanup(job)
 
@@ -280,4 +284,11 @@ def run_multinode(
     it on N nodes."""
     check_nodes(nodes)
     target = resolve_target(ref, overrides)
-    return run_nodes(target, with_plan_defaults(options, target), nodes, client=client)
+    options = with_plan_defaults(options, target)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    with client_session(client) as engine:
+        options = with_default_output(engine, options, target, say)  # results kept on the host
+        return run_nodes(target, options, nodes, client=engine)

@@ -52,7 +52,14 @@ from aibuild.train.device import (
     resolve_precision,
     versions,
 )
-from aibuild.train.distributed import DistInfo, all_reduce_sum, any_rank, cleanup, init_distributed
+from aibuild.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    cleanup,
+    init_distributed,
+)
 from aibuild.train.metrics import MetricsWriter, Throughput
 from aibuild.train.models import (
     build_model,
@@ -523,7 +530,12 @@ def run_training(cfg: TrainConfig, opts: TrainOptions) -> dict[str, Any]:
             trainer = Trainer(cfg, opts, device, info)
             if info.enabled:
                 torch.manual_seed(cfg.seed + 1_000_003 * info.rank)
-            return trainer.run(flag)
+            summary = trainer.run(flag)
+            # Every rank reaches the end before the group is torn down: a rank that tears
+            # gloo down while another still finishes its last save was seen to abort
+            # ("terminate called without an active exception") in about 3% of 2-node runs.
+            barrier(info)
+            return summary
     finally:
         if trainer is not None:
             trainer.close()
