@@ -6,6 +6,7 @@ import csv
 from dataclasses import dataclass
 from typing import Any
 
+from aibuild import kv
 from aibuild.profile.schema import MAX_GPUS
 
 # How an engine without the NVIDIA runtime answers a GPU request.
@@ -83,8 +84,11 @@ def parse_gpus(value: str | None) -> GpuRequest | None:
     last_list: list[str] | None = None
     for position, raw in enumerate(fields):
         item = raw.strip()
-        key, sep, val = item.partition("=")
-        if not sep:
+        try:
+            key, given = kv.split_item(item, option="--gpus", bare=True)
+        except ValueError:
+            raise ValueError(f"invalid --gpus value {value!r}: unexpected {item!r}") from None
+        if given is None:
             if position == 0:
                 count = _parse_count(item, value)
                 seen.add("count")
@@ -98,6 +102,7 @@ def parse_gpus(value: str | None) -> GpuRequest | None:
             raise ValueError(f"invalid --gpus value {value!r}: {key!r} given twice")
         seen.add(key)
         last_list = None
+        val = given
         if key == "count":
             count = _parse_count(val, value)
         elif key == "device":
@@ -112,8 +117,8 @@ def parse_gpus(value: str | None) -> GpuRequest | None:
             last_list = capabilities
         elif key == "options":
             for pair in next(csv.reader([val])):
-                k, _, v = pair.partition("=")
-                options[k] = v
+                name, setting = kv.split_item(pair, option="--gpus options", bare=True)
+                options[name] = setting or ""
         else:
             raise ValueError(f"invalid --gpus value {value!r}: unknown key {key!r}")
     if len(device_ids) > MAX_GPUS or any(len(d) > 64 for d in device_ids):
