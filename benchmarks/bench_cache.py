@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         for key, value in figures.items():
             print(f"{key:34} {value}")
-        ids.append(naive_tag)
+        ids += [naive_tag, f"aibuild-bench/{args.profile}:{args.profile}-torch2.13.0-"]
+        ids[-1] += "cpu" if not cuda else "cu130"  # the tag the builds above moved
     for ref in ids:
         with contextlib.suppress(Exception):
             client.images.remove(ref, force=True)
