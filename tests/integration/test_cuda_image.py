@@ -121,7 +121,8 @@ def test_torch_cuda_cudnn_nccl_and_arch_inside(
     missing = {ln.split()[0] for ln in linked if "not found" in ln}
     assert missing <= {"libcuda.so.1"}, missing  # only the driver's, which the toolkit mounts
     cudart = next(ln for ln in linked if "libcudart.so" in ln)
-    assert "/site-packages/nvidia/" in cudart  # torch's own CUDA, through its RPATH
+    # torch's own CUDA, found through its RPATH ($ORIGIN/../../nvidia/...)
+    assert "/site-packages/torch/lib/../../nvidia/" in cudart, cudart
 
 
 def test_gpus_reach_the_cuda_image_through_the_hook(
