@@ -29,8 +29,10 @@ test-heavy: engine
 	. ./.aibuild-test-env && AIBUILD_TEST_CUDA_WHEELHOUSE=$(CUDA_WHEELHOUSE) $(PYTHON) -m pytest -m heavy
 
 # The gpu tier, on a machine with an NVIDIA GPU: fails (never skips) when none works.
+# scripts/gpu-check.sh runs it and prints the GPU figures (AIBUILD_GPU_IMAGE=REF: the
+# trainer's checks inside a built CUDA image, through `aibuild run --gpus all`).
 test-gpu:
-	$(PYTHON) -m pytest -m gpu
+	PYTHON=$(PYTHON) bash scripts/gpu-check.sh
 
 test-unit:
 	$(PYTHON) -m pytest -m "not docker and not gpu and not heavy"
