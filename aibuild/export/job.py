@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from aibuild.errors import ExportError
 from aibuild.image.record import RECORD_DIR, recorded_builds
 from aibuild.oci.reference import ReferenceError, parse_reference
+from aibuild.profile.schema import parse_size
 from aibuild.run.container import TRAIN_ENTRYPOINT
 from aibuild.run.gpus import parse_gpus
 
@@ -41,9 +42,7 @@ NCCL_ENV = (("NCCL_DEBUG", "WARN"), ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"))
 RANK_PREFIX_ENV = ("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]: ")
 
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$")  # a DNS-1035 label, room for -<index>
-SIZE_RE = re.compile(r"^(\d+)([bkmgt]?)$", re.IGNORECASE)
 TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 # --------------------------------------------------------------------------- rendezvous
@@ -107,11 +106,15 @@ def check_nodes(nodes: int) -> int:
 
 
 def size_bytes(text: str, option: str) -> int:
-    """``16g`` -> bytes (b, k, m, g, t: binary units, as docker reads --shm-size)."""
-    match = SIZE_RE.match(text.strip())
-    if not match or int(match.group(1)) == 0:
+    """``16g`` -> bytes (b, k, m, g, t: binary units, as docker reads --shm-size), by the
+    profile schema's size parser; no upper bound (a node's memory), not zero."""
+    try:
+        size = parse_size(text, maximum=None)
+    except ValueError:
+        size = 0
+    if size == 0:
         raise ExportError(f"{option} {text!r} is not a size: a number with k, m, g or t (16g)")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+    return size
 
 
 def quantity(size: int) -> str:

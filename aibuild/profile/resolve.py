@@ -338,7 +338,6 @@ class Resolver:
         os_name: str,
         cudnn: bool,
         driver: str | None,
-        source: str = "wheels",
     ) -> Candidate:
         errors: list[str] = []
         warnings: list[str] = []
@@ -407,7 +406,7 @@ class Resolver:
                 (warnings if arch.uncertain else errors).append(message)
         # base image: nvidia/cuda only for the image source
         full = builder = runtime = None
-        if source == "image":
+        if self.source == "image":
             flavours = self.image_flavours(cudnn)
             flavour_ok = self.pick_images(cuda, os_name, flavours)
             if flavour_ok is None:
@@ -433,7 +432,7 @@ class Resolver:
         if driver:
             floor = kb.compat_floor(cuda)
             stack = f"CUDA {full}" if full else f"CUDA {cuda} (torch's wheels)"
-            if floor and version_lt(driver, floor) and source == "image":
+            if floor and version_lt(driver, floor) and self.source == "image":
                 if not kb.forward_compatible(gpu):
                     errors.append(
                         f"driver {driver} is too old for CUDA {cuda} (its "
@@ -785,7 +784,7 @@ class Resolver:
     ) -> Candidate | None:
         asked = self.sw.get("cuda")
         if asked:
-            cand = self.evaluate(str(asked), torch, rel, gpu, os_name, cudnn, driver, self.source)
+            cand = self.evaluate(str(asked), torch, rel, gpu, os_name, cudnn, driver)
             for message in cand.errors:
                 self.error(
                     message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
@@ -796,7 +795,7 @@ class Resolver:
                 )
             return None if cand.errors else cand
         candidates = [
-            self.evaluate(c, torch, rel, gpu, os_name, cudnn, driver, self.source)
+            self.evaluate(c, torch, rel, gpu, os_name, cudnn, driver)
             for c in sorted(rel.cuda, key=kb.vkey, reverse=True)
         ]
         ok = [c for c in candidates if not c.errors]

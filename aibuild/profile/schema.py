@@ -27,7 +27,7 @@ APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DRIVER_RE = re.compile(r"^\d{3}(\.\d{1,3}){1,2}$")
 MINOR_RE = re.compile(r"^\d+\.\d+$")
-SHM_RE = re.compile(r"^\d+[bkmgBKMG]?$")
+SIZE_RE = re.compile(r"^(\d+)([bkmgt]?)$", re.IGNORECASE)
 GPUS_RE = re.compile(r"^(all|none|\d+|device=\d+(,\d+)*)$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -103,17 +103,18 @@ def check_apt_item(value: Any) -> str | None:
 # answers a larger one with a JSON decoding error; no node has more GPUs or shared memory.
 MAX_GPUS = 1024
 MAX_SHM_BYTES = 1 << 40  # 1 TiB
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def parse_size(text: str) -> int:
-    """``16g`` -> bytes, as Docker reads ``--shm-size`` (binary units: k, m, g); ValueError
-    when it is not such a size or is above ``MAX_SHM_BYTES``."""
-    if not SHM_RE.fullmatch(text):
-        raise ValueError(f"'{_show(text)}' is not a size like 16g (a number, then b, k, m or g)")
-    size = int(text.rstrip("bkmgBKMG")) * _UNITS[text[-1].lower() if text[-1].isalpha() else ""]
-    if size > MAX_SHM_BYTES:
-        raise ValueError(f"'{_show(text)}' is more than {MAX_SHM_BYTES >> 30}g")
+def parse_size(text: str, maximum: int | None = MAX_SHM_BYTES) -> int:
+    """``16g`` -> bytes, as Docker reads ``--shm-size`` (binary units: k, m, g, t); the one
+    size parser. ValueError when it is not such a size or is above ``maximum``."""
+    match = SIZE_RE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"'{_show(text)}' is not a size like 16g (a number, then b, k, m, g or t)")
+    size = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if maximum is not None and size > maximum:
+        raise ValueError(f"'{_show(text)}' is more than {maximum >> 30}g")
     return size
 
 
