@@ -367,7 +367,7 @@ def write_context(plan: BuildPlan, out_dir: Path, options: RenderOptions | None 
                 "\n".join(sorted(options.constraints)) + "\n", encoding="utf-8"
             )
         _copy_tree(package_dir(), out_dir / "runtime" / "aibuild", RUNTIME_EXCLUDE)
-        if options.wheelhouse:
+        if options.wheelhouse and not options.wheelhouse_url:  # served: not in the context
             source = Path(options.wheelhouse)
             if not source.is_dir():
                 raise RenderError(f"wheelhouse directory not found: {source}")

@@ -335,3 +335,17 @@ def test_dockerfile_quote() -> None:
     assert dockerfile_quote('a"b$c\\') == '"a\\"b\\$c\\\\"'
     with pytest.raises(RenderError):
         dockerfile_quote("a\nb")
+
+
+def test_a_served_wheelhouse_stays_out_of_the_context(tmp_path: Path) -> None:
+    """Served on loopback, the wheelhouse is not sent with the context (3 GB for CUDA)."""
+    wheels = tmp_path / "wh"
+    wheels.mkdir()
+    (wheels / "x-1-py3-none-any.whl").write_bytes(b"wheel")
+    served = RenderOptions(wheelhouse=str(wheels), wheelhouse_url="http://127.0.0.1:31234/")
+    out = write_context(plan_for("cpu"), tmp_path / "ctx", served)
+    assert not (out / "wheelhouse").exists()
+    copied = write_context(
+        plan_for("cpu"), tmp_path / "ctx2", RenderOptions(wheelhouse=str(wheels))
+    )
+    assert (copied / "wheelhouse" / "x-1-py3-none-any.whl").is_file()
