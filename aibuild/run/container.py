@@ -774,6 +774,7 @@ def run_image(
 ) -> int:
     """``aibuild run``: resolve what to run, apply its profile's run defaults and a default
     output directory for training, run it; the container's exit code."""
+    terminal.check_terminal(options.tty)  # before anything is resolved or started
     target = resolve_target(ref, overrides)
     options = with_plan_defaults(options, target)
 

@@ -8,7 +8,6 @@ container removed afterwards).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from typing import Any
 
@@ -34,7 +33,7 @@ def run_shell(
     ref: str | None, overrides: tuple[str, ...], options: ContainerOptions, client: Any = None
 ) -> int:
     """``aibuild shell``: the shell's exit code."""
-    check_terminal(True, sys.stdin.fileno())  # before anything is resolved or started
+    check_terminal(True)  # before anything is resolved or started
     target = resolve_target(ref, overrides)
     options = with_plan_defaults(shell_options(options, target), target)
     return run_interactive(target, options, client=client)

@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -135,9 +136,18 @@ def pump_stdin(
                 return  # the container went away: its output ends too
 
 
-def check_terminal(tty: bool, stdin_fd: int) -> None:
-    """A TTY needs a terminal to follow: refuse one when stdin is not a terminal."""
-    if tty and not os.isatty(stdin_fd):
+def stdin_fd() -> int | None:
+    """The file descriptor of our stdin (None when it has none, as under a test runner)."""
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_terminal(tty: bool, fd: int | None = None) -> None:
+    """A TTY needs a terminal to follow: refuse one when stdin (or ``fd``) is not one."""
+    fd = stdin_fd() if fd is None else fd
+    if tty and (fd is None or not os.isatty(fd)):
         raise RunError(
             "a TTY was requested (-t, or aibuild shell) but stdin is not a terminal: run it "
             "from a terminal, or leave out -t (-i alone pipes stdin through)"
