@@ -77,7 +77,7 @@ def raw_terminal(fd: int) -> Iterator[None]:
 
     saved = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        tty.setraw(fd, termios.TCSANOW)  # keep what was typed ahead: it goes to the container
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)

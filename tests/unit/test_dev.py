@@ -8,9 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from aibuild.cli import cli
 from aibuild.errors import RenderError, RunError
 from aibuild.profile.resolve import plan_for
 from aibuild.run.container import (
@@ -28,20 +26,10 @@ from aibuild.run.devcontainer import (
 from aibuild.run.gpus import parse_gpus
 from aibuild.run.jupyter import check_port, dev_target, jupyter_command
 from aibuild.run.shell import shell_options
+from tests.unit.test_project import invoke, one_clean_line
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "mnist" / "aibuild.yaml"
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def one_clean_line(result: Result) -> str:
-    assert result.exit_code == 1, (result.exit_code, result.output, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def example_target() -> RunTarget:

@@ -3,13 +3,17 @@ the build context (no engine needed)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aibuild import labels
 from aibuild.cli import cli
@@ -17,11 +21,12 @@ from aibuild.errors import ProfileError
 from aibuild.image.context import project_files
 from aibuild.image.render import render_dockerfile, requirements_text, write_context
 from aibuild.image.wheelhouse import requirements as wheelhouse_requirements
-from aibuild.profile.load import load_profile
+from aibuild.profile.load import Profile, load_profile
 from aibuild.profile.plan import BuildPlan, RenderOptions
 from aibuild.profile.project import RequirementsError, parse_pyproject, parse_requirements_txt
 from aibuild.profile.resolve import image_requirements, plan_for, validate
 from aibuild.profile.schema import split_command
+from tests.unit.test_hostile import HOSTILE, dfparse
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "mnist"
@@ -371,3 +376,56 @@ def test_overrides_reach_the_project(tmp_path: Path) -> None:
 def test_a_bad_project_is_a_profile_error(tmp_path: Path) -> None:
     with pytest.raises(ProfileError):
         plan_of(project(tmp_path, "project:\n  path: nowhere\n"))
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+def _hostile_plan(section: dict[str, object]) -> BuildPlan | None:
+    """The plan for cpu plus ``section`` as project: (its path defaults to a folder of one
+    file), straight from data as test_hostile does: no YAML round trip to change a value."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "train.py").write_text("")
+        data = copy.deepcopy(load_profile("cpu").data)
+        data["project"] = {"path": tmp, **section}
+        try:
+            plan, _ = validate(Profile(name="hostile", data=data, files=["hostile.yaml"]))
+        except ProfileError:
+            return None
+        return plan
+
+
+CLEAN_PROJECT = {"command": ["python", "train.py"], "workdir": "/workspace/app"}
+CLEAN_PROJECT_PLAN = _hostile_plan(CLEAN_PROJECT)
+assert CLEAN_PROJECT_PLAN is not None
+CLEAN_PROJECT_TEXT = render_dockerfile(CLEAN_PROJECT_PLAN)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    where=st.sampled_from(["command-arg", "command-string", "workdir", "path", "exclude"]),
+    value=HOSTILE,
+)
+def test_hostile_project_values_never_escape(where: str, value: str) -> None:
+    section: dict[str, object] = dict(CLEAN_PROJECT)
+    if where == "command-arg":
+        section["command"] = ["python", value]
+    elif where == "command-string":
+        section["command"] = f"python {value}"
+    elif where == "exclude":
+        section["exclude"] = [value]
+    else:
+        section[where] = value
+    plan = _hostile_plan(section)
+    if plan is None:
+        return
+    text = render_dockerfile(plan)
+    assert dfparse.keywords(text) == dfparse.keywords(CLEAN_PROJECT_TEXT)
+    assert text.count("\n") == CLEAN_PROJECT_TEXT.count("\n")
+    assert plan.project is not None
+    (entrypoint,) = [a for w, a in dfparse.instructions(text) if w == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == list(plan.project.command)
+    if where == "command-arg":
+        assert plan.project.command == ("python", value)
+    (workdir,) = [a for w, a in dfparse.instructions(text) if w == "WORKDIR"]
+    assert workdir == plan.project.workdir
