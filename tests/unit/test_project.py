@@ -3,11 +3,14 @@ the build context (no engine needed)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -381,10 +384,20 @@ def test_a_bad_project_is_a_profile_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- hostile values
 
 
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _hostile_plan(section: dict[str, object]) -> BuildPlan | None:
     """The plan for cpu plus ``section`` as project: (its path defaults to a folder of one
     file), straight from data as test_hostile does: no YAML round trip to change a value."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, working_directory(Path(tmp)):  # no git here
         (Path(tmp) / "train.py").write_text("")
         data = copy.deepcopy(load_profile("cpu").data)
         data["project"] = {"path": tmp, **section}
