@@ -59,7 +59,7 @@ def _read_text(path: Path) -> str:
     try:
         if path.stat().st_size > MAX_REQUIREMENTS_BYTES:
             raise RequirementsError(f"{path}: larger than {MAX_REQUIREMENTS_BYTES >> 10} KiB")
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a BOM, as editors on Windows write
     except FileNotFoundError:
         raise RequirementsError(f"{path} does not exist") from None
     except IsADirectoryError:

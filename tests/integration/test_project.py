@@ -217,10 +217,7 @@ def test_a_code_edit_rebuilds_one_layer_and_a_requirements_edit_no_torch(
 
 
 def test_run_runs_the_project_command_with_gpus(
-    example: Example,
-    tmp_path: Path,
-    hook_calls: Callable[[str], list[dict[str, Any]]],
-    hook_log: Path,
+    example: Example, tmp_path: Path, hook_log: Path
 ) -> None:
     mark = uuid.uuid4().hex
     result = aibuild(
@@ -305,8 +302,8 @@ class Tmux:
 
 
 def test_a_shell_in_tmux(example: Example, tmp_path: Path) -> None:
-    """A real terminal: keys, a resize, Ctrl-C to the foreground program, `exit 3`; the
-    exit code is the shell's and no container is left."""
+    """A real terminal: keys, a resize, Ctrl-C to the foreground program, Ctrl-D after a
+    command that exited 3; the exit code is the shell's and no container is left."""
     tmux = Tmux(tmp_path)
     done = tmp_path / "exit-code"
     command = (
@@ -319,8 +316,8 @@ def test_a_shell_in_tmux(example: Example, tmp_path: Path) -> None:
         tmux.wait_for(":/workspace")  # bash's prompt
         tmux.type("echo READY-$((6 * 7))")
         tmux.wait_for("READY-42")
-        tmux.type('echo "SIZE=$(stty size) UID=$(id -u) HOME=$HOME."')
-        tmux.wait_for(f"SIZE=30 100 UID={os.getuid()} HOME=/tmp.")
+        tmux.type('touch "$HOME/w" && echo "SIZE=$(stty size) UID=$(id -u) HOME=$HOME."')
+        tmux.wait_for(f"SIZE=30 100 UID={os.getuid()} HOME=/tmp.")  # a HOME it can write
         (example.project / "from-the-host.txt").write_text("live\n")  # the project is live
         tmux.type("tr a-z A-Z < from-the-host.txt")
         tmux.wait_for("LIVE")
@@ -334,7 +331,8 @@ def test_a_shell_in_tmux(example: Example, tmp_path: Path) -> None:
         tmux.type("echo STILL-HERE-$?")
         shown = tmux.wait_for("STILL-HERE-130")  # sleep got SIGINT; the shell lives on
         assert "SLEPT-2" not in shown
-        tmux.type("exit 3")
+        tmux.type("(exit 3)")
+        tmux("send-keys", "-t", tmux.name, "C-d")  # ends the session: bash exits with 3
         deadline = time.monotonic() + 60
         while not done.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -472,6 +470,18 @@ def test_the_dev_container_cli_opens_the_project(
         for image in client.images.list():
             if any(t.startswith(f"vsc-{example.project.name}-") for t in image.tags):
                 client.images.remove(image.id, force=True)
+
+
+def test_run_i_pipes_stdin_through(example: Example, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aibuild", "run", "-i", str(example.profile), *SETS, "--",
+         "python", "-c", "import sys; print(sys.stdin.read().upper(), end='')"],
+        input="piped through\n", capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "PIPED THROUGH\n"  # its end closed the container's stdin
+    assert example.containers() == []
 
 
 def test_a_command_not_in_the_image_is_one_line(example: Example, tmp_path: Path) -> None:

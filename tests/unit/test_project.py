@@ -26,7 +26,12 @@ from aibuild.image.render import render_dockerfile, requirements_text, write_con
 from aibuild.image.wheelhouse import requirements as wheelhouse_requirements
 from aibuild.profile.load import Profile, load_profile
 from aibuild.profile.plan import BuildPlan, RenderOptions
-from aibuild.profile.project import RequirementsError, parse_pyproject, parse_requirements_txt
+from aibuild.profile.project import (
+    RequirementsError,
+    parse_pyproject,
+    parse_requirements_txt,
+    read_requirements,
+)
 from aibuild.profile.resolve import image_requirements, plan_for, validate
 from aibuild.profile.schema import split_command
 from tests.unit.test_hostile import HOSTILE, dfparse
@@ -98,6 +103,12 @@ def test_a_requirements_file_that_does_not_parse_names_its_line(
     with pytest.raises(RequirementsError) as caught:
         parse_requirements_txt(text, "req.txt")
     assert str(caught.value).startswith(f"req.txt:{line}: ") and says in str(caught.value)
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
+    path = tmp_path / "requirements.txt"
+    path.write_bytes("\ufeffnumpy\r\nrich\r\n".encode())
+    assert read_requirements(path) == ["numpy", "rich"]
 
 
 def test_pyproject_dependencies() -> None:
