@@ -215,7 +215,7 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
     return {k: v for k, v in config.items() if v is not None}
 
 
-class Terminate(Exception):
+class _Terminate(Exception):
     """aibuild itself got SIGTERM or SIGHUP (its terminal closed): treated like Ctrl-C."""
 
     def __init__(self, signum: int) -> None:
@@ -227,13 +227,13 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
-def signals_as_interrupt() -> Iterator[None]:
+def _signals_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminate(signum)
+        raise _Terminate(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
@@ -291,12 +291,12 @@ def reap_orphans(client: docker.DockerClient, say: Any) -> list[str]:
             f"aibuild: removing container {container.short_id} ({container.name}), left "
             f"running by an `aibuild run` that was killed (pid {owner.split(':')[1]})"
         )
-        remove_container(container)
+        _remove(container)
         reaped.append(container.id)
     return reaped
 
 
-def start_error(exc: Any, image: str, options: ContainerOptions) -> RunError:
+def _start_error(exc: Any, image: str, options: ContainerOptions) -> RunError:
     message = api_message(exc)
     if NO_DRIVER_MARKER in message:
         asked = options.gpus.describe() if options.gpus else "?"
@@ -324,7 +324,7 @@ def _stream(chunks: Any, stdout: BinaryIO, stderr: BinaryIO) -> None:
             stderr.flush()
 
 
-def remove_container(container: Any, wait_s: float = 30.0) -> None:
+def _remove(container: Any, wait_s: float = 30.0) -> None:
     """Remove the container and return once it is gone (AutoRemove may be removing it
     already: the engine then refuses a second removal, and the container lingers for a
     moment)."""
@@ -395,7 +395,7 @@ class Output(Protocol):
     def wait(self, seconds: float | None = None) -> bool: ...
 
 
-def stop_container(container: Any, grace_s: float, say: Any, pump: Output | None) -> None:
+def _stop(container: Any, grace_s: float, say: Any, pump: Output | None) -> None:
     """SIGTERM, up to ``grace_s`` for the container to exit, then SIGKILL.
 
     A second Ctrl-C kills at once. The container's output keeps flowing meanwhile.
@@ -422,14 +422,14 @@ def stop_container(container: Any, grace_s: float, say: Any, pump: Output | None
         if not exited:
             say(f"aibuild: still running after {grace_s:g}s: killing the container")
             _kill(container)
-    except (KeyboardInterrupt, Terminate):
+    except (KeyboardInterrupt, _Terminate):
         say("aibuild: killing the container")
         _kill(container)
     if pump is not None:
         pump.wait(5)
 
 
-def ensure_image(client: Any, target: RunTarget) -> None:
+def _ensure_image(client: Any, target: RunTarget) -> None:
     import docker
 
     try:
@@ -481,12 +481,12 @@ RLIMIT_MARKER = "error setting rlimit"
 NOT_FOUND_MARKER = "executable file not found"
 
 
-def without_memlock(config: dict[str, Any]) -> dict[str, Any]:
+def _without_memlock(config: dict[str, Any]) -> dict[str, Any]:
     limits = [u for u in config.get("ulimits", []) if u["Name"] != "memlock"]
     return {**config, "ulimits": limits}
 
 
-def exit_waiter(client: Any, container_id: str) -> Callable[[], int]:
+def _exit_waiter(client: Any, container_id: str) -> Callable[[], int]:
     """Ask the engine for the container's exit code before it starts, as ``docker run``
     does: with AutoRemove the container is gone right after it exits, and a wait sent
     then finds nothing. The engine registers the wait, then answers with headers at
@@ -515,7 +515,7 @@ def attach_output(client: Any, container_id: str) -> Any:
     )
 
 
-def create_and_start(
+def _create_and_start(
     client: Any,
     target: RunTarget,
     options: ContainerOptions,
@@ -537,24 +537,24 @@ def create_and_start(
     try:
         if not options.detach:
             attached = attach(client, container.id)
-            exit_code = exit_waiter(client, container.id)
+            exit_code = _exit_waiter(client, container.id)
         container.start()
     except docker.errors.APIError as exc:
         if attached is not None:
             attached.close()
-        remove_container(container)
+        _remove(container)
         has_memlock = any(u["Name"] == "memlock" for u in config.get("ulimits", []))
         if RLIMIT_MARKER in api_message(exc) and has_memlock:
             say(
                 "aibuild: warning: the engine cannot raise the memlock limit to unlimited "
                 "(its own hard limit is lower); running with the engine's default memlock"
             )
-            return create_and_start(client, target, options, without_memlock(config), say, attach)
-        raise start_error(exc, target.image, options) from None
+            return _create_and_start(client, target, options, _without_memlock(config), say, attach)
+        raise _start_error(exc, target.image, options) from None
     except BaseException:
         if attached is not None:
             attached.close()
-        remove_container(container)
+        _remove(container)
         raise
     return container, (attached, exit_code if attached is not None else None)
 
@@ -571,11 +571,11 @@ def _run(
 ) -> int:
     container = None
     pump: _Pump | None = None
-    with engine_errors(f"running {target.image}"), signals_as_interrupt():
-        ensure_image(client, target)
+    with engine_errors(f"running {target.image}"), _signals_as_interrupt():
+        _ensure_image(client, target)
         try:
             reap_orphans(client, say)
-            container, (attached, exit_code) = create_and_start(
+            container, (attached, exit_code) = _create_and_start(
                 client, target, options, config, say
             )
             if options.detach:
@@ -595,14 +595,14 @@ def _run(
             if pump.error is not None:
                 raise pump.error
             return code
-        except (KeyboardInterrupt, Terminate) as stop:
+        except (KeyboardInterrupt, _Terminate) as stop:
             if container is not None:
-                stop_container(container, options.grace_s, say, pump)
+                _stop(container, options.grace_s, say, pump)
             # the shell's convention: 128 + the signal (Ctrl-C 130, SIGTERM 143, SIGHUP 129)
-            return 128 + (stop.signum if isinstance(stop, Terminate) else signal.SIGINT)
+            return 128 + (stop.signum if isinstance(stop, _Terminate) else signal.SIGINT)
         finally:
             if container is not None and not options.detach:
-                remove_container(container)
+                _remove(container)
 
 
 def run_interactive(
@@ -633,11 +633,11 @@ def run_interactive(
     with (
         client_session(client) as engine,
         engine_errors(f"running {target.image}"),
-        signals_as_interrupt(),
+        _signals_as_interrupt(),
     ):
-        ensure_image(engine, target)
+        _ensure_image(engine, target)
         reap_orphans(engine, say)
-        container, (sock, exit_code) = create_and_start(
+        container, (sock, exit_code) = _create_and_start(
             engine, target, options, config, say, terminal.attach_socket
         )
         output = terminal.Output(sock, options.tty, stdout_fd, stderr_fd)
@@ -657,13 +657,13 @@ def run_interactive(
                     while not output.wait(0.2):
                         pass
             return _exit_code(container, exit_code, say)
-        except (KeyboardInterrupt, Terminate) as stop:
-            stop_container(container, options.grace_s, say, output)
-            return 128 + (stop.signum if isinstance(stop, Terminate) else signal.SIGINT)
+        except (KeyboardInterrupt, _Terminate) as stop:
+            _stop(container, options.grace_s, say, output)
+            return 128 + (stop.signum if isinstance(stop, _Terminate) else signal.SIGINT)
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
-            remove_container(container)
+            _remove(container)
 
 
 def _exit_code(container: Any, exit_code: Callable[[], int], say: Any) -> int:
@@ -676,7 +676,7 @@ def _exit_code(container: Any, exit_code: Callable[[], int], say: Any) -> int:
     waiter.join(DETACH_WAIT_S)
     if waiter.is_alive():
         say("aibuild: the session was detached; removing its container")
-        remove_container(container)
+        _remove(container)
         waiter.join(30)
     return result[0] if result else 1
 
