@@ -17,6 +17,7 @@ function here and prints its result.
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -40,7 +41,7 @@ from aibuild.image.record import (
     update_record,
     write_record,
 )
-from aibuild.image.render import check_context_dir, write_context
+from aibuild.image.render import DEV_STAGE, check_context_dir, train_target, write_context
 from aibuild.image.wheelhouse import serve_wheelhouse
 from aibuild.logs import Log, silent
 from aibuild.oci.archive import BlobCache
@@ -194,16 +195,20 @@ def build_plan(
                 settings = replace(settings, network_mode="host")
         context = Path(settings.context_dir or Path(tmp) / "context")
         write_context(plan, context, options)  # refuses a directory holding others' files
-        outcome = build_context(
+        build = functools.partial(
+            build_context,
             client,
             context,
-            tags=tags,
             nocache=settings.nocache,
-            pull=settings.pull,
             buildargs=dict(settings.build_args),
             network_mode=settings.network_mode,
             reporter=report,
         )
+        outcome = build(tags=tags, pull=settings.pull, target=train_target(plan))
+        dev = None
+        if plan.dev_jupyter:  # the same context, on to the dev stage: its own image and tag
+            report.message(f"dev image {plan.dev_image_ref}: the image plus JupyterLab")
+            dev = build(tags=[plan.dev_image_ref], target=DEV_STAGE)
     python_packages, os_packages = inspect_image(client, outcome.image_id)
     result = BuildResult(
         image_id=outcome.image_id,
@@ -215,8 +220,10 @@ def build_plan(
         base=facts,
         python_packages=python_packages,
         os_packages=os_packages,
+        dev_image=None if dev is None else {"image_id": dev.image_id, "tag": plan.dev_image_ref},
     )
     extra = {
+        **({"dev_image": result.dev_image} if dev else {}),
         "base_image": image_identity(client, plan.base_image),
         "runtime_image": image_identity(client, plan.runtime_image),
         "render_options": {k: v for k, v in asdict(options).items() if k != "constraints" or v},

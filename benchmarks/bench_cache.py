@@ -13,11 +13,19 @@ cu130 from PyPI's wheels) it measures, on a real engine, through aibuild's own b
 3. the final image sizes, and aibuild's image against its floor: the base, plus
    Python (its apt layer), plus the installed wheels (the venv).
 
+With ``--project PROFILE`` (a profile inside its own ``project:`` folder, such as
+``examples/mnist/aibuild.yaml``), on a copy of that folder: a no-op rebuild, a rebuild
+after a code edit (a line added to a .py file) and one after a requirements edit (a
+requirement added), each the median of a few, as ratios to the no-op rebuild, with the
+steps each rebuilt (torch's must never be among them).
+
     python benchmarks/bench_cache.py [--profile cpu|gpu-h200] [--base-image IMG]
                                      [--wheelhouse DIR] [--skip-naive] [--json FILE]
+    python benchmarks/bench_cache.py --project examples/mnist/aibuild.yaml [--rounds 3]
 
 Defaults come from the test environment (``.aibuild-test-env``: AIBUILD_TEST_BASE_IMAGE,
-AIBUILD_TEST_WHEELHOUSE; the CUDA wheelhouse from ``make test-heavy``). Cold builds take
+AIBUILD_TEST_WHEELHOUSE, and AIBUILD_TEST_DEV_WHEELHOUSE for a project whose profile
+asks for a dev image; the CUDA wheelhouse from ``make test-heavy``). Cold builds take
 minutes on a small machine; the figures move with its load: compare the ratios.
 """
 
@@ -29,9 +37,12 @@ import json
 import os
 import random
 import shlex
+import shutil
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +87,73 @@ def aibuild_build(
     client: Any, profile: str, sets: list[str], options: RenderOptions, **settings: Any
 ) -> tuple[float, str]:
     """(seconds, image id) of a build through aibuild's own pipeline."""
+    seconds, result = timed_build(client, profile, sets, options, **settings)
+    return seconds, result.image_id
+
+
+def timed_build(
+    client: Any, profile: str, sets: list[str], options: RenderOptions, **settings: Any
+) -> tuple[float, Any]:
+    """(seconds, BuildResult): the render, the build (and the dev image's, when the profile
+    has one) and the package inspection, as `aibuild image` does them."""
     plan, opts, facts = plan_build(client, profile, sets, options)
     with tempfile.TemporaryDirectory(prefix="aibuild-bench-records-") as records:
         started = time.monotonic()
         result = build_plan(
             client, plan, opts, BuildSettings(record_dir=records, **settings), facts=facts
         )
-        return time.monotonic() - started, result.image_id
+        return time.monotonic() - started, result
+
+
+def project_rebuilds(
+    client: Any, profile: Path, sets: list[str], options: RenderOptions, rounds: int
+) -> dict[str, Any]:
+    """No-op, code-edit and requirements-edit rebuilds of a copy of PROFILE's project."""
+    plan, _, _ = plan_build(None, str(profile), sets, options)
+    if plan.project is None or not profile.resolve().is_relative_to(plan.project.path):
+        raise SystemExit(f"{profile}: --project takes a profile inside its project: folder")
+    source = Path(plan.project.path)
+    with tempfile.TemporaryDirectory(prefix="aibuild-bench-project-") as tmp:
+        copy = Path(tmp) / source.name
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+        copied = str(copy / profile.resolve().relative_to(source))
+        code = sorted(copy.rglob("*.py"))[0]
+        requirements = Path(plan.project.requirements_file or copy / "requirements.txt")
+        requirements = copy / requirements.relative_to(source)
+        build = lambda: timed_build(client, copied, sets, options)  # noqa: E731
+        print(f"== {profile}: warm-up build, then {rounds} rounds", flush=True)
+        build()
+
+        def measure(change: Callable[[int], None]) -> tuple[float, list[str]]:
+            times, rebuilt = [], []
+            for i in range(rounds):
+                build()  # from the state before the change, every round
+                change(i)
+                seconds, result = build()
+                times.append(seconds)
+                rebuilt = [s.instruction for s in result.steps if not s.cached]
+            return statistics.median(times), rebuilt
+
+        base_code, base_reqs = code.read_text(), requirements.read_text()
+        noop, _ = measure(lambda i: None)
+        edit, code_steps = measure(
+            lambda i: code.write_text(f"{base_code}\n# edit {random.random()}\n")
+        )
+        reqs, req_steps = measure(
+            lambda i: requirements.write_text(f"{base_reqs}\nmpmath!=0.{random.randrange(10**9)}\n")
+        )
+    return {
+        "project": str(profile),
+        "rounds": rounds,
+        "noop_rebuild_s": round(noop, 2),
+        "code_edit_rebuild_s": round(edit, 2),
+        "code_edit_ratio": round(edit / noop, 2),
+        "code_edit_rebuilt": [i for i in code_steps if not i.startswith("FROM")],
+        "requirements_edit_rebuild_s": round(reqs, 2),
+        "requirements_edit_ratio": round(reqs / noop, 2),
+        "requirements_edit_rebuilt": [i[:60] for i in req_steps if not i.startswith("FROM")],
+        "torch_reinstalled": any("torch==" in i for i in req_steps),
+    }
 
 
 def naive_build(client: Any, context: Path, tag: str, **kw: Any) -> float:
@@ -127,9 +198,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheelhouse")
     parser.add_argument("--skip-naive", action="store_true", help="only aibuild's builds")
     parser.add_argument("--json", dest="json_path", help="also write the figures here")
+    parser.add_argument(
+        "--project",
+        type=Path,
+        metavar="PROFILE",
+        help="rebuilds after code and requirements edits of this profile's project instead",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rebuilds per figure (median)")
     args = parser.parse_args(argv)
     if "DOCKER_HOST" not in os.environ and defaults.get("DOCKER_HOST"):
         os.environ["DOCKER_HOST"] = defaults["DOCKER_HOST"]
+    if args.project is not None:
+        wheelhouse = args.wheelhouse or defaults.get("AIBUILD_TEST_DEV_WHEELHOUSE")
+        client = get_client()
+        sets = ["software.torch=2.13.0", "software.python=3.11", "image.name=aibuild-bench/project"]
+        options = RenderOptions(base_image=args.base_image, wheelhouse=wheelhouse)
+        figures = project_rebuilds(client, args.project, sets, options, args.rounds)
+        for key, value in figures.items():
+            print(f"{key:34} {value}")
+        plan, _, _ = plan_build(None, str(args.project), sets, options)
+        for ref in (plan.image_ref, plan.dev_image_ref):
+            with contextlib.suppress(Exception):
+                client.images.remove(ref, force=True)
+        client.close()
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(figures, indent=2) + "\n")
+        return 0
     cuda = args.profile != "cpu"
     wheelhouse = args.wheelhouse or (
         str(ROOT / ".cache" / "wheelhouse-cu130") if cuda else defaults["AIBUILD_TEST_WHEELHOUSE"]

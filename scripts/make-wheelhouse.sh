@@ -4,6 +4,10 @@
 #
 #   scripts/make-wheelhouse.sh DIR [EXTRA_REQUIREMENT...]
 #
+# scripts/test-env.sh makes two: .cache/wheelhouse (the images' packages) and
+# .cache/wheelhouse-dev (the same plus JupyterLab, for images with dev.jupyter: true).
+# AIBUILD_TORCH_WHEEL_DIR names where the local CPU torch wheel lies (default /opt/wheels).
+#
 # Wheels are for the image's Python (Debian bookworm's CPython 3.11, x86_64,
 # glibc 2.36), not necessarily the host's, so pip is asked for that platform
 # explicitly. Reused when complete (a stamp file records the requirement list).
@@ -44,7 +48,10 @@ rm -f "$stamp"
 # considers PyPI's CUDA build of the same version.
 if ! compgen -G "$dir/torch-$torch_version+cpu-*.whl" >/dev/null; then
     if compgen -G "$torch_local/torch-$torch_version+cpu-cp311-*.whl" >/dev/null; then
-        cp "$torch_local"/torch-"$torch_version"+cpu-cp311-*.whl "$dir/"
+        # a hard link where the disk allows: the wheel is 190 MB
+        for w in "$torch_local"/torch-"$torch_version"+cpu-cp311-*.whl; do
+            ln -f "$w" "$dir/" 2>/dev/null || cp "$w" "$dir/"
+        done
     else
         log "no local CPU wheel in $torch_local; downloading torch==$torch_version+cpu"
         "$python" -m pip download --no-deps --dest "$dir" \
@@ -54,11 +61,16 @@ if ! compgen -G "$dir/torch-$torch_version+cpu-*.whl" >/dev/null; then
     fi
 fi
 
+# pip matches each --platform tag exactly: name every manylinux a glibc 2.36 system runs
+# (as aibuild/image/wheelhouse.py PLATFORMS does; pyzmq carries 2_26, tornado 2_5, ...).
+platforms=()
+for minor in $(seq 28 -1 5); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
+platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
+
 log "downloading wheels into $dir"
 "$python" -m pip download --dest "$dir" --find-links "$dir" \
     --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --progress-bar off -q \
+    "${platforms[@]}" --progress-bar off -q \
     "${reqs[@]}" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 
 # pip may have added PyPI's (CUDA) torch next to ours only if something went

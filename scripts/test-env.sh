@@ -8,9 +8,11 @@
 #   2. the offline base image aibuild-test/bookworm:12 (scripts/bootstrap-base.sh)
 #   3. which network builds/containers reach Debian's mirror and PyPI through
 #   4. a second engine without the hook, holding the base image too
-#   5. the wheelhouse (scripts/make-wheelhouse.sh)
+#   5. the wheelhouses (scripts/make-wheelhouse.sh): the images' packages, and the same
+#      plus JupyterLab for images with dev.jupyter: true
 #   6. the registries: plain :5000, auth :5001 (scripts/registry.sh)
 #   7. a 2-node Slurm on this host (scripts/slurm-local.sh; one already running is used)
+#   8. the Dev Containers CLI (@devcontainers/cli from npm, into .cache)
 #   8. .aibuild-test-env: `export VAR=value` lines for the tests and the shell
 # Timings go to stderr and to .cache/test-env-timings.log.
 set -euo pipefail
@@ -23,6 +25,8 @@ export AIBUILD_TEST_STATE=${AIBUILD_TEST_STATE:-/var/lib/aibuild-test}
 mkdir -p "$AIBUILD_TEST_CACHE"
 env_file=$root/.aibuild-test-env
 timings=()
+JUPYTERLAB_VERSION=4.6.6
+DEVCONTAINERS_CLI_VERSION=0.83.0
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
 step() {
@@ -40,11 +44,13 @@ step() {
 # 0. system packages the steps below need, when missing (root on Debian/Ubuntu only), so
 #    that `make test` works on a fresh machine as well as after .ci/run.
 system_packages() {
-    local wanted=(docker.io iptables iproute2 debootstrap docker-registry apache2-utils docker-compose)
+    local wanted=(docker.io iptables iproute2 debootstrap docker-registry apache2-utils docker-compose tmux)
     local missing=() p
     for p in "${wanted[@]}"; do
         [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
     done
+    # node and npm for the Dev Containers CLI: Debian's, unless a node with npm is there
+    command -v npm >/dev/null || missing+=(nodejs npm)
     ((${#missing[@]})) || return 0
     if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
         log "missing system packages: ${missing[*]} (install them as root: apt-get install ${missing[*]})"
@@ -110,21 +116,36 @@ load_into_nohook() {
 }
 step nohook-engine load_into_nohook
 
-# 5. wheelhouse
+# 5. wheelhouses
 wheelhouse=${AIBUILD_TEST_WHEELHOUSE:-$AIBUILD_TEST_CACHE/wheelhouse}
 step wheelhouse bash "$scripts/make-wheelhouse.sh" "$wheelhouse"
+# The same plus JupyterLab (a dev.jupyter image installs it from here): torch's wheel is
+# taken from the first wheelhouse (a hard link where the disk allows).
+dev_wheelhouse=${AIBUILD_TEST_DEV_WHEELHOUSE:-$AIBUILD_TEST_CACHE/wheelhouse-dev}
+step wheelhouse-dev env AIBUILD_TORCH_WHEEL_DIR="$wheelhouse" \
+    bash "$scripts/make-wheelhouse.sh" "$dev_wheelhouse" "jupyterlab==$JUPYTERLAB_VERSION"
 
 # 6. registries
 step registries bash -c "'$scripts/registry.sh' start plain && '$scripts/registry.sh' start auth"
+# 7. the Dev Containers CLI, pinned: 0.83.0 is the newest that runs on Debian 12's node 18
+devcontainer_cli=$AIBUILD_TEST_CACHE/devcontainers-cli/node_modules/.bin/devcontainer
+install_devcontainer_cli() {
+    [[ -x $devcontainer_cli && $("$devcontainer_cli" --version 2>/dev/null) == "$DEVCONTAINERS_CLI_VERSION" ]] && return 0
+    log "installing @devcontainers/cli@$DEVCONTAINERS_CLI_VERSION into $AIBUILD_TEST_CACHE/devcontainers-cli"
+    npm install --prefix "$AIBUILD_TEST_CACHE/devcontainers-cli" --no-audit --no-fund --loglevel=error \
+        "@devcontainers/cli@$DEVCONTAINERS_CLI_VERSION" >/dev/null
+}
+step devcontainer-cli install_devcontainer_cli
+
 registry=$(bash "$scripts/registry.sh" addr plain)
 auth_registry=$(bash "$scripts/registry.sh" addr auth)
 creds=$AIBUILD_TEST_STATE/registry/credentials
 
-# 7. Slurm: munge, slurmctld and two slurmd (n1, n2) on this host, for `aibuild export slurm`
+# 8. Slurm: munge, slurmctld and two slurmd (n1, n2) on this host, for `aibuild export slurm`
 step slurm bash "$scripts/slurm-local.sh"
 slurm_nodes=$(sinfo -h -N -o '%N' | sort -u | wc -l)
 
-# 8. the env file, written whole then moved into place
+# 9. the env file, written whole then moved into place
 tmp=$(mktemp "$env_file.XXXXXX")
 {
     echo "# Written by scripts/test-env.sh on $(date -Is); source it: . ./.aibuild-test-env"
@@ -137,6 +158,8 @@ tmp=$(mktemp "$env_file.XXXXXX")
         AIBUILD_TEST_GPU_HOOK "$gpu_hook"
         AIBUILD_TEST_HOOK_LOG "/var/log/aibuild-test/nvidia-hook.jsonl"
         AIBUILD_TEST_WHEELHOUSE "$wheelhouse"
+        AIBUILD_TEST_DEV_WHEELHOUSE "$dev_wheelhouse"
+        AIBUILD_TEST_DEVCONTAINER_CLI "$devcontainer_cli"
         AIBUILD_TEST_REGISTRY "$registry"
         AIBUILD_TEST_AUTH_REGISTRY "$auth_registry"
         AIBUILD_TEST_AUTH_USER "$(<"$creds/user")"

@@ -42,6 +42,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "run",
         "Run a profile's image (or any image) with GPU passthrough.",
     ),
+    "shell": (
+        "aibuild.cli.dev",
+        "shell",
+        "An interactive shell in a profile's image (project mounted live).",
+    ),
+    "jupyter": (
+        "aibuild.cli.dev",
+        "jupyter",
+        "JupyterLab in a profile's dev image, on 127.0.0.1.",
+    ),
+    "devcontainer": (
+        "aibuild.cli.dev",
+        "devcontainer",
+        "Write .devcontainer/devcontainer.json for VS Code / PyCharm.",
+    ),
     "doctor": (
         "aibuild.cli.run",
         "doctor",

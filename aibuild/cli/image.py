@@ -153,6 +153,8 @@ def image(
         )
         for tag in built.tags:
             click.echo(f"tagged {tag}")
+        if built.dev_image:
+            click.echo(f"tagged {built.dev_image['tag']} (the dev image: plus JupyterLab)")
         click.echo(f"build record: {built.record_path}")
         if result.normalised is not None:
             click.echo(

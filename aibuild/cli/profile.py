@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,14 @@ def check(profile: str, overrides: tuple[str, ...], as_json: bool, base_image: s
             )
             if plan.gpu:  # where CUDA comes from, and why
                 click.echo(f"  cuda: {plan.cuda_stack}")
+            if plan.project:
+                command = shlex.join(plan.project.command) or "aibuild train"
+                click.echo(
+                    f"  project: {plan.project.path} -> {plan.project.workdir}, "
+                    f"{len(plan.project.requirements)} requirement(s), command: {command}"
+                )
+            if plan.dev_jupyter:
+                click.echo(f"  dev image: {plan.dev_image_ref} (JupyterLab)")
     if errors or plan is None:
         raise click.exceptions.Exit(1)
 

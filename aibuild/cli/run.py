@@ -65,6 +65,38 @@ def _labels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
     return _pairs(label_pairs)(ctx, param, value)
 
 
+gpus_option = click.option(
+    "--gpus",
+    callback=_gpus,
+    metavar="all|N|device=0,1|none",
+    help="GPUs to pass through, as docker run --gpus. Default: the profile's run.gpus.",
+)
+shm_size_option = click.option(
+    "--shm-size",
+    metavar="SIZE",
+    callback=_shm_size,
+    help="/dev/shm size (e.g. 16g, at most 1024g). Default: the profile's.",
+)
+data_option = click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False),
+    help="Dataset directory, mounted read-only at /data (AIBUILD_DATA=/data).",
+)
+env_option = click.option(
+    "-e", "--env", multiple=True, callback=_env, metavar="KEY=VALUE", help="Set a variable."
+)
+
+
+def container_options(**given: Any) -> Any:
+    """``ContainerOptions`` from the options above (``gpus`` as their callback gives it)."""
+    from aibuild.run.container import ContainerOptions
+
+    gpus = given.pop("gpus", None)
+    return ContainerOptions(
+        gpus=gpus[1] if gpus is not None else None, gpus_given=gpus is not None, **given
+    )
+
+
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     short_help="Run a profile's image (or any image) with GPU passthrough.",
@@ -72,32 +104,25 @@ def _labels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
 @click.argument("target", metavar="[PROFILE | IMAGE]", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[-- ARGS...]")
 @set_option
-@click.option(
-    "--gpus",
-    callback=_gpus,
-    metavar="all|N|device=0,1|none",
-    help="GPUs to pass through, as docker run --gpus. Default: the profile's run.gpus.",
-)
-@click.option(
-    "--shm-size",
-    metavar="SIZE",
-    callback=_shm_size,
-    help="/dev/shm size (e.g. 16g, at most 1024g). Default: the profile's.",
-)
+@gpus_option
+@shm_size_option
 @click.option("--ipc", metavar="MODE", help="IPC namespace (e.g. host) instead of --shm-size.")
-@click.option(
-    "--data",
-    type=click.Path(exists=True, file_okay=False),
-    help="Dataset directory, mounted read-only at /data (AIBUILD_DATA=/data).",
-)
+@data_option
 @click.option(
     "--output",
     type=click.Path(file_okay=False),
     help="Output directory, mounted at /output; the run uses your uid:gid so you own the files.",
 )
 @click.option(
-    "-e", "--env", multiple=True, callback=_env, metavar="KEY=VALUE", help="Set a variable."
+    "--live",
+    is_flag=True,
+    help="Bind-mount the profile's project at its workdir: code edits need no rebuild.",
 )
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (as docker run -i).")
+@click.option(
+    "-t", "--tty", is_flag=True, help="A terminal in the container (as docker run -t; with -i)."
+)
+@env_option
 @click.option("--name", help="Container name.")
 @click.option(
     "--label", "labels", multiple=True, callback=_labels, metavar="KEY=VALUE", help="Label."
@@ -140,12 +165,16 @@ def run(
     nproc_per_node: int | None,
     nodes: int | None,
     grace: float,
+    live: bool,
+    interactive: bool,
+    tty: bool,
 ) -> None:
     """Run a profile's image (its image_ref) or any IMAGE; exit with the container's code.
 
-    ARGS after `--` that start with `-` are trainer flags (`-- --epochs 1`); other ARGS
-    replace the entrypoint (`-- python -c "import torch"`). Without a target, the last
-    image built in this directory runs.
+    ARGS after `--` that start with `-` are flags for the image's command (the trainer,
+    or the profile's project.command: `-- --epochs 1`); other ARGS replace it
+    (`-- python -c "import torch"`). Without a target, the last image built in this
+    directory runs. `-it` attaches this terminal, as docker run -it.
     """
     from aibuild.run import container
 
@@ -153,10 +182,11 @@ def run(
         container.container_command(args, nproc_per_node)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    options = container.ContainerOptions(
+    if (interactive or tty) and detach:
+        raise click.UsageError("-i/-t attach this terminal; -d detaches: choose one")
+    options = container_options(
         args=args,
-        gpus=gpus[1] if gpus is not None else None,
-        gpus_given=gpus is not None,
+        gpus=gpus,
         shm_size=shm_size,
         ipc=ipc,
         data=data,
@@ -167,6 +197,9 @@ def run(
         detach=detach,
         nproc_per_node=nproc_per_node,
         grace_s=grace,
+        live=live,
+        interactive=interactive,
+        tty=tty,
     )
     if nodes is not None:
         from aibuild.run.multinode import run_multinode

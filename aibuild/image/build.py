@@ -113,8 +113,10 @@ def build_context(
     buildargs: Mapping[str, str] | None = None,
     network_mode: str | None = None,
     reporter: Reporter | None = None,
+    target: str | None = None,
 ) -> BuildOutcome:
-    """Build ``context_dir`` (with its Dockerfile) and tag the image with every tag.
+    """Build ``context_dir`` (with its Dockerfile) and tag the image with every tag;
+    ``target``: the stage to stop at (default: the last).
 
     Raises BuildError for a failing step (with its instruction and output tail) and
     EngineError when the engine cannot be reached or refuses the request.
@@ -137,6 +139,7 @@ def build_context(
             decode=True,
             buildargs=args,
             network_mode=network_mode,
+            target=target,
         )
         try:
             for chunk in stream:

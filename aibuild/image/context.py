@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gzip as gzip_module
 import os
+import shutil
+import stat
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from aibuild.errors import BuildError
+from aibuild.errors import BuildError, RenderError
+from aibuild.profile.project import DEFAULT_EXCLUDE
 
 
 def _read_dockerignore(root: Path) -> list[str]:
@@ -20,9 +24,10 @@ def _read_dockerignore(root: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def context_files(root: Path) -> list[str]:
-    """The context's paths (relative, POSIX, sorted) after applying its .dockerignore."""
-    patterns = _read_dockerignore(root)
+def context_files(root: Path, patterns: Sequence[str] | None = None) -> list[str]:
+    """The context's paths (relative, POSIX, sorted) after applying ``patterns`` (default:
+    its .dockerignore)."""
+    patterns = _read_dockerignore(root) if patterns is None else list(patterns)
     if patterns:
         from docker.utils.build import exclude_paths
 
@@ -80,3 +85,38 @@ def context_tar(root: Path, *, gzip: bool = False) -> IO[bytes]:
         raw.close()
     out.seek(0)
     return out
+
+
+def project_files(root: Path, exclude: Sequence[str] = ()) -> list[str]:
+    """The project's paths that go into the image (relative, POSIX, sorted): everything
+    but aibuild's defaults (``DEFAULT_EXCLUDE``), then the project's own .dockerignore,
+    then ``exclude`` (project.exclude); a later ``!PATTERN`` takes a path back."""
+    return context_files(root, [*DEFAULT_EXCLUDE, *_read_dockerignore(root), *exclude])
+
+
+def copy_project(root: Path, exclude: Sequence[str], dest: Path) -> int:
+    """Copy the project's files (``project_files``) into ``dest``: hard links where the
+    disk allows, symbolic links as links; sockets and other special files are left out.
+    Returns the number of files; RenderError names a file that cannot be read."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if dest.resolve().is_relative_to(root.resolve()):  # a --context-dir inside the project
+        exclude = [*exclude, dest.resolve().parent.relative_to(root.resolve()).as_posix()]
+    count = 0
+    for rel in project_files(root, exclude):
+        source, target = root / rel, dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            mode = source.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                os.symlink(os.readlink(source), target)
+            elif stat.S_ISDIR(mode):
+                target.mkdir(exist_ok=True)
+            elif stat.S_ISREG(mode):
+                try:  # instant, and no second copy of a large file on the same disk
+                    os.link(source, target)
+                except OSError:
+                    shutil.copy2(source, target)
+                count += 1
+        except OSError as exc:
+            raise RenderError(f"cannot copy the project's {source}: {exc.strerror}") from None
+    return count

@@ -47,6 +47,9 @@ class BuildResult:
     base: BaseFacts | None = None
     python_packages: list[str] = field(default_factory=list)
     os_packages: list[str] = field(default_factory=list)
+    # with dev.jupyter: the dev image built beside it ({"image_id", "tag", "duration_s",
+    # "cache_hits", "steps"})
+    dev_image: dict[str, Any] | None = None
 
     @property
     def cache_hits(self) -> int:
@@ -63,6 +66,7 @@ class BuildResult:
             "cache_hits": self.cache_hits,
             "profile": self.plan.profile_name,
             "profile_hash": self.plan.profile_hash,
+            **({"dev_image": self.dev_image} if self.dev_image else {}),
         }
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aibuild.errors import BuildError
 from aibuild.image.render import UV_REQUIREMENT
-from aibuild.profile.resolve import image_requirements
+from aibuild.profile.resolve import dev_requirements, image_requirements
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from aibuild.profile.plan import BuildPlan
@@ -43,12 +43,18 @@ PYPI = "https://pypi.org/simple"
 
 def requirements(plan: BuildPlan) -> list[str]:
     """Everything the image installs with pip: torch, then ``image_requirements`` (the
-    profile's packages and the aibuild runtime's, exactly as rendered)."""
+    profile's and its project's packages and the aibuild runtime's, exactly as rendered),
+    then the dev image's (``dev.jupyter``)."""
     # PyPI's own build (torch_index_url None) has no local version label: `===` asks for
     # exactly that version, so a `+cpu` wheel in a find-links directory (whose label would
     # satisfy `==`, and sort higher) can never stand in for the CUDA build.
     pin = "===" if plan.torch_index_url is None and plan.accelerator == "nvidia" else "=="
-    return [f"torch{pin}{plan.torch}", *image_requirements(plan), UV_REQUIREMENT]
+    return [
+        f"torch{pin}{plan.torch}",
+        *image_requirements(plan),
+        *dev_requirements(plan),
+        UV_REQUIREMENT,
+    ]
 
 
 def pip_download_command(

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+DEFAULT_WORKDIR = "/workspace"
+DEV_TAG_SUFFIX = "-dev"
+
 
 @dataclass(frozen=True)
 class RenderOptions:
@@ -45,6 +48,19 @@ class RenderOptions:
     constraints: tuple[str, ...] = ()
     reproducible: bool = False
     source_date_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class ProjectPlan:
+    """The profile's ``project:``, resolved: the user's own code and what it needs."""
+
+    path: str  # the source folder, absolute
+    exclude: tuple[str, ...]  # project.exclude (.dockerignore syntax; after the defaults)
+    requirements_file: str | None  # absolute path of the requirements.txt / pyproject.toml
+    requirements: tuple[str, ...]  # its requirements, normalised PEP 508, torch left out
+    command: tuple[str, ...]  # the image's default command (argv); () = the trainer
+    workdir: str  # where the files go and the working directory
+    labels: tuple[tuple[str, str], ...]  # OCI source/revision when the path is in git
 
 
 @dataclass(frozen=True)
@@ -92,10 +108,22 @@ class BuildPlan:
     image_name: str  # repository, e.g. "registry.example.com/team/train"
     image_tag: str  # e.g. "gpu-a100-torch2.5.1-cu124"
     warnings: tuple[str, ...] = field(default=())
+    # the user's own code (None: the image runs only the embedded trainer)
+    project: ProjectPlan | None = None
+    dev_jupyter: bool = False  # also a `<tag>-dev` image with JupyterLab
 
     @property
     def image_ref(self) -> str:
         return f"{self.image_name}:{self.image_tag}"
+
+    @property
+    def dev_image_ref(self) -> str:
+        """The development image (``dev:``): the training image plus its tools."""
+        return f"{self.image_name}:{self.image_tag}{DEV_TAG_SUFFIX}"
+
+    @property
+    def workdir(self) -> str:
+        return self.project.workdir if self.project else DEFAULT_WORKDIR
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

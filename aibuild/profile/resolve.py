@@ -28,14 +28,18 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from aibuild import knowledge as kb
+from aibuild import vcs
 from aibuild.errors import Diagnostic, ProfileError
+from aibuild.profile import project as projects
 from aibuild.profile import schema
 from aibuild.profile.load import Profile, load_profile
-from aibuild.profile.plan import BuildPlan, RenderOptions
+from aibuild.profile.plan import DEV_TAG_SUFFIX, BuildPlan, ProjectPlan, RenderOptions
 
 TORCH_INDEX = "https://download.pytorch.org/whl"
 # Packages the aibuild runtime (the embedded trainer's CLI) needs inside the image, besides torch.
 RUNTIME_REQUIREMENTS = ("click>=8.1", "packaging>=23", "pyyaml>=6.0")
+# What `dev.jupyter: true` adds in the `<tag>-dev` image (never in the training image).
+DEV_JUPYTER_REQUIREMENTS = ("jupyterlab>=4.2,<5",)
 DEBIAN_CODENAMES = {"debian12": "bookworm", "debian13": "trixie"}
 
 
@@ -70,14 +74,20 @@ def _runtime_conflict(req: Requirement) -> str | None:
 
 
 def image_requirements(plan: BuildPlan) -> list[str]:
-    """Every requirement the image's pip installs besides torch: the profile's software.pip,
-    then the aibuild runtime's for the packages the profile does not name (the profile's
-    requirement for a runtime package replaces the runtime's: validation checked that it
-    admits a version the runtime can use). One list for the rendered requirements.txt,
-    the wheelhouse and the lock, so they always agree."""
-    named = {_name(r) for r in plan.pip}
+    """Every requirement the image's pip installs besides torch: the profile's software.pip
+    and its project's requirements, then the aibuild runtime's for the packages those do
+    not name (a requirement for a runtime package replaces the runtime's: validation
+    checked that it admits a version the runtime can use). One list for the rendered
+    requirements.txt, the wheelhouse, the lock and the SBOM, so they always agree."""
+    own = [*plan.pip, *(plan.project.requirements if plan.project else ())]
+    named = {_name(r) for r in own}
     runtime = [r for r in RUNTIME_REQUIREMENTS if _name(r) not in named]
-    return sorted([*plan.pip, *runtime], key=str.lower)
+    return sorted(dict.fromkeys([*own, *runtime]), key=str.lower)
+
+
+def dev_requirements(plan: BuildPlan) -> list[str]:
+    """What the ``<tag>-dev`` image installs on top of the image's requirements."""
+    return list(DEV_JUPYTER_REQUIREMENTS) if plan.dev_jupyter else []
 
 
 def validate_schema(profile: Profile) -> list[Diagnostic]:
@@ -618,6 +628,8 @@ class Resolver:
             python, os_name, builder, explicit_base is not None, nvidia
         )
 
+        project = self.resolve_project(torch)
+        dev_jupyter = bool((self.p.data.get("dev") or {}).get("jupyter"))
         run_gpus = self.run_cfg.get("gpus")
         run_gpus = str(run_gpus) if run_gpus is not None else ("all" if nvidia else "none")
         if not nvidia and run_gpus != "none":
@@ -638,6 +650,13 @@ class Resolver:
         env = tuple(sorted((k, _env_value(v)) for k, v in (sw.get("env") or {}).items()))
         image_name = self.image_cfg.get("name") or "aibuild"
         image_tag = self.image_cfg.get("tag") or f"{name}-torch{torch}-{variant}"
+        if dev_jupyter and len(image_tag) + len(DEV_TAG_SUFFIX) > 128:
+            self.error(
+                f"the dev image's tag '{image_tag}{DEV_TAG_SUFFIX}' is longer than 128 "
+                "characters: set a shorter image.tag",
+                "dev.jupyter",
+            )
+            return None
         resolved = self.resolved_profile(
             name,
             accelerator,
@@ -654,8 +673,13 @@ class Resolver:
         profile_yaml = yaml.safe_dump(
             resolved, sort_keys=True, default_flow_style=False, allow_unicode=True
         )
+        # The project's requirements are part of what the image is (its code is not: a code
+        # edit must not change the plan, nor any layer before the code's).
+        hashed = dict(resolved)
+        if project is not None:
+            hashed["_requirements"] = project.requirements
         profile_hash = hashlib.sha256(
-            json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str).encode()
+            json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str).encode()
         ).hexdigest()
         return BuildPlan(
             profile_name=name,
@@ -695,7 +719,68 @@ class Resolver:
             image_name=image_name,
             image_tag=image_tag,
             warnings=tuple(d.format() for d in self.diags if d.severity == "warning"),
+            project=project,
+            dev_jupyter=dev_jupyter,
         )
+
+    # -- the user's project ------------------------------------------------------
+    def resolve_project(self, torch: str) -> ProjectPlan | None:
+        """``project:`` resolved: its folder (which must exist), its requirements read and
+        checked like software.pip (torch itself must admit the image's torch and is left
+        to the torch layer), its command and workdir, and its git source labels."""
+        section = self.p.data.get("project")
+        if section is None:
+            return None
+        where = self.p.pos("project.path").file
+        root = projects.project_dir(section.get("path"), where)
+        if not root.is_dir():
+            shown = section.get("path") or "."
+            self.error(
+                f"project folder {shown} not found ({root} "
+                f"{'is not a folder' if root.exists() else 'does not exist'}; project.path is "
+                f"relative to {'the current directory' if where == '--set' else where})",
+                "project.path",
+            )
+            return None
+        requirements: list[str] = []
+        requirements_file = None
+        if section.get("requirements"):
+            requirements_file = root / str(section["requirements"])
+            try:
+                listed = projects.read_requirements(requirements_file)
+            except projects.RequirementsError as exc:
+                self.error(str(exc), "project.requirements")
+                return None
+            for item in listed:
+                problem = self._project_requirement(Requirement(item), torch)
+                if problem:
+                    self.error(f"{requirements_file}: {problem}", "project.requirements")
+                elif _name(item) != "torch":
+                    requirements.append(item)
+        return ProjectPlan(
+            path=str(root),
+            exclude=tuple(section.get("exclude") or ()),
+            requirements_file=str(requirements_file) if requirements_file else None,
+            requirements=tuple(sorted(dict.fromkeys(requirements), key=str.lower)),
+            command=projects.command_argv(section.get("command")),
+            workdir=str(section.get("workdir") or "/workspace").rstrip("/") or "/",
+            labels=tuple(sorted(vcs.source_labels(root).items())),
+        )
+
+    @staticmethod
+    def _project_requirement(req: Requirement, torch: str) -> str | None:
+        """Why a project requirement cannot go into the image's requirements layer."""
+        name = canonicalize_name(req.name)
+        if name == "aibuild":
+            return f"'{req}': aibuild is in every image already (its trainer, `aibuild train`)"
+        if name == "torch":
+            if req.specifier and not req.specifier.contains(torch, prereleases=True):
+                return (
+                    f"'{req}' excludes the image's torch {torch}: set software.torch in the "
+                    "profile to a version it admits"
+                )
+            return None
+        return _runtime_conflict(req)
 
     def python_install(
         self, python: str, os_name: str, base: str, explicit: bool, nvidia: bool

@@ -32,6 +32,16 @@ GPUS_RE = re.compile(r"^(all|none|\d+|device=\d+(,\d+)*)$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 OS_CHOICES = ("ubuntu20.04", "ubuntu22.04", "ubuntu24.04", "debian12")
+# project.workdir: an absolute path of plain names (it reaches WORKDIR and COPY, which
+# expand $VAR), never one of the image's own directories.
+WORKDIR_RE = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+/?$")
+RESERVED_DIRS = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin",
+    "/sys", "/usr", "/var", "/opt/venv", "/opt/python", "/opt/aibuild", "/output", "/data",
+    "/tmp",
+)  # fmt: skip
+MAX_COMMAND_ARGS = 256
+MAX_EXCLUDES = 1000
 
 
 def _text(value: Any, maxlen: int = 300) -> str | None:
@@ -139,6 +149,64 @@ def _gpus(value: Any) -> str | None:
     if any(n > MAX_GPUS for n in numbers) or len(numbers) > MAX_GPUS:
         return f"'{_show(value)}': GPU counts and device numbers go up to {MAX_GPUS}"
     return None
+
+
+def split_command(value: Any) -> list[str]:
+    """``project.command`` as argv: a list of strings as it is, or one string split as a
+    POSIX shell splits words (quotes, backslashes; no variables, globs or pipes: nothing
+    is run by a shell). ValueError says what is wrong."""
+    import shlex
+
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into words like a shell would: {exc}") from None
+    elif isinstance(value, list) and all(isinstance(a, str) for a in value):
+        argv = list(value)
+    else:
+        raise ValueError('must be a command line ("python train.py") or a list of strings')
+    if not argv or not argv[0]:
+        raise ValueError("must name a program to run")
+    if len(argv) > MAX_COMMAND_ARGS:
+        raise ValueError(f"has more than {MAX_COMMAND_ARGS} arguments")
+    for arg in argv:
+        if CONTROL_RE.search(arg) or len(arg) > 4096:
+            raise ValueError(f"argument '{_show(arg)}' has a control character or is too long")
+    return argv
+
+
+def _command(value: Any) -> str | None:
+    try:
+        split_command(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _workdir(value: Any) -> str | None:
+    if not isinstance(value, str) or not WORKDIR_RE.fullmatch(value) or len(value) > 200:
+        return (
+            f"'{_show(value)}' is not an absolute path of plain names "
+            "(letters, digits, '.', '_', '-'), e.g. /workspace/project"
+        )
+    path = value.rstrip("/")
+    parts = path.split("/")
+    if ".." in parts or "." in parts:
+        return f"'{_show(value)}' must not contain '.' or '..'"
+    reserved = next((r for r in RESERVED_DIRS if path == r or path.startswith(r + "/")), None)
+    if reserved:
+        return f"'{_show(value)}' is the image's own {reserved}: use /workspace or a new directory"
+    return None
+
+
+def _patterns(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        return "must be a list of .dockerignore patterns"
+    if len(value) > MAX_EXCLUDES:
+        return f"has more than {MAX_EXCLUDES} patterns"
+    bad = next((p for p in value if _text(p, 1000)), None)
+    return None if bad is None else f"pattern '{_show(bad)}' {_text(bad, 1000)}"
 
 
 @dataclass(frozen=True)
@@ -315,6 +383,62 @@ FIELDS: tuple[Field, ...] = (
         "run.ipc", "str", "private", "IPC namespace: private or host.", choices=("private", "host")
     ),
     Field("image", "section", "", "Where the image is published.", _section),
+    Field(
+        "project",
+        "section",
+        "",
+        "Your own training code, built into the image's last layers (see Your own code).",
+        _section,
+    ),
+    Field(
+        "project.path",
+        "str",
+        '"." (the profile\'s folder)',
+        "The project's source folder, relative to the profile file that sets it. Its "
+        "`.dockerignore` is honoured.",
+        lambda v: _text(v, 1000),
+    ),
+    Field(
+        "project.exclude",
+        "list",
+        "[]",
+        "More `.dockerignore` patterns left out of the image (after the defaults "
+        "`.git`, `.venv`, `.aibuild`, `aibuild-output`, `.devcontainer`, caches, and the "
+        "project's `.dockerignore`; `!PATTERN` takes a file back).",
+        _patterns,
+    ),
+    Field(
+        "project.requirements",
+        "str",
+        "none",
+        "A requirements.txt, or a pyproject.toml whose `[project].dependencies` are read, "
+        "relative to project.path: installed in the requirements layer with software.pip.",
+        lambda v: _text(v, 1000),
+    ),
+    Field(
+        "project.command",
+        "str or list",
+        "aibuild train",
+        "The image's default command: an argv list, or one string split as a shell would "
+        '("python train.py --epochs 3"). Without it the embedded trainer runs.',
+        _command,
+    ),
+    Field(
+        "project.workdir",
+        "str",
+        "/workspace",
+        "Where the project's files go in the image, and the working directory.",
+        _workdir,
+    ),
+    Field("dev", "section", "", "Opt-in development tools, in an image of their own.", _section),
+    Field(
+        "dev.jupyter",
+        "bool",
+        "false",
+        "Also build `<tag>-dev`: the image plus JupyterLab, for `aibuild jupyter`. The "
+        "training image stays without it.",
+        _bool,
+    ),
     Field(
         "image.name",
         "str",

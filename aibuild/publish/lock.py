@@ -27,17 +27,18 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aibuild import labels
 from aibuild.errors import PublishError
 from aibuild.oci.media import EPOCH_MAX
 from aibuild.publish.sbom import split_pins
+from aibuild.vcs import git
+from aibuild.vcs import git_source as git_source
+from aibuild.vcs import source_labels as source_labels
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from aibuild.profile.plan import BuildPlan, RenderOptions
@@ -61,48 +62,6 @@ def default_lock_path(ref: str) -> Path:
     if path is not None:
         return path.with_name(path.name.removesuffix(".yaml").removesuffix(".yml") + LOCK_SUFFIX)
     return Path(ref.removesuffix(".yaml") + LOCK_SUFFIX)
-
-
-def _git(args: Sequence[str], cwd: Path) -> str | None:
-    try:
-        proc = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    out = proc.stdout.strip()
-    return out if proc.returncode == 0 and out else None
-
-
-def _without_credentials(url: str) -> str:
-    """A remote URL with any ``user:password@`` removed (never put secrets in labels)."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url)
-
-
-def git_source(path: Path | None) -> dict[str, str]:
-    """The git commit and remote URL of the repository holding ``path`` (empty when none)."""
-    if path is None:
-        return {}
-    where = path.resolve().parent
-    commit = _git(["rev-parse", "HEAD"], where)
-    if commit is None:
-        return {}
-    info = {"commit": commit}
-    remote = _git(["remote", "get-url", "origin"], where)
-    if remote:
-        info["remote"] = _without_credentials(remote)
-    return info
-
-
-def source_labels(path: Path | None) -> dict[str, str]:
-    """OCI source labels for a profile file in a git repository."""
-    info = git_source(path)
-    found = {}
-    if "commit" in info:
-        found[labels.OCI_REVISION] = info["commit"]
-    if "remote" in info:
-        found[labels.OCI_SOURCE] = info["remote"]
-    return found
 
 
 ENV_EPOCH = "SOURCE_DATE_EPOCH"
@@ -150,7 +109,7 @@ def choose_epoch(
         return chosen
     if path is not None:
         full = path.resolve()
-        stamp = _git(["log", "-1", "--format=%ct", "--", full.name], full.parent)
+        stamp = git(["log", "-1", "--format=%ct", "--", full.name], full.parent)
         if stamp and stamp.isdigit():
             return int(stamp), f"git commit time of {path.name}"
     day = int(time.time()) // 86400 * 86400

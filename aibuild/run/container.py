@@ -9,6 +9,10 @@
   container (a failed start included: the engine creates it before failing to start
   it). Ctrl-C (or SIGTERM to aibuild) sends SIGTERM to the container, waits a grace
   period, then kills it. The container's exit code is returned.
+- ``run_interactive`` (``aibuild run -it``, ``aibuild shell``): the same container
+  configuration with a TTY and an open stdin, this terminal attached (``terminal``).
+- ``with_plan_defaults``: the profile's run defaults, and with ``live`` its project
+  bind-mounted at its workdir.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from aibuild import kv, labels
 from aibuild.engine import api_message, client_session, engine_address, engine_errors
@@ -35,6 +39,7 @@ from aibuild.errors import RunError
 from aibuild.image.record import latest_record
 from aibuild.profile.load import is_profile_ref
 from aibuild.profile.resolve import plan_for
+from aibuild.run import terminal
 from aibuild.run.gpus import NO_DRIVER_MARKER, GpuRequest, parse_gpus
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -48,6 +53,7 @@ MEMLOCK_UNLIMITED = -1
 STACK_BYTES = 67108864
 DEFAULT_SHM_SIZE = "2g"  # for images that are not a profile's (docker's 64m starves DataLoader)
 DEFAULT_GRACE_S = 10.0
+DETACH_WAIT_S = 5.0  # a session's output ended but its container runs on: it was detached
 TRAIN_ENTRYPOINT = ("aibuild", "train")
 DEFAULT_OUTPUT_ROOT = Path("aibuild-output")  # where training results go without --output
 TOOLKIT_URL = (
@@ -140,9 +146,14 @@ class ContainerOptions:
     name: str | None = None
     detach: bool = False
     nproc_per_node: int | None = None
-    user: str | None = None  # default: the caller's uid:gid when --output is given
+    user: str | None = None  # default: the caller's uid:gid with --output, a mount, a TTY
     grace_s: float = DEFAULT_GRACE_S
     labels: tuple[tuple[str, str], ...] = field(default=())
+    interactive: bool = False  # -i: the caller's stdin goes to the container
+    tty: bool = False  # -t: a terminal in the container, following the caller's
+    live: bool = False  # --live: the profile's project bind-mounted at its workdir
+    project_mount: tuple[str, str] | None = None  # (host folder, workdir), from ``live``
+    ports: tuple[tuple[int, str, int], ...] = ()  # (container port, host address, host port)
 
 
 def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
@@ -161,11 +172,15 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
     if options.output:
         mounts.append(Mount("/output", str(Path(options.output).resolve()), type="bind"))
         environment["AIBUILD_OUTPUT"] = "/output"
-        if user is None:
-            # Files written to /output belong to the caller, not to the image's user;
-            # that uid has no home in the image, so give it one that is writable.
-            user = f"{os.getuid()}:{os.getgid()}"
-            environment["HOME"] = "/tmp"
+    if options.project_mount:
+        host, workdir = options.project_mount
+        mounts.append(Mount(workdir, host, type="bind"))
+    if user is None and (options.output or options.project_mount or options.tty):
+        # Files written to /output or the project belong to the caller, not to the image's
+        # user, and so does an interactive session; that uid has no home in the image, so
+        # give it one that is writable.
+        user = f"{os.getuid()}:{os.getgid()}"
+        environment["HOME"] = "/tmp"
     environment.update(dict(options.env))
     config: dict[str, Any] = {
         "image": image,
@@ -175,7 +190,9 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
         "mounts": mounts,
         "user": user,
         "name": options.name,
-        "detach": True,
+        # docker-py's "not detached" with stdin open is `docker run -i`: AttachStdin and
+        # StdinOnce (the end of the caller's stdin closes the container's)
+        "detach": not options.interactive,
         "labels": {
             labels.RUN: "1",
             **({} if options.detach else {labels.RUN_OWNER: owner_label()}),
@@ -187,6 +204,9 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
         ],
         "device_requests": [options.gpus.to_device_request()] if options.gpus else None,
         "auto_remove": True,  # the engine deletes it on exit, even if aibuild was killed
+        "tty": options.tty or None,
+        "stdin_open": options.interactive or None,
+        "ports": {f"{c}/tcp": (host, port) for c, host, port in options.ports} or None,
     }
     if options.ipc:
         config["ipc_mode"] = options.ipc
@@ -286,6 +306,11 @@ def _start_error(exc: Any, image: str, options: ContainerOptions) -> RunError:
             f"Install the NVIDIA Container Toolkit and restart the engine ({TOOLKIT_URL}), "
             "or run without GPUs: --gpus none"
         )
+    if NOT_FOUND_MARKER in message:
+        return RunError(
+            f"the container from {image} could not start: its command is not in the image "
+            f"({message}); check project.command, or the command given after --"
+        )
     return RunError(f"the container from {image} could not start: {message}")
 
 
@@ -364,7 +389,13 @@ def _kill(container: Any) -> None:
         container.kill()
 
 
-def _stop(container: Any, grace_s: float, say: Any, pump: _Pump | None) -> None:
+class Output(Protocol):
+    """What streams a container's output: ``wait(seconds)`` is True once it has ended."""
+
+    def wait(self, seconds: float | None = None) -> bool: ...
+
+
+def _stop(container: Any, grace_s: float, say: Any, pump: Output | None) -> None:
     """SIGTERM, up to ``grace_s`` for the container to exit, then SIGKILL.
 
     A second Ctrl-C kills at once. The container's output keeps flowing meanwhile.
@@ -423,11 +454,13 @@ def run_container(
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
     say: Any = None,
+    started: Callable[[Any], None] | None = None,
 ) -> int:
     """Run ``target.image`` with ``options``; the container's exit code (130 if interrupted).
 
     With ``options.detach`` it returns 0 once the container runs (the engine removes
     it when it exits) and prints its id. The container is removed on every other path.
+    ``started(container)`` is called once it runs, its output flowing.
     """
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
@@ -441,10 +474,11 @@ def run_container(
         Path(options.output).mkdir(parents=True, exist_ok=True)
     config = container_config(options, target.image)
     with client_session(client) as engine:
-        return _run(engine, target, options, config, out, err, say)
+        return _run(engine, target, options, config, out, err, say, started)
 
 
 RLIMIT_MARKER = "error setting rlimit"
+NOT_FOUND_MARKER = "executable file not found"
 
 
 def _without_memlock(config: dict[str, Any]) -> dict[str, Any]:
@@ -474,11 +508,23 @@ def _exit_waiter(client: Any, container_id: str) -> Callable[[], int]:
     return exit_code
 
 
+def attach_output(client: Any, container_id: str) -> Any:
+    """The container's stdout and stderr, demultiplexed: (out, err) chunks."""
+    return client.api.attach(
+        container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+    )
+
+
 def _create_and_start(
-    client: Any, target: RunTarget, options: ContainerOptions, config: dict[str, Any], say: Any
+    client: Any,
+    target: RunTarget,
+    options: ContainerOptions,
+    config: dict[str, Any],
+    say: Any,
+    attach: Callable[[Any, str], Any] = attach_output,
 ) -> tuple[Any, Any]:
-    """Create, attach (unless detached), register the exit wait, start; (container,
-    (attached stream, exit-code function)).
+    """Create, attach (unless detached; ``attach(client, id)``), register the exit wait,
+    start; (container, (attached stream, exit-code function)).
 
     A failed start removes its container. An engine whose own hard memlock limit is
     lower than unlimited (no CAP_SYS_RESOURCE) cannot apply NVIDIA's memlock=-1: the
@@ -490,9 +536,7 @@ def _create_and_start(
     attached = None
     try:
         if not options.detach:
-            attached = client.api.attach(
-                container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
-            )
+            attached = attach(client, container.id)
             exit_code = _exit_waiter(client, container.id)
         container.start()
     except docker.errors.APIError as exc:
@@ -505,7 +549,7 @@ def _create_and_start(
                 "aibuild: warning: the engine cannot raise the memlock limit to unlimited "
                 "(its own hard limit is lower); running with the engine's default memlock"
             )
-            return _create_and_start(client, target, options, _without_memlock(config), say)
+            return _create_and_start(client, target, options, _without_memlock(config), say, attach)
         raise _start_error(exc, target.image, options) from None
     except BaseException:
         if attached is not None:
@@ -523,6 +567,7 @@ def _run(
     out: BinaryIO,
     err: BinaryIO,
     say: Any,
+    started: Callable[[Any], None] | None = None,
 ) -> int:
     container = None
     pump: _Pump | None = None
@@ -543,6 +588,8 @@ def _run(
                 return 0
             pump = _Pump(attached, out, err)
             pump.start()
+            if started is not None:
+                started(container)
             pump.wait()
             code: int = exit_code()
             if pump.error is not None:
@@ -556,6 +603,82 @@ def _run(
         finally:
             if container is not None and not options.detach:
                 _remove(container)
+
+
+def run_interactive(
+    target: RunTarget,
+    options: ContainerOptions,
+    *,
+    client: Any = None,
+    stdin_fd: int | None = None,
+    stdout_fd: int | None = None,
+    stderr_fd: int | None = None,
+) -> int:
+    """Run ``target.image`` attached to this terminal (``options.tty``) or to our stdin
+    (``options.interactive``); the container's exit code (128 + the signal when aibuild
+    itself is stopped). The terminal is restored and the container removed on every path.
+    """
+    stdin_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
+    stdout_fd = sys.stdout.fileno() if stdout_fd is None else stdout_fd
+    stderr_fd = sys.stderr.fileno() if stderr_fd is None else stderr_fd
+    terminal.check_terminal(options.tty, stdin_fd)
+    if options.output:
+        os.makedirs(options.output, exist_ok=True)
+    config = container_config(options, target.image)
+
+    def say(text: str) -> None:
+        # In raw mode a newline does not return the carriage: say it in full.
+        terminal.write_all(stderr_fd, (text + ("\r\n" if options.tty else "\n")).encode())
+
+    with (
+        client_session(client) as engine,
+        engine_errors(f"running {target.image}"),
+        _signals_as_interrupt(),
+    ):
+        _ensure_image(engine, target)
+        reap_orphans(engine, say)
+        container, (sock, exit_code) = _create_and_start(
+            engine, target, options, config, say, terminal.attach_socket
+        )
+        output = terminal.Output(sock, options.tty, stdout_fd, stderr_fd)
+        try:
+            with contextlib.ExitStack() as session:
+                on_resize: Callable[[], None] | None = None
+                wake = -1
+                if options.tty:
+                    session.enter_context(terminal.raw_terminal(stdin_fd))
+                    wake = session.enter_context(terminal.window_changes())
+                    on_resize = lambda: terminal.resize(engine, container.id, stdin_fd)  # noqa: E731
+                    on_resize()
+                output.start()
+                if options.interactive:
+                    terminal.pump_stdin(sock, stdin_fd, output, on_resize, wake)
+                else:
+                    while not output.wait(0.2):
+                        pass
+            return _exit_code(container, exit_code, say)
+        except (KeyboardInterrupt, _Terminate) as stop:
+            _stop(container, options.grace_s, say, output)
+            return 128 + (stop.signum if isinstance(stop, _Terminate) else signal.SIGINT)
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+            _remove(container)
+
+
+def _exit_code(container: Any, exit_code: Callable[[], int], say: Any) -> int:
+    """The container's exit code, once it is gone. Output that ended while the container
+    runs on means the engine's detach keys (Ctrl-P Ctrl-Q) ended the session: the
+    container is removed all the same (a session leaves nothing behind)."""
+    result: list[int] = []
+    waiter = threading.Thread(target=lambda: result.append(exit_code()), daemon=True)
+    waiter.start()
+    waiter.join(DETACH_WAIT_S)
+    if waiter.is_alive():
+        say("aibuild: the session was detached; removing its container")
+        _remove(container)
+        waiter.join(30)
+    return result[0] if result else 1
 
 
 def env_pairs(
@@ -586,19 +709,35 @@ def label_pairs(values: Sequence[str]) -> list[tuple[str, str]]:
 
 def with_plan_defaults(options: ContainerOptions, target: RunTarget) -> ContainerOptions:
     """``options`` with what was left unset taken from the target's profile (``run.gpus``,
-    ``run.shm_size``); an image that is not a profile's keeps the engine's defaults."""
+    ``run.shm_size``) and, with ``live``, its project mounted at its workdir; an image
+    that is not a profile's keeps the engine's defaults."""
     plan = target.plan
+    project = plan.project if plan else None
+    if options.live and project is None:
+        what = f"profile {plan.profile_name}" if plan else f"{target.image} (not a profile)"
+        raise RunError(
+            f"--live mounts a profile's project, and {what} has no project: section "
+            "(project.path names the source folder)"
+        )
+    if options.nproc_per_node is not None and project is not None and project.command:
+        raise RunError(
+            "--nproc-per-node runs the embedded trainer under torchrun, but this profile's "
+            "image runs project.command: put torchrun in it instead (e.g. torchrun "
+            "--nproc-per-node 2 train.py)"
+        )
     if plan is None:
         return options
     return replace(
         options,
         gpus=options.gpus if options.gpus_given else parse_gpus(plan.run_gpus),
         shm_size=options.shm_size or plan.run_shm_size,
+        project_mount=(project.path, project.workdir) if project and options.live else None,
     )
 
 
 def runs_trainer(options: ContainerOptions) -> bool:
-    """Whether the container runs the image's entrypoint with trainer flags (or none)."""
+    """Whether the container runs the image's entrypoint (the trainer, or the project's
+    command) with flags or none."""
     return not options.args or options.args[0].startswith("-")
 
 
@@ -635,6 +774,7 @@ def run_image(
 ) -> int:
     """``aibuild run``: resolve what to run, apply its profile's run defaults and a default
     output directory for training, run it; the container's exit code."""
+    terminal.check_terminal(options.tty)  # before anything is resolved or started
     target = resolve_target(ref, overrides)
     options = with_plan_defaults(options, target)
 
@@ -643,4 +783,6 @@ def run_image(
 
     with client_session(client) as engine:
         options = with_default_output(engine, options, target, say)
+        if options.interactive or options.tty:
+            return run_interactive(target, options, client=engine)
         return run_container(target, options, client=engine)

@@ -17,6 +17,8 @@ Fixtures:
   build_network         network_mode for builds and containers that need the
                         network ("bridge" here; "host" where NAT does not work)
   wheelhouse            Path: torch 2.13.0+cpu and its wheels, click, pyyaml, packaging
+  dev_wheelhouse        Path: the same plus JupyterLab and its wheels (dev.jupyter images)
+  devcontainer_cli      Path of the Dev Containers CLI (@devcontainers/cli from npm)
   ca_cert               Path: the CA bundle a build needs to reach PyPI via the proxy
   registry              Registry at 127.0.0.1:5000, no auth
   auth_registry         Registry at 127.0.0.1:5001, htpasswd auth (.username/.password)
@@ -180,6 +182,22 @@ def wheelhouse(test_env: TestEnv) -> Path:
     path = Path(test_env.require("AIBUILD_TEST_WHEELHOUSE"))
     if not (path / ".complete").is_file() or not list(path.glob("torch-2.13.0+cpu-*.whl")):
         pytest.fail(f"wheelhouse {path} is incomplete: {SETUP_HINT}", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dev_wheelhouse(test_env: TestEnv) -> Path:
+    path = Path(test_env.require("AIBUILD_TEST_DEV_WHEELHOUSE"))
+    if not (path / ".complete").is_file() or not list(path.glob("jupyterlab-*.whl")):
+        pytest.fail(f"wheelhouse {path} is incomplete: {SETUP_HINT}", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def devcontainer_cli(test_env: TestEnv) -> Path:
+    path = Path(test_env.require("AIBUILD_TEST_DEVCONTAINER_CLI"))
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"the Dev Containers CLI {path} is not there: {SETUP_HINT}", pytrace=False)
     return path
 
 

@@ -21,7 +21,7 @@ README = PACKAGE.parent / "README.md"
 # Lowest first. A module may import modules of its own layer or of lower ones.
 LAYERS: list[tuple[str, ...]] = [
     ("aibuild", "aibuild.errors", "aibuild._resources", "aibuild.kv", "aibuild.labels",
-     "aibuild.logs"),
+     "aibuild.logs", "aibuild.vcs"),
     ("aibuild.knowledge", "aibuild.engine", "aibuild.oci"),
     ("aibuild.profile",),
     ("aibuild.image",),

@@ -150,6 +150,8 @@ def test_schema_fields_are_documented() -> None:
         "training",
         "run",
         "image",
+        "project",
+        "dev",
     ]
 
 

@@ -1,0 +1,149 @@
+"""A profile's ``project:``: the user's own code, its requirements, command and workdir.
+
+``project.path`` is relative to the profile file that sets it (``--set project.path=...``:
+to the current directory). ``project.requirements`` names a requirements.txt (plain PEP 508
+lines; comments and line continuations as pip reads them, pip options refused) or a
+pyproject.toml, whose ``[project].dependencies`` are read. Everything is parsed with
+``packaging``: the requirements join the image's one requirements list
+(``resolve.image_requirements``), so the rendered requirements layer, ``aibuild wheelhouse``,
+the lock and the SBOM all see them.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from aibuild.profile.schema import CONTROL_RE, _show, split_command
+
+# Never copied into the image: version control, host environments, aibuild's own records
+# and outputs, editor and notebook droppings. The project's .dockerignore and
+# project.exclude come after these, so `!PATTERN` there takes a path back.
+DEFAULT_EXCLUDE = (
+    ".git",
+    ".hg",
+    ".svn",
+    ".venv",
+    ".aibuild",
+    "aibuild-output",
+    ".devcontainer",
+    "**/__pycache__",
+    "**/*.pyc",
+    "**/.ipynb_checkpoints",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+)
+MAX_REQUIREMENTS_BYTES = 1 << 20
+_COMMENT = re.compile(r"(^|\s)#.*$")
+_OPTION = re.compile(r"(?:^|\s)(--?[A-Za-z][\w-]*)")
+
+
+class RequirementsError(ValueError):
+    """A requirements file that cannot be used; the message names the file and line."""
+
+
+def project_dir(path_value: Any, written_in: str) -> Path:
+    """The project folder: ``path_value`` relative to the folder of ``written_in`` (the
+    profile file that set it, as the loader shows it: relative to the current directory,
+    or absolute), or to the current directory when it came from ``--set``."""
+    base = Path.cwd() if written_in in ("--set", "<profile>") else Path(written_in).parent
+    return (base / str(path_value if path_value is not None else ".")).resolve()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.stat().st_size > MAX_REQUIREMENTS_BYTES:
+            raise RequirementsError(f"{path}: larger than {MAX_REQUIREMENTS_BYTES >> 10} KiB")
+        return path.read_text(encoding="utf-8-sig")  # a BOM, as editors on Windows write
+    except FileNotFoundError:
+        raise RequirementsError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise RequirementsError(f"{path} is a directory, not a requirements file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RequirementsError(f"cannot read {path}: {exc}") from None
+
+
+def _requirement(text: str, where: str) -> str:
+    if CONTROL_RE.search(text):
+        raise RequirementsError(f"{where}: a control character in '{_show(text)}'")
+    option = _OPTION.search(text)
+    if option:
+        raise RequirementsError(
+            f"{where}: pip options ('{_show(option.group(1))}') are not supported: list "
+            "plain PEP 508 requirements (name, version specifier, markers)"
+        )
+    try:
+        return str(Requirement(text))
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        raise RequirementsError(
+            f"{where}: '{_show(text)}' is not a PEP 508 requirement: {reason}"
+        ) from None
+
+
+def parse_requirements_txt(text: str, shown: str) -> list[str]:
+    """The requirements of a requirements.txt, normalised; RequirementsError names the line."""
+    found: list[str] = []
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = _COMMENT.sub("", raw)
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        logical = (pending + line).strip()
+        pending = ""
+        if logical:
+            found.append(_requirement(logical, f"{shown}:{start}"))
+    if pending.strip():
+        found.append(_requirement(pending.strip(), f"{shown}:{start}"))
+    return found
+
+
+def parse_pyproject(text: str, shown: str) -> list[str]:
+    """``[project].dependencies`` of a pyproject.toml, normalised."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RequirementsError(f"{shown}: invalid TOML: {exc}") from None
+    project = data.get("project")
+    if not isinstance(project, dict):
+        raise RequirementsError(f"{shown}: no [project] table (PEP 621) to read dependencies from")
+    dynamic = project.get("dynamic") or []
+    if isinstance(dynamic, list) and "dependencies" in dynamic:
+        raise RequirementsError(
+            f"{shown}: [project].dependencies are dynamic (computed by the build backend): "
+            "list them in a requirements.txt and name that instead"
+        )
+    deps = project.get("dependencies", [])
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise RequirementsError(f"{shown}: [project].dependencies must be a list of strings")
+    return [
+        _requirement(dep.strip(), f"{shown}: [project].dependencies[{i}]")
+        for i, dep in enumerate(deps)
+    ]
+
+
+def read_requirements(path: Path, shown: str | None = None) -> list[str]:
+    """The requirements ``path`` lists (a pyproject.toml's ``[project].dependencies``, else
+    the lines of a requirements file), normalised PEP 508; RequirementsError otherwise."""
+    shown = shown or str(path)
+    text = _read_text(path)
+    if path.suffix == ".toml":
+        return parse_pyproject(text, shown)
+    return parse_requirements_txt(text, shown)
+
+
+def command_argv(value: Any) -> tuple[str, ...]:
+    """``project.command`` as argv (validated by the schema already); () when unset."""
+    return () if value is None else tuple(split_command(value))
