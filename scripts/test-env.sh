@@ -11,9 +11,9 @@
 #   5. the wheelhouses (scripts/make-wheelhouse.sh): the images' packages, and the same
 #      plus JupyterLab for images with dev.jupyter: true
 #   6. the registries: plain :5000, auth :5001 (scripts/registry.sh)
-#   7. a 2-node Slurm on this host (scripts/slurm-local.sh; one already running is used)
-#   8. the Dev Containers CLI (@devcontainers/cli from npm, into .cache)
-#   8. .aibuild-test-env: `export VAR=value` lines for the tests and the shell
+#   7. the Dev Containers CLI (@devcontainers/cli from npm, into .cache)
+#   8. a 2-node Slurm on this host (scripts/slurm-local.sh; one already running is used)
+#   9. .aibuild-test-env: `export VAR=value` lines for the tests and the shell
 # Timings go to stderr and to .cache/test-env-timings.log.
 set -euo pipefail
 

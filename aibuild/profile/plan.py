@@ -105,6 +105,7 @@ class BuildPlan:
     training: tuple[tuple[str, Any], ...]  # sorted items of the training: section
     run_gpus: str  # "all" | "none" | "N" | "device=0,1"
     run_shm_size: str
+    run_ipc: str  # "private" | "host" (host: the host's IPC namespace, /dev/shm unbounded)
     image_name: str  # repository, e.g. "registry.example.com/team/train"
     image_tag: str  # e.g. "gpu-a100-torch2.5.1-cu124"
     warnings: tuple[str, ...] = field(default=())

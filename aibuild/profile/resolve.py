@@ -716,6 +716,7 @@ class Resolver:
             training=tuple(sorted(training.items())),
             run_gpus=run_gpus,
             run_shm_size=str(self.run_cfg.get("shm_size") or ("16g" if nvidia else "2g")),
+            run_ipc=str(self.run_cfg.get("ipc") or "private"),
             image_name=image_name,
             image_tag=image_tag,
             warnings=tuple(d.format() for d in self.diags if d.severity == "warning"),

@@ -210,7 +210,7 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
     }
     if options.ipc:
         config["ipc_mode"] = options.ipc
-    else:
+    if options.ipc != "host":  # the host's namespace brings its own /dev/shm
         config["shm_size"] = options.shm_size or DEFAULT_SHM_SIZE
     return {k: v for k, v in config.items() if v is not None}
 
@@ -709,7 +709,7 @@ def label_pairs(values: Sequence[str]) -> list[tuple[str, str]]:
 
 def with_plan_defaults(options: ContainerOptions, target: RunTarget) -> ContainerOptions:
     """``options`` with what was left unset taken from the target's profile (``run.gpus``,
-    ``run.shm_size``) and, with ``live``, its project mounted at its workdir; an image
+    ``run.shm_size``, ``run.ipc``) and, with ``live``, its project mounted at its workdir; an image
     that is not a profile's keeps the engine's defaults."""
     plan = target.plan
     project = plan.project if plan else None
@@ -731,6 +731,7 @@ def with_plan_defaults(options: ContainerOptions, target: RunTarget) -> Containe
         options,
         gpus=options.gpus if options.gpus_given else parse_gpus(plan.run_gpus),
         shm_size=options.shm_size or plan.run_shm_size,
+        ipc=options.ipc or (plan.run_ipc if plan.run_ipc != "private" else None),
         project_mount=(project.path, project.workdir) if project and options.live else None,
     )
 

@@ -119,3 +119,22 @@ def test_unreachable_engine_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     )
     assert "DOCKER_HOST" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_profiles_ipc_host_is_applied() -> None:
+    """gpu-h100x8 says run.ipc: host (NCCL's shared memory across 8 ranks): it reaches the
+    container config unless --ipc says otherwise."""
+    from aibuild.profile.resolve import plan_for
+    from aibuild.run.container import RunTarget, with_plan_defaults
+
+    plan = plan_for("gpu-h100x8")
+    target = RunTarget(plan.image_ref, plan)
+    config = container_config(with_plan_defaults(ContainerOptions(), target), "img:1")
+    assert config["ipc_mode"] == "host" and "shm_size" not in config
+    own = with_plan_defaults(ContainerOptions(ipc="private"), target)
+    private = container_config(own, "img:1")
+    assert private["ipc_mode"] == "private" and private["shm_size"] == "64g"  # the profile's
+    plain = container_config(
+        with_plan_defaults(ContainerOptions(), RunTarget("x", plan_for("cpu"))), "x"
+    )
+    assert "ipc_mode" not in plain
