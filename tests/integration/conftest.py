@@ -489,6 +489,12 @@ def run_aibuild(
     )
 
 
+@pytest.fixture(scope="session")
+def aibuild_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``aibuild_cli(*args, cwd=, env=, timeout=)``: the real CLI in a subprocess."""
+    return run_aibuild
+
+
 @dataclass(frozen=True)
 class CpuBuild:
     """The session's cpu image: the CLI's result, the directory it ran in, its image ID."""

@@ -8,9 +8,7 @@ The cpu image is built once per session by the shared ``cpu_build`` fixture (con
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +16,6 @@ import docker
 
 CPU_SETS = ("--set", "software.torch=2.13.0", "--set", "software.python=3.11")
 CPU_REF = "aibuild:cpu-torch2.13.0-cpu"
-BUILD_TIMEOUT = 3600
-
-
-def aibuild(
-    *args: str,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-    timeout: float = BUILD_TIMEOUT,
-) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess (as a user would)."""
-    return subprocess.run(
-        [sys.executable, "-m", "aibuild", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def record_of(result: subprocess.CompletedProcess[str], cwd: Path) -> dict[str, Any]:
@@ -125,8 +104,8 @@ def test_failing_run_step_reports_step_and_log_tail(
     assert len(tail.splitlines()) <= 22
 
 
-def test_unreachable_engine_is_a_clear_error(tmp_path: Path) -> None:
-    result = aibuild(
+def test_unreachable_engine_is_a_clear_error(tmp_path: Path, aibuild_cli: Any) -> None:
+    result = aibuild_cli(
         "image", "cpu", *CPU_SETS, cwd=tmp_path, env={"DOCKER_HOST": "tcp://127.0.0.1:9"}
     )
     assert result.returncode == 1
@@ -137,10 +116,10 @@ def test_unreachable_engine_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_wheelhouse_downloads_what_the_image_needs(tmp_path: Path) -> None:
+def test_wheelhouse_downloads_what_the_image_needs(tmp_path: Path, aibuild_cli: Any) -> None:
     out = tmp_path / "wheels"
     # The host's pip finds the local torch wheel through its configured find-links.
-    result = aibuild(
+    result = aibuild_cli(
         "wheelhouse",
         "cpu",
         "--set",
@@ -159,8 +138,8 @@ def test_wheelhouse_downloads_what_the_image_needs(tmp_path: Path) -> None:
     assert f"{len(names)} wheels in {out}" in result.stdout
 
 
-def test_wheelhouse_failure_is_clear(tmp_path: Path) -> None:
-    result = aibuild(
+def test_wheelhouse_failure_is_clear(tmp_path: Path, aibuild_cli: Any) -> None:
+    result = aibuild_cli(
         "wheelhouse",
         "cpu",
         "--set",
@@ -178,8 +157,8 @@ def test_wheelhouse_failure_is_clear(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_an_unpullable_base_is_named_with_the_offline_way(tmp_path: Path) -> None:
-    result = aibuild(
+def test_an_unpullable_base_is_named_with_the_offline_way(tmp_path: Path, aibuild_cli: Any) -> None:
+    result = aibuild_cli(
         "image", "cpu", "--base-image", "registry.invalid/nothing:1", *CPU_SETS, cwd=tmp_path
     )
     assert result.returncode == 1, result.stderr
