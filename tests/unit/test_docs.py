@@ -27,6 +27,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -234,8 +235,10 @@ def test_only_console_blocks_run() -> None:
 # ------------------------------------------------------------------ the pages
 
 
-def load_regen() -> object:
-    spec = importlib.util.spec_from_file_location("regen_goldens", Path(__file__).with_name("regen_goldens.py"))
+def load_regen() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "regen_goldens", Path(__file__).with_name("regen_goldens.py")
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -245,7 +248,7 @@ def load_regen() -> object:
 def test_profile_reference_is_what_the_schema_generates() -> None:
     regen = load_regen()
     current = (DOCS / "profiles.md").read_text(encoding="utf-8")
-    expected = regen.with_profile_reference(current)  # type: ignore[attr-defined]
+    expected = regen.with_profile_reference(current)
     assert current == expected, (
         "docs/profiles.md's profile reference differs from the schema's: run `make goldens`"
     )
