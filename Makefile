@@ -52,7 +52,8 @@ bench:
 	. ./.aibuild-test-env && $(PYTHON) benchmarks/bench_cache.py
 	. ./.aibuild-test-env && $(PYTHON) benchmarks/bench_reproducible.py
 
-# The main job: build the cpu profile's image and train on the bundled dataset.
+# The main job: build the cpu profile's image and train on the bundled dataset. It needs
+# only an engine, a base image and (offline) a wheelhouse, and starts nothing else.
 demo:
 	bash scripts/demo.sh
 

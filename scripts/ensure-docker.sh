@@ -21,6 +21,7 @@
 # it starts under $AIBUILD_TEST_STATE). Engines are machine-wide, so their state
 # (data, logs, pidfiles, the installed hook) lives outside any checkout:
 #   AIBUILD_TEST_STATE (default /var/lib/aibuild-test), logs in /var/log/aibuild-test.
+# AIBUILD_FAKE_NVIDIA_HOOK=0 starts the main engine without the fake hook (make demo).
 # Optional: AIBUILD_TEST_STORAGE_DRIVER (default: dockerd's own choice, overlay2
 # where the backing filesystem allows it), AIBUILD_TEST_ENGINE_TIMEOUT (s, 60).
 set -euo pipefail
@@ -137,7 +138,10 @@ else
     args=(--host "$host" --data-root "$data_root" --exec-root "$exec_root" --pidfile "$pidfile")
     [[ -n ${AIBUILD_TEST_STORAGE_DRIVER:-} ]] && args+=(--storage-driver "$AIBUILD_TEST_STORAGE_DRIVER")
     args+=("${extra[@]}")
-    if [[ $engine == main ]]; then
+    if [[ $engine == main && ${AIBUILD_FAKE_NVIDIA_HOOK:-1} == 0 ]]; then
+        # make demo: a plain engine, no test hook (a real NVIDIA hook on PATH still counts).
+        engine_path=$sys_path
+    elif [[ $engine == main ]]; then
         # A copy of the hook outside the checkout: the engine outlives any one
         # checkout (a CI clone in /tmp), and its hook must not vanish with it.
         mkdir -p "$state/bin"
