@@ -22,8 +22,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from aibuild import __version__, labels
+from aibuild import __version__, contract, labels
 from aibuild._resources import package_dir, templates_dir
+from aibuild.contract import TRAIN_ENTRYPOINT
 from aibuild.errors import RenderError
 from aibuild.image.context import copy_project
 from aibuild.profile.plan import BuildPlan, RenderOptions
@@ -44,7 +45,6 @@ COMPILE_APT = ("g++", "gcc", "libc6-dev")
 DOCKERIGNORE = "**/__pycache__\n**/*.pyc\n"
 # Not copied into the image's runtime: the image needs the code, not the host-side assets.
 RUNTIME_EXCLUDE = {"templates", "profiles", "__pycache__"}
-TRAIN_ENTRYPOINT = ("aibuild", "train")
 # The stage the training image ends in when a dev stage follows it (``dev:``): builds of the
 # training image target it, builds of the dev image target DEV_STAGE.
 TRAIN_STAGE = "train"
@@ -234,8 +234,8 @@ def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
         uv_flags += ["-c", f"{BUILD_DIR}/constraints.txt"]
     requirements = f"{BUILD_DIR}/requirements.txt"
     image_env: list[tuple[str, str]] = [
-        ("AIBUILD_OUTPUT", "/output"),
-        ("AIBUILD_PROFILE", "/etc/aibuild/profile.yaml"),
+        (contract.ENV_OUTPUT, contract.OUTPUT_DIR),
+        (contract.ENV_PROFILE, contract.PROFILE_PATH),
         ("PYTHONUNBUFFERED", "1"),
     ]
     if plan.accelerator == "nvidia":
@@ -297,6 +297,14 @@ def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
         "env_stage": "runtime" if two else "image",
         "dev_copies": dev_copies,
         "dev_install": dev_install,
+        # the image contract (aibuild.contract): user, directories, profile path
+        "user": contract.USER,
+        "uid": contract.UID,
+        "user_spec": contract.USER_SPEC,
+        "workspace": contract.WORKSPACE,
+        "output_dir": contract.OUTPUT_DIR,
+        "runtime_dir": contract.RUNTIME_DIR,
+        "profile_path": contract.PROFILE_PATH,
     }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from aibuild import contract
 from aibuild.oci import reference
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -37,8 +38,8 @@ OS_CHOICES = ("ubuntu20.04", "ubuntu22.04", "ubuntu24.04", "debian12")
 WORKDIR_RE = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+/?$")
 RESERVED_DIRS = (
     "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin",
-    "/sys", "/usr", "/var", "/opt/venv", "/opt/python", "/opt/aibuild", "/output", "/data",
-    "/tmp",
+    "/sys", "/usr", "/var", "/opt/venv", "/opt/python", contract.RUNTIME_DIR,
+    contract.OUTPUT_DIR, contract.DATA_DIR, "/tmp",
 )  # fmt: skip
 MAX_COMMAND_ARGS = 256
 MAX_EXCLUDES = 1000
