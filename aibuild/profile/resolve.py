@@ -14,7 +14,6 @@ minimum driver.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from packaging.version import Version
 
 from aibuild import knowledge as kb
 from aibuild import vcs
-from aibuild.errors import Diagnostic, ProfileError
+from aibuild.errors import Diagnostic, ProfileError, did_you_mean, shown
 from aibuild.profile import project as projects
 from aibuild.profile import schema
 from aibuild.profile.load import Profile, load_profile
@@ -44,13 +43,6 @@ DEBIAN_CODENAMES = {"debian12": "bookworm", "debian13": "trixie"}
 
 
 # --------------------------------------------------------------------------- schema
-
-
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    if close:
-        return f"; did you mean '{close[0]}'?"
-    return f"; known keys: {', '.join(options)}" if options else ""
 
 
 def _name(requirement: str) -> str:
@@ -103,7 +95,10 @@ def validate_schema(profile: Profile) -> list[Diagnostic]:
                 where = f"in '{prefix}'" if prefix else "at the top level"
                 diags.append(
                     profile.diag(
-                        "error", f"unknown key '{key}' {where}{_did_you_mean(key, known)}", path
+                        "error",
+                        f"unknown key {shown(key)} {where}"
+                        + did_you_mean(key, known, listing="known keys"),
+                        path,
                     )
                 )
                 continue
@@ -114,11 +109,9 @@ def validate_schema(profile: Profile) -> list[Diagnostic]:
                 diags.append(
                     profile.diag(
                         "error",
-                        f"'{schema._show(value)}' is not allowed; "
+                        f"{shown(value)} is not allowed; "
                         f"use one of: {', '.join(field.choices)}"
-                        + _did_you_mean(str(value), field.choices).replace(
-                            "; known keys:", "; options:"
-                        ),
+                        + did_you_mean(value, field.choices),
                         path,
                     )
                 )
@@ -166,7 +159,7 @@ def validate_schema(profile: Profile) -> list[Diagnostic]:
                 diags.append(
                     profile.diag(
                         "error",
-                        f"'{schema._show(key)}' is not a POSIX environment variable name "
+                        f"{shown(key)} is not a POSIX environment variable name "
                         "(letters, digits, '_'; not starting with a digit)",
                         path,
                     )
@@ -574,9 +567,9 @@ class Resolver:
             if gpu is None:
                 self.error(
                     f"unknown GPU '{hw['gpu']}'"
-                    + _did_you_mean(
-                        str(hw["gpu"]).lower().replace(" ", ""), kb.gpu_names()
-                    ).replace("known keys", "known"),
+                    + did_you_mean(
+                        str(hw["gpu"]).lower().replace(" ", ""), kb.gpu_names(), listing="known"
+                    ),
                     "hardware.gpu",
                 )
                 return None

@@ -20,6 +20,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from aibuild import contract
+from aibuild.errors import shown
 from aibuild.oci import reference
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -60,16 +61,10 @@ def _pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], str | None]:
         if not isinstance(value, str):
             return f"must be a string ({what})"
         if not regex.fullmatch(value):
-            return f"'{_show(value)}' is not {what}"
+            return f"{shown(value)} is not {what}"
         return None
 
     return check
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else value
-    text = CONTROL_RE.sub("?", text)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _torch_spec(value: Any) -> str | None:
@@ -78,7 +73,7 @@ def _torch_spec(value: Any) -> str | None:
     try:
         SpecifierSet(value) if value[:1] in "<>=!~" else SpecifierSet(f"=={value}")
     except InvalidSpecifier:
-        return f'\'{_show(value)}\' is not a version ("2.5.1") or specifier ("~=2.5.0")'
+        return f'{shown(value)} is not a version ("2.5.1") or specifier ("~=2.5.0")'
     return None
 
 
@@ -92,18 +87,18 @@ def check_pip_item(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be a PEP 508 requirement string"
     if CONTROL_RE.search(value) or value.strip().startswith("-"):
-        return f"'{_show(value)}' is not a PEP 508 requirement (pip options are not allowed here)"
+        return f"{shown(value)} is not a PEP 508 requirement (pip options are not allowed here)"
     try:
         Requirement(value)
     except InvalidRequirement as exc:
-        return f"'{_show(value)}' is not a PEP 508 requirement: {str(exc).splitlines()[0]}"
+        return f"{shown(value)} is not a PEP 508 requirement: {str(exc).splitlines()[0]}"
     return None
 
 
 def check_apt_item(value: Any) -> str | None:
     if not isinstance(value, str) or not APT_RE.fullmatch(value):
         return (
-            f"'{_show(value)}' is not a Debian package name "
+            f"{shown(value)} is not a Debian package name "
             "(lowercase letters, digits, '+', '-', '.'; "
             "optionally =VERSION)"
         )
@@ -122,10 +117,10 @@ def parse_size(text: str, maximum: int | None = MAX_SHM_BYTES) -> int:
     size parser. ValueError when it is not such a size or is above ``maximum``."""
     match = SIZE_RE.fullmatch(text.strip())
     if not match:
-        raise ValueError(f"'{_show(text)}' is not a size like 16g (a number, then b, k, m, g or t)")
+        raise ValueError(f"{shown(text)} is not a size like 16g (a number, then b, k, m, g or t)")
     size = int(match.group(1)) * _UNITS[match.group(2).lower()]
     if maximum is not None and size > maximum:
-        raise ValueError(f"'{_show(text)}' is more than {maximum >> 30}g")
+        raise ValueError(f"{shown(text)} is more than {maximum >> 30}g")
     return size
 
 
@@ -145,10 +140,10 @@ def _gpus(value: Any) -> str | None:
     if isinstance(value, int):
         return None if 0 <= value <= MAX_GPUS else f"must be 0 to {MAX_GPUS}"
     if not GPUS_RE.fullmatch(value):
-        return f"'{_show(value)}' is not all, none, a count, or device=0,1"
+        return f"{shown(value)} is not all, none, a count, or device=0,1"
     numbers = [int(n) for n in re.findall(r"\d+", value)]
     if any(n > MAX_GPUS for n in numbers) or len(numbers) > MAX_GPUS:
-        return f"'{_show(value)}': GPU counts and device numbers go up to {MAX_GPUS}"
+        return f"{shown(value)}: GPU counts and device numbers go up to {MAX_GPUS}"
     return None
 
 
@@ -173,7 +168,7 @@ def split_command(value: Any) -> list[str]:
         raise ValueError(f"has more than {MAX_COMMAND_ARGS} arguments")
     for arg in argv:
         if CONTROL_RE.search(arg) or len(arg) > 4096:
-            raise ValueError(f"argument '{_show(arg)}' has a control character or is too long")
+            raise ValueError(f"argument {shown(arg)} has a control character or is too long")
     return argv
 
 
@@ -188,16 +183,16 @@ def _command(value: Any) -> str | None:
 def _workdir(value: Any) -> str | None:
     if not isinstance(value, str) or not WORKDIR_RE.fullmatch(value) or len(value) > 200:
         return (
-            f"'{_show(value)}' is not an absolute path of plain names "
+            f"{shown(value)} is not an absolute path of plain names "
             "(letters, digits, '.', '_', '-'), e.g. /workspace/project"
         )
     path = value.rstrip("/")
     parts = path.split("/")
     if ".." in parts or "." in parts:
-        return f"'{_show(value)}' must not contain '.' or '..'"
+        return f"{shown(value)} must not contain '.' or '..'"
     reserved = next((r for r in RESERVED_DIRS if path == r or path.startswith(r + "/")), None)
     if reserved:
-        return f"'{_show(value)}' is the image's own {reserved}: use /workspace or a new directory"
+        return f"{shown(value)} is the image's own {reserved}: use /workspace or a new directory"
     return None
 
 
@@ -207,7 +202,7 @@ def _patterns(value: Any) -> str | None:
     if len(value) > MAX_EXCLUDES:
         return f"has more than {MAX_EXCLUDES} patterns"
     bad = next((p for p in value if _text(p, 1000)), None)
-    return None if bad is None else f"pattern '{_show(bad)}' {_text(bad, 1000)}"
+    return None if bad is None else f"pattern {shown(bad)} {_text(bad, 1000)}"
 
 
 @dataclass(frozen=True)
