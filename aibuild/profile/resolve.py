@@ -28,159 +28,25 @@ from packaging.version import Version
 
 from aibuild import knowledge as kb
 from aibuild import vcs
-from aibuild.errors import Diagnostic, ProfileError, did_you_mean, shown
+from aibuild.errors import Diagnostic, ProfileError, did_you_mean
 from aibuild.profile import project as projects
 from aibuild.profile import schema
 from aibuild.profile.load import Profile, load_profile
 from aibuild.profile.plan import DEV_TAG_SUFFIX, BuildPlan, ProjectPlan, RenderOptions
+from aibuild.profile.requirements import dev_requirements as dev_requirements
+from aibuild.profile.requirements import image_requirements as image_requirements
+from aibuild.profile.requirements import requirement_name, runtime_conflict
 
 TORCH_INDEX = "https://download.pytorch.org/whl"
-# Packages the aibuild runtime (the embedded trainer's CLI) needs inside the image, besides torch.
-RUNTIME_REQUIREMENTS = ("click>=8.1", "packaging>=23", "pyyaml>=6.0")
-# What `dev.jupyter: true` adds in the `<tag>-dev` image (never in the training image).
-DEV_JUPYTER_REQUIREMENTS = ("jupyterlab>=4.2,<5",)
 DEBIAN_CODENAMES = {"debian12": "bookworm", "debian13": "trixie"}
-
-
-# --------------------------------------------------------------------------- schema
+validate_schema = schema.validate_schema  # the schema's check, first step of ``validate``
 
 
 def _name(requirement: str) -> str:
-    return canonicalize_name(Requirement(requirement).name)
+    return requirement_name(requirement)
 
 
-def _runtime_conflict(req: Requirement) -> str | None:
-    """Why a software.pip requirement pins a package the aibuild runtime needs to a version
-    the runtime cannot use (None when it does not)."""
-    runtime = {_name(r): Requirement(r) for r in RUNTIME_REQUIREMENTS}
-    needed = runtime.get(canonicalize_name(req.name))
-    if needed is None:
-        return None
-    pinned = [s.version for s in req.specifier if s.operator in ("==", "===")]
-    if any(not needed.specifier.contains(v, prereleases=True) for v in pinned):
-        return (
-            f"'{req}' conflicts with the aibuild runtime's '{needed}' "
-            f"(the image's `aibuild train` needs it): pin a version that satisfies both"
-        )
-    return None
-
-
-def image_requirements(plan: BuildPlan) -> list[str]:
-    """Every requirement the image's pip installs besides torch: the profile's software.pip
-    and its project's requirements, then the aibuild runtime's for the packages those do
-    not name (a requirement for a runtime package replaces the runtime's: validation
-    checked that it admits a version the runtime can use). One list for the rendered
-    requirements.txt, the wheelhouse, the lock and the SBOM, so they always agree."""
-    own = [*plan.pip, *(plan.project.requirements if plan.project else ())]
-    named = {_name(r) for r in own}
-    runtime = [r for r in RUNTIME_REQUIREMENTS if _name(r) not in named]
-    return sorted(dict.fromkeys([*own, *runtime]), key=str.lower)
-
-
-def dev_requirements(plan: BuildPlan) -> list[str]:
-    """What the ``<tag>-dev`` image installs on top of the image's requirements."""
-    return list(DEV_JUPYTER_REQUIREMENTS) if plan.dev_jupyter else []
-
-
-def validate_schema(profile: Profile) -> list[Diagnostic]:
-    """Unknown keys, types, allowed values, and the format of every string."""
-    diags: list[Diagnostic] = []
-    data = profile.data
-
-    def walk(mapping: dict[str, Any], prefix: str) -> None:
-        known = schema.children(prefix)
-        for key, value in mapping.items():
-            path = f"{prefix}.{key}" if prefix else key
-            if key not in known:
-                where = f"in '{prefix}'" if prefix else "at the top level"
-                diags.append(
-                    profile.diag(
-                        "error",
-                        f"unknown key {shown(key)} {where}"
-                        + did_you_mean(key, known, listing="known keys"),
-                        path,
-                    )
-                )
-                continue
-            field = schema.BY_PATH[path]
-            if value is None and field.type != "section" and not field.required:
-                continue  # null means "use the default"
-            if field.choices and value not in field.choices:
-                diags.append(
-                    profile.diag(
-                        "error",
-                        f"{shown(value)} is not allowed; "
-                        f"use one of: {', '.join(field.choices)}"
-                        + did_you_mean(value, field.choices),
-                        path,
-                    )
-                )
-                continue
-            if field.check is not None:
-                problem = field.check(value)
-                if problem:
-                    diags.append(profile.diag("error", f"{key} {problem}", path))
-                    continue
-            if field.type == "section" and path != "training":
-                walk(value, path)
-
-    walk(data, "")
-    software = data.get("software") if isinstance(data.get("software"), dict) else {}
-    assert isinstance(software, dict)
-    for i, item in enumerate(
-        software.get("pip") or [] if isinstance(software.get("pip"), list) else []
-    ):
-        problem = schema.check_pip_item(item)
-        if problem:
-            diags.append(profile.diag("error", problem, f"software.pip[{i}]"))
-        elif canonicalize_name(Requirement(item).name) in ("torch", "aibuild"):
-            diags.append(
-                profile.diag(
-                    "error",
-                    f"'{item}' does not belong in software.pip; set software.torch instead",
-                    f"software.pip[{i}]",
-                )
-            )
-        else:
-            problem = _runtime_conflict(Requirement(item))
-            if problem:
-                diags.append(profile.diag("error", problem, f"software.pip[{i}]"))
-    for i, item in enumerate(
-        software.get("apt") or [] if isinstance(software.get("apt"), list) else []
-    ):
-        problem = schema.check_apt_item(item)
-        if problem:
-            diags.append(profile.diag("error", problem, f"software.apt[{i}]"))
-    env = software.get("env")
-    if isinstance(env, dict):
-        for key, value in env.items():
-            path = f"software.env.{key}"
-            if not schema.ENV_KEY_RE.fullmatch(key):
-                diags.append(
-                    profile.diag(
-                        "error",
-                        f"{shown(key)} is not a POSIX environment variable name "
-                        "(letters, digits, '_'; not starting with a digit)",
-                        path,
-                    )
-                )
-            elif isinstance(value, (dict, list)) or value is None:
-                diags.append(
-                    profile.diag("error", f"{key} must be a string, number or boolean", path)
-                )
-            elif schema.CONTROL_RE.search(str(value)):
-                diags.append(
-                    profile.diag(
-                        "error", f"{key} must not contain newlines or control characters", path
-                    )
-                )
-    training = data.get("training")
-    if isinstance(training, dict):
-        from aibuild.train.config import validate_training
-
-        for key, message in validate_training(training):
-            diags.append(profile.diag("error", message, f"training.{key}" if key else "training"))
-    return diags
+_runtime_conflict = runtime_conflict
 
 
 # --------------------------------------------------------------------------- rules
@@ -245,8 +111,17 @@ class Resolver:
         self.sw: dict[str, Any] = d.get("software") or {}
         self.run_cfg: dict[str, Any] = d.get("run") or {}
         self.image_cfg: dict[str, Any] = d.get("image") or {}
-        self.toolkit = bool(self.sw.get("cuda_toolkit"))
-        self.source = self.sw.get("cuda_source") or ("image" if self.toolkit else "wheels")
+        self.toolkit = bool(self.value("software.cuda_toolkit"))
+        self.source = self.sw.get("cuda_source") or (
+            "image" if self.toolkit else schema.default("software.cuda_source")
+        )
+
+    def value(self, path: str, nvidia: bool = False) -> Any:
+        """The profile's value at ``path``, or the schema's default when absent or null."""
+        section, _, key = path.rpartition(".")
+        mapping = (self.p.data.get(section) or {}) if section else self.p.data
+        given = mapping.get(key)
+        return schema.default(path, nvidia) if given is None else given
 
     def error(self, message: str, key: str) -> None:
         self.diags.append(self.p.diag("error", message, key))
@@ -256,7 +131,7 @@ class Resolver:
 
     # -- torch ---------------------------------------------------------------
     def resolve_torch(self) -> tuple[str, kb.TorchRelease] | None:
-        spec = str(self.sw.get("torch") or kb.DEFAULT_TORCH)
+        spec = str(self.value("software.torch"))
         known = sorted(kb.TORCH_PATCHES.values(), key=Version)
         if spec[:1] in "<>=!~":
             # A specifier picks the newest verified release it admits; a release the knowledge
@@ -532,16 +407,18 @@ class Resolver:
     # -- the whole plan --------------------------------------------------------
     def resolve(self) -> BuildPlan | None:
         hw, sw = self.hw, self.sw
-        accelerator = hw.get("accelerator") or ("nvidia" if hw.get("gpu") else "cpu")
+        accelerator = hw.get("accelerator") or (
+            "nvidia" if hw.get("gpu") else schema.default("hardware.accelerator")
+        )
         nvidia = accelerator == "nvidia"
-        os_name = self.o.base_os or sw.get("os") or ("ubuntu22.04" if nvidia else "debian12")
+        os_name = self.o.base_os or self.value("software.os", nvidia)
         if self.o.base_os and sw.get("os") and sw["os"] != self.o.base_os:
             self.warn(
                 f"the base image is {self.o.base_os}, not "
                 f"{sw['os']}: building for {self.o.base_os}",
                 "software.os",
             )
-        python = str(sw.get("python") or self.o.base_python or "3.11")
+        python = str(sw.get("python") or self.o.base_python or schema.default("software.python"))
         torch_rel = self.resolve_torch()
         if torch_rel is None:
             return None
@@ -554,7 +431,7 @@ class Resolver:
         cuda = full = builder = runtime = min_driver = None
         arch_list: tuple[str, ...] = ()
         driver = hw.get("driver")
-        cudnn = bool(sw.get("cudnn", True)) and nvidia
+        cudnn = bool(self.value("software.cudnn")) and nvidia
         gpu_count = hw.get("gpus")
         if nvidia:
             if not hw.get("gpu"):
@@ -580,7 +457,7 @@ class Resolver:
                     "hardware.gpu",
                 )
             if gpu_count is None:
-                gpu_count = 1
+                gpu_count = schema.default("hardware.gpus", nvidia)
             elif gpu_count < 1:
                 self.error("an nvidia profile needs at least one GPU (gpus: 1)", "hardware.gpus")
             chosen = self.choose_cuda(torch, rel, gpu, os_name, cudnn, driver)
@@ -613,7 +490,7 @@ class Resolver:
                     "hardware.accelerator: nvidia",
                     "software.cuda",
                 )
-            gpu_count = gpu_count or 0
+            gpu_count = self.value("hardware.gpus", nvidia)
             variant = "cpu"
             builder = runtime = explicit_base or self.slim_base(python, os_name)
         assert builder is not None and runtime is not None
@@ -622,9 +499,8 @@ class Resolver:
         )
 
         project = self.resolve_project(torch)
-        dev_jupyter = bool((self.p.data.get("dev") or {}).get("jupyter"))
-        run_gpus = self.run_cfg.get("gpus")
-        run_gpus = str(run_gpus) if run_gpus is not None else ("all" if nvidia else "none")
+        dev_jupyter = bool(self.value("dev.jupyter"))
+        run_gpus = str(self.value("run.gpus", nvidia))
         if not nvidia and run_gpus != "none":
             self.warn(
                 f"run.gpus is {run_gpus} but the accelerator is cpu; the image has no CUDA",
@@ -641,7 +517,7 @@ class Resolver:
         pip_reqs = sorted({str(Requirement(r)) for r in sw.get("pip") or []}, key=str.lower)
         apt = sorted(set(sw.get("apt") or []))
         env = tuple(sorted((k, _env_value(v)) for k, v in (sw.get("env") or {}).items()))
-        image_name = self.image_cfg.get("name") or "aibuild"
+        image_name = self.image_cfg.get("name") or schema.default("image.name")
         image_tag = self.image_cfg.get("tag") or f"{name}-torch{torch}-{variant}"
         if dev_jupyter and len(image_tag) + len(DEV_TAG_SUFFIX) > 128:
             self.error(
@@ -708,8 +584,10 @@ class Resolver:
             env=env,
             training=tuple(sorted(training.items())),
             run_gpus=run_gpus,
-            run_shm_size=str(self.run_cfg.get("shm_size") or ("16g" if nvidia else "2g")),
-            run_ipc=str(self.run_cfg.get("ipc") or "private"),
+            run_shm_size=str(
+                self.run_cfg.get("shm_size") or schema.default("run.shm_size", nvidia)
+            ),
+            run_ipc=str(self.run_cfg.get("ipc") or schema.default("run.ipc")),
             image_name=image_name,
             image_tag=image_tag,
             warnings=tuple(d.format() for d in self.diags if d.severity == "warning"),
@@ -757,7 +635,8 @@ class Resolver:
             requirements_file=str(requirements_file) if requirements_file else None,
             requirements=tuple(sorted(dict.fromkeys(requirements), key=str.lower)),
             command=projects.command_argv(section.get("command")),
-            workdir=str(section.get("workdir") or "/workspace").rstrip("/") or "/",
+            workdir=str(section.get("workdir") or schema.default("project.workdir")).rstrip("/")
+            or "/",
             labels=tuple(sorted(vcs.source_labels(root).items())),
         )
 
