@@ -30,12 +30,14 @@ from aibuild import knowledge as kb
 from aibuild import vcs
 from aibuild.errors import Diagnostic, ProfileError, did_you_mean
 from aibuild.profile import project as projects
-from aibuild.profile import schema
+from aibuild.profile import rules, schema
 from aibuild.profile.load import Profile, load_profile
 from aibuild.profile.plan import DEV_TAG_SUFFIX, BuildPlan, ProjectPlan, RenderOptions
 from aibuild.profile.requirements import dev_requirements as dev_requirements
 from aibuild.profile.requirements import image_requirements as image_requirements
 from aibuild.profile.requirements import requirement_name, runtime_conflict
+from aibuild.profile.rules import first_cuda_for as first_cuda_for
+from aibuild.profile.rules import toolkit_can_target as toolkit_can_target
 
 TORCH_INDEX = "https://download.pytorch.org/whl"
 DEBIAN_CODENAMES = {"debian12": "bookworm", "debian13": "trixie"}
@@ -54,49 +56,28 @@ _runtime_conflict = runtime_conflict
 
 @dataclass(frozen=True)
 class Candidate:
-    """One CUDA version evaluated for the plan."""
+    """One CUDA version evaluated for the plan: the rules' findings, and the facts picked
+    for it (nvidia/cuda images, minimum driver) when no rule failed."""
 
     cuda: str
-    errors: tuple[str, ...]
-    warnings: tuple[str, ...]
+    findings: tuple[rules.Finding, ...]
     full: str | None = None
     builder: str | None = None
     runtime: str | None = None
     min_driver: str | None = None
-    driver_ok: bool = True
 
+    @property
+    def errors(self) -> list[rules.Finding]:
+        return [f for f in self.findings if f.severity == "error"]
 
-def toolkit_can_target(cuda: str, cc: str) -> bool | None:
-    targets = kb.targets_for(cuda)
-    if targets is None:
-        return None
-    major, minor = kb.cc_key(cc)
-    return f"{major}{minor}" in targets.targets
+    @property
+    def warnings(self) -> list[rules.Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
 
-
-def first_cuda_for(cc: str) -> str | None:
-    """The oldest CUDA release whose nvcc can target CC."""
-    for version in sorted(kb.cuda_targets(), key=kb.vkey):
-        if toolkit_can_target(version, cc):
-            return version
-    return None
-
-
-def torch_cuda_pairs_for(cc: str, python: str | None = None) -> list[tuple[str, str]]:
-    """(torch minor, cuda) pairs, oldest torch first, whose wheels run on CC."""
-    out = []
-    for minor, rel in sorted(kb.torch_releases().items(), key=lambda kv: kb.vkey(kv[0])):
-        if python and not (kb.vkey(rel.python_min) <= kb.vkey(python) <= kb.vkey(rel.python_max)):
-            continue
-        for cuda in rel.cuda:
-            arch = kb.wheel_archs().get((minor, cuda))
-            if arch and kb.wheel_covers(cc, arch) and toolkit_can_target(cuda, cc):
-                out.append((minor, cuda))
-    return out
-
-
-def version_lt(a: str, b: str) -> bool:
-    return kb.vkey(a) < kb.vkey(b)
+    @property
+    def driver_ok(self) -> bool:
+        """The host driver runs this CUDA without compatibility layers (or is not given)."""
+        return not any(f.key == "hardware.driver" for f in self.findings)
 
 
 class Resolver:
@@ -128,6 +109,9 @@ class Resolver:
 
     def warn(self, message: str, key: str) -> None:
         self.diags.append(self.p.diag("warning", message, key))
+
+    def report(self, finding: rules.Finding) -> None:
+        self.diags.append(self.p.diag(finding.severity, finding.message, finding.key))
 
     # -- torch ---------------------------------------------------------------
     def resolve_torch(self) -> tuple[str, kb.TorchRelease] | None:
@@ -217,192 +201,18 @@ class Resolver:
         cudnn: bool,
         driver: str | None,
     ) -> Candidate:
-        errors: list[str] = []
-        warnings: list[str] = []
-        minor = rel.minor
-        cc = gpu.cc
-        gpu_desc = f"{kb.sm(cc)} ({gpu.name}, compute capability {cc})"
-        targets = kb.targets_for(cuda)
-        can = toolkit_can_target(cuda, cc)
-        if targets is None:
-            errors.append(
-                f"CUDA {cuda} is not in the knowledge base; known: "
-                f"{', '.join(sorted(kb.cuda_targets(), key=kb.vkey))}"
-            )
-            return Candidate(cuda, tuple(errors), ())
-        if not can:
-            first = first_cuda_for(cc)
-            with_wheels = [
-                c
-                for c in rel.cuda
-                if toolkit_can_target(c, cc)
-                and (a := kb.wheel_archs().get((minor, c))) is not None
-                and kb.wheel_covers(cc, a)
-            ]
-            if first and version_lt(cuda, first):
-                fix = f"CUDA >= {first} can; use " + (
-                    f"cuda {with_wheels[-1]} (torch {minor} has wheels for {', '.join(rel.cuda)})"
-                    if with_wheels
-                    else self.torch_fix(cc)
-                )
-            else:
-                newer_dropped = f"CUDA {cuda.split('.')[0]} dropped it"
-                fix = f"{newer_dropped}; use " + (
-                    f"cuda {with_wheels[-1]} (torch {minor} has "
-                    f"{with_wheels[-1]} wheels with {kb.sm(cc)})"
-                    if with_wheels
-                    else "a CUDA 12.x stack: " + self.torch_fix(cc)
-                )
-            errors.append(f"CUDA {cuda} cannot target {gpu_desc}: {fix}")
-            return Candidate(cuda, tuple(errors), ())
-        if targets.inferred_from:
-            pass  # documented: same-major rows carry over (e.g. 13.2 targets as 13.0)
-        if cuda not in rel.cuda:
-            message = (
-                f"torch {torch} has no wheels for CUDA {cuda}; it has {', '.join(rel.cuda)}"
-                f" (use cuda {rel.cuda[-1]}, or {self.torch_for_cuda(cuda)})"
-            )
-            in_range = kb.vkey(rel.cuda[0]) <= kb.vkey(cuda) <= kb.vkey(rel.cuda[-1])
-            (warnings if rel.uncertain and in_range else errors).append(message)
-        else:
-            arch = kb.wheel_archs().get((minor, cuda))
-            if arch is None:
-                warnings.append(
-                    f"the GPU architectures in torch {minor} cu{cuda.replace('.', '')} wheels are "
-                    f"not recorded; {kb.sm(cc)} is assumed to be included"
-                )
-            elif not kb.wheel_covers(cc, arch):
-                built = ", ".join(
-                    kb.sm(a.rstrip("a")) + ("a" if a.endswith("a") else "") for a in arch.sass
-                )
-                ptx = f" + PTX compute_{arch.ptx[0].replace('.', '')}" if arch.ptx else ""
-                message = (
-                    f"torch {minor} cu{cuda.replace('.', '')} "
-                    f"wheels are built for {built}{ptx}, which do "
-                    f"not run on {gpu_desc}; use {self.torch_fix(cc)}"
-                )
-                (warnings if arch.uncertain else errors).append(message)
-        # base image: nvidia/cuda only for the image source
-        full = builder = runtime = None
-        if self.source == "image":
-            flavours = self.image_flavours(cudnn)
-            flavour_ok = self.pick_images(cuda, os_name, flavours)
-            if flavour_ok is None:
-                oses = sorted({i.os for i in kb.cuda_images() if i.cuda == cuda})
-                want = " with cuDNN" if cudnn and self.toolkit else ""
-                fix = (
-                    f"use os {' or '.join(o for o in oses if o in schema.OS_CHOICES)}"
-                    if oses
-                    else "use another cuda"
-                )
-                errors.append(
-                    f"there is no nvidia/cuda {cuda} {'/'.join(flavours)} image{want} for "
-                    f"{os_name}: {fix}"
-                )
-                return Candidate(cuda, tuple(errors), tuple(warnings))
-            full, builder, runtime = flavour_ok
-            min_driver, note = kb.driver_for(full)
-        else:
-            # torch's wheels carry the CUDA runtime of that minor release (its update is
-            # the wheels' business): the minor's first release sets the driver it wants.
-            min_driver, note = kb.driver_for(f"{cuda}.0")
-        driver_ok = True
-        if driver:
-            floor = kb.compat_floor(cuda)
-            stack = f"CUDA {full}" if full else f"CUDA {cuda} (torch's wheels)"
-            if floor and version_lt(driver, floor) and self.source == "image":
-                if not kb.forward_compatible(gpu):
-                    errors.append(
-                        f"driver {driver} is too old for CUDA {cuda} (its "
-                        f"minor-version-compatibility floor is {floor}), and forward "
-                        f"compatibility does not run on {gpu.name} (datacenter GPUs only): "
-                        "upgrade the driver or use an older cuda"
-                    )
-                else:
-                    warnings.append(
-                        f"driver {driver} is below CUDA {cuda}'s floor {floor}: it runs "
-                        f"through forward compatibility (the cuda-compat libraries in "
-                        f"{runtime}; datacenter GPUs only)"
-                    )
-                driver_ok = False
-            elif floor and version_lt(driver, floor):
-                hint = (
-                    ""
-                    if not kb.forward_compatible(gpu)
-                    else "; or, for forward compatibility on this datacenter GPU, "
-                    "software.cuda_source: image (nvidia/cuda carries the cuda-compat "
-                    "libraries)"
-                )
-                errors.append(
-                    f"driver {driver} is too old for CUDA {cuda}: "
-                    "its minor-version-compatibility floor "
-                    f"is {floor} ({stack} wants >= "
-                    f"{min_driver or floor}); upgrade the driver or "
-                    f"use an older cuda{hint}"
-                )
-                driver_ok = False
-            elif min_driver and version_lt(driver, min_driver):
-                warnings.append(
-                    f"driver {driver} is below {stack}'s minimum {min_driver}: it runs through "
-                    "minor-version compatibility (no PTX JIT); "
-                    f"upgrade to >= {min_driver} for full "
-                    f"support"
-                )
-                driver_ok = False
-            elif min_driver is None:
-                warnings.append(f"cannot check driver {driver}: {note}")
-        return Candidate(
-            cuda, tuple(errors), tuple(warnings), full, builder, runtime, min_driver, driver_ok
+        """One candidate CUDA release through every compatibility rule (``rules.RULES``)."""
+        facts = rules.CudaFacts(
+            cuda, torch, rel, gpu, os_name, cudnn, driver, self.source, self.toolkit
         )
-
-    def torch_fix(self, cc: str) -> str:
-        pairs = torch_cuda_pairs_for(cc)
-        if not pairs:
-            return "a GPU that PyTorch's official wheels support"
-        minor, cuda = pairs[0]
-        return f"torch >= {minor} with cuda {cuda}"
-
-    def torch_for_cuda(self, cuda: str) -> str:
-        minors = [m for m, r in kb.torch_releases().items() if cuda in r.cuda]
-        if not minors:
-            return f"no torch release has CUDA {cuda} wheels"
-        ordered = sorted(minors, key=kb.vkey)
-        return (
-            f"torch {ordered[0]} to {ordered[-1]} for cuda {cuda}"
-            if len(ordered) > 1
-            else f"torch {ordered[0]}"
-        )
-
-    def image_flavours(self, cudnn: bool) -> tuple[str, str]:
-        """(builder, runtime) nvidia/cuda flavours for the image source. With the toolkit:
-        devel to compile (cuDNN headers when asked), and base to run (cudart and the
-        forward-compatibility libraries; torch brings the rest). Without: one stage on
-        base, or on runtime with cuDNN for a consumer other than torch that needs it."""
-        if self.toolkit:
-            return ("cudnn-devel" if cudnn else "devel", "base")
-        one = "cudnn-runtime" if cudnn else "base"
-        return (one, one)
-
-    def pick_images(
-        self, cuda: str, os_name: str, flavours: tuple[str, str]
-    ) -> tuple[str, str, str] | None:
-        """(full, builder tag, runtime tag): the newest update of CUDA X.Y that has both
-        flavours for this OS (NVIDIA's cuDNN tag names vary)."""
-        images = [i for i in kb.cuda_images() if i.cuda == cuda and i.os == os_name]
-        by_full: dict[str, dict[str, str]] = {}
-        for img in images:
-            key = f"cudnn-{img.flavor}" if img.cudnn != "none" else img.flavor
-            by_full.setdefault(img.full, {})[key] = img.tag
-        complete = [f for f, tags in by_full.items() if set(flavours) <= set(tags)]
-        if not complete:
-            return None
-        full = max(complete, key=kb.vkey)
-        builder, runtime = flavours
-        return (
-            full,
-            f"nvidia/cuda:{by_full[full][builder]}",
-            f"nvidia/cuda:{by_full[full][runtime]}",
-        )
+        findings = tuple(rules.check_cuda(facts))
+        if any(f.severity == "error" for f in findings):
+            return Candidate(cuda, findings)
+        images = rules.images_for(facts)
+        min_driver, _ = rules.min_driver_for(facts, images)
+        if images is None:
+            return Candidate(cuda, findings, min_driver=min_driver)
+        return Candidate(cuda, findings, images.full, images.builder, images.runtime, min_driver)
 
     # -- the whole plan --------------------------------------------------------
     def resolve(self) -> BuildPlan | None:
@@ -743,14 +553,8 @@ class Resolver:
         asked = self.sw.get("cuda")
         if asked:
             cand = self.evaluate(str(asked), torch, rel, gpu, os_name, cudnn, driver)
-            for message in cand.errors:
-                self.error(
-                    message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
-                )
-            for message in cand.warnings:
-                self.warn(
-                    message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
-                )
+            for finding in [*cand.errors, *cand.warnings]:
+                self.report(finding)
             return None if cand.errors else cand
         candidates = [
             self.evaluate(c, torch, rel, gpu, os_name, cudnn, driver)
@@ -759,17 +563,15 @@ class Resolver:
         ok = [c for c in candidates if not c.errors]
         best = next((c for c in ok if c.driver_ok), ok[0] if ok else None)
         if best is None:
-            reasons = "; ".join(f"cuda {c.cuda}: {c.errors[0]}" for c in candidates)
+            reasons = "; ".join(f"cuda {c.cuda}: {c.errors[0].message}" for c in candidates)
             self.error(
                 f"no CUDA version works for torch {torch} on {gpu.name} ({kb.sm(gpu.cc)})"
                 f"{' with driver ' + str(driver) if driver else ''} on {os_name}: {reasons}",
                 "software.torch",
             )
             return None
-        for message in best.warnings:
-            self.warn(
-                message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
-            )
+        for finding in best.warnings:
+            self.report(finding)
         return best
 
     def resolved_profile(
