@@ -80,6 +80,23 @@ class Candidate:
         return not any(f.key == "hardware.driver" for f in self.findings)
 
 
+@dataclass(frozen=True)
+class Stack:
+    """The hardware and CUDA facts checked for the plan (``Resolver.nvidia_stack`` or
+    ``cpu_stack``), from which ``Resolver.assemble`` builds it."""
+
+    gpu: kb.Gpu | None
+    gpu_count: int
+    cuda: str | None
+    full: str | None
+    builder: str
+    runtime: str
+    min_driver: str | None
+    arch_list: tuple[str, ...]
+    variant: str
+    cudnn: bool
+
+
 class Resolver:
     """Applies the compatibility rules to one profile; collects diagnostics."""
 
@@ -237,73 +254,115 @@ class Resolver:
 
         explicit_base = self.o.base_image or sw.get("base_image")
         self.check_cuda_source(nvidia, explicit_base)
-        gpu = None
-        cuda = full = builder = runtime = min_driver = None
-        arch_list: tuple[str, ...] = ()
+        stack = (
+            self.nvidia_stack(torch, rel, python, os_name, explicit_base)
+            if nvidia
+            else self.cpu_stack(python, os_name, explicit_base)
+        )
+        if stack is None:
+            return None
+        return self.assemble(stack, accelerator, os_name, python, torch, rel, explicit_base)
+
+    def nvidia_stack(
+        self,
+        torch: str,
+        rel: kb.TorchRelease,
+        python: str,
+        os_name: str,
+        explicit_base: str | None,
+    ) -> Stack | None:
+        """The GPU, and the CUDA release that every rule admits for it, with its images."""
+        hw = self.hw
+        nvidia = True
         driver = hw.get("driver")
-        cudnn = bool(self.value("software.cudnn")) and nvidia
+        cudnn = bool(self.value("software.cudnn"))
         gpu_count = hw.get("gpus")
-        if nvidia:
-            if not hw.get("gpu"):
-                self.error(
-                    "hardware.gpu is required when the accelerator is nvidia (e.g. gpu: A100)",
-                    "hardware",
-                )
-                return None
-            gpu = kb.find_gpu(str(hw["gpu"]))
-            if gpu is None:
-                self.error(
-                    f"unknown GPU '{hw['gpu']}'"
-                    + did_you_mean(
-                        str(hw["gpu"]).lower().replace(" ", ""), kb.gpu_names(), listing="known"
-                    ),
-                    "hardware.gpu",
-                )
-                return None
-            if gpu.uncertain:
-                self.warn(
-                    f"{gpu.name}'s compute capability {gpu.cc} "
-                    f"rests on secondary sources ({gpu.sources})",
-                    "hardware.gpu",
-                )
-            if gpu_count is None:
-                gpu_count = schema.default("hardware.gpus", nvidia)
-            elif gpu_count < 1:
-                self.error("an nvidia profile needs at least one GPU (gpus: 1)", "hardware.gpus")
-            chosen = self.choose_cuda(torch, rel, gpu, os_name, cudnn, driver)
-            if chosen is None:
-                return None
-            cuda, full, builder, runtime, min_driver = (
-                chosen.cuda,
-                chosen.full,
-                chosen.builder,
-                chosen.runtime,
-                chosen.min_driver,
+        if not hw.get("gpu"):
+            self.error(
+                "hardware.gpu is required when the accelerator is nvidia (e.g. gpu: A100)",
+                "hardware",
             )
-            arch_list = (gpu.cc,)
-            variant = "cu" + cuda.replace(".", "")
-            if explicit_base:
-                builder = runtime = explicit_base
-            elif self.source == "wheels":
-                builder = runtime = self.slim_base(python, os_name)
-        else:
-            for key in ("gpu", "driver"):
-                if hw.get(key):
-                    self.error(
-                        f"hardware.{key} is set but the accelerator is cpu; remove it or set "
-                        "hardware.accelerator: nvidia",
-                        f"hardware.{key}",
-                    )
-            if sw.get("cuda"):
+            return None
+        gpu = kb.find_gpu(str(hw["gpu"]))
+        if gpu is None:
+            self.error(
+                f"unknown GPU '{hw['gpu']}'"
+                + did_you_mean(
+                    str(hw["gpu"]).lower().replace(" ", ""), kb.gpu_names(), listing="known"
+                ),
+                "hardware.gpu",
+            )
+            return None
+        if gpu.uncertain:
+            self.warn(
+                f"{gpu.name}'s compute capability {gpu.cc} "
+                f"rests on secondary sources ({gpu.sources})",
+                "hardware.gpu",
+            )
+        if gpu_count is None:
+            gpu_count = schema.default("hardware.gpus", nvidia)
+        elif gpu_count < 1:
+            self.error("an nvidia profile needs at least one GPU (gpus: 1)", "hardware.gpus")
+        chosen = self.choose_cuda(torch, rel, gpu, os_name, cudnn, driver)
+        if chosen is None:
+            return None
+        cuda, full, builder, runtime, min_driver = (
+            chosen.cuda,
+            chosen.full,
+            chosen.builder,
+            chosen.runtime,
+            chosen.min_driver,
+        )
+        arch_list = (gpu.cc,)
+        variant = "cu" + cuda.replace(".", "")
+        if explicit_base:
+            builder = runtime = explicit_base
+        elif self.source == "wheels":
+            builder = runtime = self.slim_base(python, os_name)
+        assert builder is not None and runtime is not None  # images_for found both
+        return Stack(
+            gpu, int(gpu_count), cuda, full, builder, runtime, min_driver, arch_list, variant, cudnn
+        )
+
+    def cpu_stack(self, python: str, os_name: str, explicit_base: str | None) -> Stack:
+        """A cpu profile: no GPU keys, no CUDA; the slim OS base (or the given one)."""
+        hw, sw = self.hw, self.sw
+        for key in ("gpu", "driver"):
+            if hw.get(key):
                 self.error(
-                    "software.cuda is set but the accelerator is cpu; remove it or set "
+                    f"hardware.{key} is set but the accelerator is cpu; remove it or set "
                     "hardware.accelerator: nvidia",
-                    "software.cuda",
+                    f"hardware.{key}",
                 )
-            gpu_count = self.value("hardware.gpus", nvidia)
-            variant = "cpu"
-            builder = runtime = explicit_base or self.slim_base(python, os_name)
-        assert builder is not None and runtime is not None
+        if sw.get("cuda"):
+            self.error(
+                "software.cuda is set but the accelerator is cpu; remove it or set "
+                "hardware.accelerator: nvidia",
+                "software.cuda",
+            )
+        gpu_count = self.value("hardware.gpus", nvidia=False)
+        variant = "cpu"
+        builder = runtime = explicit_base or self.slim_base(python, os_name)
+        return Stack(None, int(gpu_count), None, None, builder, runtime, None, (), variant, False)
+
+    def assemble(
+        self,
+        stack: Stack,
+        accelerator: str,
+        os_name: str,
+        python: str,
+        torch: str,
+        rel: kb.TorchRelease,
+        explicit_base: str | None,
+    ) -> BuildPlan | None:
+        """The frozen plan from the checked facts: the project, run defaults, the resolved
+        profile and its hash."""
+        sw = self.sw
+        nvidia = accelerator == "nvidia"
+        driver = self.hw.get("driver")
+        gpu, gpu_count, cuda, full = stack.gpu, stack.gpu_count, stack.cuda, stack.full
+        builder, runtime, min_driver = stack.builder, stack.runtime, stack.min_driver
+        arch_list, variant, cudnn = stack.arch_list, stack.variant, stack.cudnn
         python_install = self.python_install(
             python, os_name, builder, explicit_base is not None, nvidia
         )
