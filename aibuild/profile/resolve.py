@@ -408,17 +408,7 @@ class Resolver:
             builder if explicit_base else None,
             run_gpus,
         )
-        profile_yaml = yaml.safe_dump(
-            resolved, sort_keys=True, default_flow_style=False, allow_unicode=True
-        )
-        # The project's requirements are part of what the image is (its code is not: a code
-        # edit must not change the plan, nor any layer before the code's).
-        hashed = dict(resolved)
-        if project is not None:
-            hashed["_requirements"] = project.requirements
-        profile_hash = hashlib.sha256(
-            json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str).encode()
-        ).hexdigest()
+        profile_yaml, profile_hash = _identity(resolved, project)
         return BuildPlan(
             profile_name=name,
             description=str(self.p.data.get("description") or ""),
@@ -665,6 +655,22 @@ class Resolver:
 
     def has_errors(self) -> bool:
         return any(d.severity == "error" for d in self.diags)
+
+
+def _identity(resolved: dict[str, Any], project: ProjectPlan | None) -> tuple[str, str]:
+    """The resolved profile as YAML (the image's profile.yaml) and its hash. The project's
+    requirements are part of what the image is (its code is not: a code edit must not
+    change the plan, nor any layer before the code's)."""
+    profile_yaml = yaml.safe_dump(
+        resolved, sort_keys=True, default_flow_style=False, allow_unicode=True
+    )
+    hashed = dict(resolved)
+    if project is not None:
+        hashed["_requirements"] = project.requirements
+    profile_hash = hashlib.sha256(
+        json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
+    return profile_yaml, profile_hash
 
 
 def _env_value(value: Any) -> str:
