@@ -19,11 +19,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aibuild.cli import cli
 from aibuild.errors import PublishError
 from aibuild.oci import registry as registry_module
 from aibuild.oci.credentials import Credentials
@@ -40,6 +38,7 @@ from aibuild.oci.registry import (
 )
 from aibuild.publish.lock import choose_epoch, explicit_epoch, read_lock
 from aibuild.publish.normalise import normalised_epoch, normalised_tag
+from tests.unit.conftest import run_cli
 
 # The fake registry (tests are not a package: loaded by path).
 hostile = SimpleNamespace(
@@ -484,7 +483,7 @@ def test_the_name_length_limit(extra: int) -> None:
     ["127.0.0.1:5000/x/y:1?x=1#y", "127.0.0.1:5000/x/y:1 2", "127.0.0.1:5000/Up:1", "x:1"],
 )
 def test_a_bad_push_target_is_one_line_before_the_engine(target: str) -> None:
-    result = CliRunner().invoke(cli, ["push", "img", "--to", target])
+    result = run_cli(["push", "img", "--to", target])
     assert result.exit_code == 1, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert "Traceback" not in result.output
@@ -537,7 +536,7 @@ def test_bad_values_exit_1_with_one_line_naming_them(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/never-reached.sock")
-    result = CliRunner().invoke(cli, args, env=env)
+    result = run_cli(args, env=env)
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(name), lines
