@@ -369,12 +369,7 @@ class Resolver:
 
         project = self.resolve_project(torch)
         dev_jupyter = bool(self.value("dev.jupyter"))
-        run_gpus = str(self.value("run.gpus", nvidia))
-        if not nvidia and run_gpus != "none":
-            self.warn(
-                f"run.gpus is {run_gpus} but the accelerator is cpu; the image has no CUDA",
-                "run.gpus",
-            )
+        run_gpus = self.run_gpus(nvidia)
         if self.has_errors():
             return None
         training = self.p.data.get("training") or {}
@@ -387,13 +382,8 @@ class Resolver:
         apt = sorted(set(sw.get("apt") or []))
         env = tuple(sorted((k, _env_value(v)) for k, v in (sw.get("env") or {}).items()))
         image_name = self.image_cfg.get("name") or schema.default("image.name")
-        image_tag = self.image_cfg.get("tag") or f"{name}-torch{torch}-{variant}"
-        if dev_jupyter and len(image_tag) + len(DEV_TAG_SUFFIX) > 128:
-            self.error(
-                f"the dev image's tag '{image_tag}{DEV_TAG_SUFFIX}' is longer than 128 "
-                "characters: set a shorter image.tag",
-                "dev.jupyter",
-            )
+        image_tag = self.image_tag(name, torch, variant, dev_jupyter)
+        if image_tag is None:
             return None
         resolved = self.resolved_profile(
             name,
@@ -453,6 +443,30 @@ class Resolver:
             project=project,
             dev_jupyter=dev_jupyter,
         )
+
+    def run_gpus(self, nvidia: bool) -> str:
+        """``run.gpus``: the profile's, or all (nvidia) / none (cpu); a warning for GPUs
+        asked of a cpu image."""
+        run_gpus = str(self.value("run.gpus", nvidia))
+        if not nvidia and run_gpus != "none":
+            self.warn(
+                f"run.gpus is {run_gpus} but the accelerator is cpu; the image has no CUDA",
+                "run.gpus",
+            )
+        return run_gpus
+
+    def image_tag(self, name: str, torch: str, variant: str, dev_jupyter: bool) -> str | None:
+        """``image.tag``, or the scheme's ``<profile>-torch<version>-<variant>``; None (an
+        error) when the dev image's tag would pass Docker's 128 characters."""
+        image_tag = str(self.image_cfg.get("tag") or f"{name}-torch{torch}-{variant}")
+        if dev_jupyter and len(image_tag) + len(DEV_TAG_SUFFIX) > 128:
+            self.error(
+                f"the dev image's tag '{image_tag}{DEV_TAG_SUFFIX}' is longer than 128 "
+                "characters: set a shorter image.tag",
+                "dev.jupyter",
+            )
+            return None
+        return image_tag
 
     # -- the user's project ------------------------------------------------------
     def resolve_project(self, torch: str) -> ProjectPlan | None:
