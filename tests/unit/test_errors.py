@@ -49,3 +49,10 @@ def test_every_message_shows_values_one_way(tmp_path: Path) -> None:
     (diag,) = validate_schema(load_profile(str(path)))
     # the hint is added once, never patched: no second list of the options
     assert diag.message == "'hots' is not allowed; use one of: private, host; did you mean 'host'?"
+
+
+def test_a_choice_without_a_close_match_lists_its_options_once(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("run:\n  ipc: zzzz\n", encoding="utf-8")
+    (diag,) = validate_schema(load_profile(str(path)))
+    assert diag.message == "'zzzz' is not allowed; use one of: private, host"
