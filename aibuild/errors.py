@@ -7,15 +7,48 @@ Anything else escaping to the CLI is a bug (a traceback).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_SHOWN_CHARS = 80
+"""The most characters of a value (a key, a config value, an exception's text) that an
+error message echoes: a hostile value cannot grow a message past this."""
 
 
 def one_line(text: str) -> str:
     """Control characters (a newline above all) shown as escapes, so that a hostile key
     or value echoed in a message can never fake another diagnostic line."""
     return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
+
+
+def shown(value: object, *, quote: bool = True, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``value`` as an error message shows it, the one rule for every message: repr'd
+    (``quote``, so a string comes in quotes) or str'd, on one line (control characters
+    escaped), at most ``limit`` characters (a long one cut in the middle, marked ``...``);
+    a large collection is described, never repr'd."""
+    if isinstance(value, (list, dict, tuple, set)) and len(value) > limit:
+        text = f"<a {type(value).__name__} of {len(value):,} items>"
+    else:
+        text = one_line(repr(value) if quote else str(value))
+    if len(text) > limit:
+        half = (limit - 3) // 2
+        text = f"{text[:half]}...{text[-half:]}"
+    return text
+
+
+def did_you_mean(word: object, options: Sequence[str], *, listing: str | None = None) -> str:
+    """The hint that ends a message about an unknown ``word``: ``; did you mean 'x'?`` when
+    one of ``options`` is close to it; otherwise ``; LISTING: a, b, c`` when ``listing``
+    names the options (``"known keys"``), else nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word)[:MAX_SHOWN_CHARS], list(options), n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    if listing and options:
+        return f"; {listing}: {', '.join(options)}"
+    return ""
 
 
 @dataclass(frozen=True)

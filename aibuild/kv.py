@@ -12,18 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from aibuild.errors import shown
+
 VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment or build-arg name
 DOTTED = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")  # a profile key path
 LABEL = re.compile(r"[^\s=]+")  # a label name: anything without whitespace or '='
-
-
-SHOWN = 80  # characters of an item echoed in an error message
-
-
-def _shown(item: str) -> str:
-    """``item`` as an error message shows it: repr'd (control characters escaped), and cut
-    short: one argument may be 128 KiB, and a message is one line for a person."""
-    return repr(item if len(item) <= SHOWN else item[:SHOWN] + "...")
 
 
 def split_item(
@@ -43,9 +36,9 @@ def split_item(
     name, sep, value = item.partition("=")
     name = name.strip()
     if not sep and not bare:
-        raise ValueError(f"{option} {_shown(item)}: expected {example}")
+        raise ValueError(f"{option} {shown(item)}: expected {example}")
     if not name or (key is not None and not key.fullmatch(name)):
-        raise ValueError(f"{option} {_shown(item)}: expected {example} with a valid key")
+        raise ValueError(f"{option} {shown(item)}: expected {example} with a valid key")
     return name, (value if sep else None)
 
 

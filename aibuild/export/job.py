@@ -1,8 +1,8 @@
 """A training job for a cluster, decided once: what every exporter (and ``aibuild run
 --nodes``) shares.
 
-- ``Rendezvous`` is how torchrun's agents on several nodes find each other; its
-  ``torchrun`` method is the one place the multi-node torchrun command line is written.
+- ``Rendezvous`` (``aibuild.run.rendezvous``) is how torchrun's agents on several nodes
+  find each other; every exporter and ``aibuild run --nodes`` share it.
 - ``cluster_job`` checks the request against the profile (nodes, GPUs per node,
   processes per node, the image reference, sizes and times) and returns a frozen
   ``ClusterJob``; every mistake is one ``ExportError`` line.
@@ -20,86 +20,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aibuild import contract
 from aibuild.errors import ExportError
 from aibuild.image.record import RECORD_DIR, recorded_builds
 from aibuild.oci.reference import ReferenceError, parse_reference
 from aibuild.profile.schema import parse_size
-from aibuild.run.container import TRAIN_ENTRYPOINT
 from aibuild.run.gpus import parse_gpus
+from aibuild.run.rendezvous import DEFAULT_RDZV_PORT as DEFAULT_RDZV_PORT  # the exports' names
+from aibuild.run.rendezvous import RANK_PREFIX_ENV as RANK_PREFIX_ENV
+from aibuild.run.rendezvous import Rendezvous as Rendezvous
+from aibuild.run.rendezvous import check_nodes as check_nodes
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from aibuild.profile.plan import BuildPlan
 
-DEFAULT_RDZV_PORT = 29500
-IMAGE_UID = 1000  # the non-root user every aibuild image runs as (USER 1000:1000)
-DATA_DIR = "/data"
-OUTPUT_DIR = "/output"
-WORKDIR = "/workspace"
+IMAGE_UID = contract.UID  # the non-root user every aibuild image runs as
+DATA_DIR = contract.DATA_DIR
+OUTPUT_DIR = contract.OUTPUT_DIR
+WORKDIR = contract.WORKSPACE
 # NCCL's settings for a multi-node job; a profile's software.env (baked into the image)
 # wins over these.
 NCCL_ENV = (("NCCL_DEBUG", "WARN"), ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"))
-# torchrun prefixes every line of a worker with its global rank (with ``--tee 3``)
-RANK_PREFIX_ENV = ("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]: ")
 
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$")  # a DNS-1035 label, room for -<index>
 TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-# --------------------------------------------------------------------------- rendezvous
-
-
-@dataclass(frozen=True)
-class Rendezvous:
-    """How torchrun's agents on ``nnodes`` nodes meet.
-
-    ``endpoint`` is ``HOST:PORT`` and may hold a variable the scheduler fills in
-    (``$RDZV_HOST:$RDZV_PORT`` in a Slurm script). With ``node_rank`` None it is c10d
-    rendezvous named ``run_id`` (the agent on HOST hosts the store, ranks are given out
-    as agents join); with ``node_rank`` set it is static rendezvous, in which the node
-    of rank 0 hosts the store at HOST and every node knows its rank (a Kubernetes
-    Indexed Job's completion index). Workers' lines are prefixed with their global rank
-    (``--tee 3`` and ``RANK_PREFIX_ENV`` in the environment).
-    """
-
-    nnodes: int
-    nproc_per_node: int
-    endpoint: str
-    run_id: str = "none"
-    node_rank: str | None = None
-    local_addr: str | None = None  # what this node tells the others to reach it at
-
-    @property
-    def backend(self) -> str:
-        return "c10d" if self.node_rank is None else "static"
-
-    def torchrun(self, trainer_args: Sequence[str] = ()) -> list[str]:
-        """The whole command: torchrun with this rendezvous, then ``aibuild train ARGS``."""
-        argv = [
-            "torchrun",
-            "--nnodes",
-            str(self.nnodes),
-            "--nproc-per-node",
-            str(self.nproc_per_node),
-            "--tee",
-            "3",
-            "--rdzv-backend",
-            self.backend,
-            "--rdzv-endpoint",
-            self.endpoint,
-        ]
-        if self.node_rank is None:
-            argv += ["--rdzv-id", self.run_id]
-        else:
-            argv += ["--node-rank", self.node_rank]
-        if self.local_addr is not None:
-            argv += ["--local-addr", self.local_addr]
-        return [*argv, "-m", *TRAIN_ENTRYPOINT, *trainer_args]
-
-
-def check_nodes(nodes: int) -> int:
-    if nodes < 1:
-        raise ExportError(f"--nodes must be at least 1 (got {nodes})")
-    return nodes
 
 
 # --------------------------------------------------------------------------- values
@@ -240,9 +184,9 @@ class ClusterJob:
             profile_env = dict(self.plan.env)
             env.update((k, v) for k, v in NCCL_ENV if k not in profile_env)
         if self.data:
-            env["AIBUILD_DATA"] = DATA_DIR
+            env[contract.ENV_DATA] = DATA_DIR
         if self.output:
-            env["AIBUILD_OUTPUT"] = OUTPUT_DIR
+            env[contract.ENV_OUTPUT] = OUTPUT_DIR
         env.update(self.env)
         return list(env.items())
 

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from aibuild import __version__
+from aibuild.contract import ENV_OUTPUT
 from aibuild.errors import ExportError
 from aibuild.export.job import (
     DATA_DIR,
@@ -53,7 +54,7 @@ def _container(
 ) -> dict[str, Any]:
     command = rdzv.torchrun(job.trainer_args)
     env = dict(job.environment())
-    env["AIBUILD_OUTPUT"] = OUTPUT_DIR
+    env[ENV_OUTPUT] = OUTPUT_DIR
     limits: dict[str, str] = {}
     requests: dict[str, str] = {}
     if job.gpus_per_node:

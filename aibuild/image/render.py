@@ -22,8 +22,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from aibuild import __version__, labels
+from aibuild import __version__, contract, labels
 from aibuild._resources import package_dir, templates_dir
+from aibuild.contract import TRAIN_ENTRYPOINT
 from aibuild.errors import RenderError
 from aibuild.image.context import copy_project
 from aibuild.profile.plan import BuildPlan, RenderOptions
@@ -44,7 +45,6 @@ COMPILE_APT = ("g++", "gcc", "libc6-dev")
 DOCKERIGNORE = "**/__pycache__\n**/*.pyc\n"
 # Not copied into the image's runtime: the image needs the code, not the host-side assets.
 RUNTIME_EXCLUDE = {"templates", "profiles", "__pycache__"}
-TRAIN_ENTRYPOINT = ("aibuild", "train")
 # The stage the training image ends in when a dev stage follows it (``dev:``): builds of the
 # training image target it, builds of the dev image target DEV_STAGE.
 TRAIN_STAGE = "train"
@@ -205,9 +205,10 @@ def _dev_install(
     return copies, f"{prefix}{install} \\\n && rm -rf {BUILD_DIR}"
 
 
-def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
-    """Everything the template needs, decided: flat, sorted values."""
-    two = two_stages(plan, options)
+def _apt_packages(plan: BuildPlan, two: bool) -> tuple[list[str], list[str]]:
+    """(builder stage, image) Debian packages: Python's (the OS's or uv's needs), the
+    toolkit's compilers (builder only), torch.compile's compilers and the profile's own;
+    with one stage, the image installs the builder's too."""
     system_python = plan.python_install == "system"
     python_apt: list[str] = []
     if plan.python_install in ("system", "uv"):
@@ -226,16 +227,14 @@ def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
             runtime_apt.add("python3-dev")
     if not two:
         runtime_apt.update(builder_apt)
-    python_exe = "python3" if system_python else "python"
-    index_flags, torch_flags = install_sources(plan, options)
-    uv_flags = ["--no-cache", "--python", "/opt/venv/bin/python"]
-    uv_flags += [] if options.reproducible else ["--compile-bytecode"]
-    if options.constraints:
-        uv_flags += ["-c", f"{BUILD_DIR}/constraints.txt"]
-    requirements = f"{BUILD_DIR}/requirements.txt"
+    return builder_apt, sorted(runtime_apt)
+
+
+def _image_env(plan: BuildPlan) -> list[tuple[str, str]]:
+    """The image's own ENV, sorted; a key the profile's software.env sets is the profile's."""
     image_env: list[tuple[str, str]] = [
-        ("AIBUILD_OUTPUT", "/output"),
-        ("AIBUILD_PROFILE", "/etc/aibuild/profile.yaml"),
+        (contract.ENV_OUTPUT, contract.OUTPUT_DIR),
+        (contract.ENV_PROFILE, contract.PROFILE_PATH),
         ("PYTHONUNBUFFERED", "1"),
     ]
     if plan.accelerator == "nvidia":
@@ -254,7 +253,21 @@ def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
             ("NVIDIA_REQUIRE_CUDA", plan.require_cuda),
         ]
     user_keys = {key for key, _ in plan.env}
-    image_env = sorted((k, v) for k, v in image_env if k not in user_keys)
+    return sorted((k, v) for k, v in image_env if k not in user_keys)
+
+
+def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
+    """Everything the template needs, decided: flat, sorted values."""
+    two = two_stages(plan, options)
+    builder_apt, runtime_apt = _apt_packages(plan, two)
+    python_exe = "python3" if plan.python_install == "system" else "python"
+    index_flags, torch_flags = install_sources(plan, options)
+    uv_flags = ["--no-cache", "--python", "/opt/venv/bin/python"]
+    uv_flags += [] if options.reproducible else ["--compile-bytecode"]
+    if options.constraints:
+        uv_flags += ["-c", f"{BUILD_DIR}/constraints.txt"]
+    requirements = f"{BUILD_DIR}/requirements.txt"
+    image_env = _image_env(plan)
     builder_env: list[tuple[str, str]] = []
     if plan.cuda_toolkit:
         builder_env = [
@@ -276,7 +289,7 @@ def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
         "source_date_epoch": options.source_date_epoch or 0,
         "wheelhouse_copy": bool(options.wheelhouse and not options.wheelhouse_url),
         "builder_apt": builder_apt,
-        "runtime_apt": sorted(runtime_apt),
+        "runtime_apt": runtime_apt,
         "builder_env": builder_env,
         "apt_cleanup": APT_CLEANUP,
         "python_exe": python_exe,
@@ -297,6 +310,14 @@ def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
         "env_stage": "runtime" if two else "image",
         "dev_copies": dev_copies,
         "dev_install": dev_install,
+        # the image contract (aibuild.contract): user, directories, profile path
+        "user": contract.USER,
+        "uid": contract.UID,
+        "user_spec": contract.USER_SPEC,
+        "workspace": contract.WORKSPACE,
+        "output_dir": contract.OUTPUT_DIR,
+        "runtime_dir": contract.RUNTIME_DIR,
+        "profile_path": contract.PROFILE_PATH,
     }
 
 

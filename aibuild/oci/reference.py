@@ -26,7 +26,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from aibuild.errors import PublishError
+from aibuild.errors import PublishError, shown
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -105,8 +105,7 @@ def parse_reference(text: str, *, default_tag: str | None = "latest") -> Referen
     is not one. Without tag or digest the tag is ``default_tag``."""
 
     def bad(why: str) -> ReferenceError:
-        shown = text if len(text) <= 200 else text[:200] + "..."
-        return ReferenceError(f"not an image reference: {shown!r} ({why})")
+        return ReferenceError(f"not an image reference: {shown(text, limit=200)} ({why})")
 
     if not text:
         raise bad("it is empty")

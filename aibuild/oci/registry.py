@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aibuild.errors import PublishError, one_line
+from aibuild.errors import PublishError, one_line, shown
 from aibuild.logs import Log, silent
 from aibuild.oci.credentials import ENV_PASSWORD, ENV_USER, Credentials
 from aibuild.oci.media import CHUNK
@@ -95,12 +95,11 @@ def push_time_bound(
     return TimeBound(_check_bound(value, ENV_TIMEOUT, raw), f"${ENV_TIMEOUT}")
 
 
-def _check_bound(value: float, where: str, shown: str) -> float:
+def _check_bound(value: float, where: str, raw: str) -> float:
     if not (math.isfinite(value) and 0 < value <= PUSH_TIMEOUT_MAX):
-        shown = shown if len(shown) <= 40 else shown[:40] + "..."
         raise PublishError(
             one_line(
-                f"{where}={shown!r} is not a push time bound: give a number of seconds "
+                f"{where}={shown(raw)} is not a push time bound: give a number of seconds "
                 f"above 0 and at most {PUSH_TIMEOUT_MAX:g} (7 days)"
             )
         )
@@ -238,7 +237,7 @@ def may_carry_secret(url: str) -> bool:
 
 def _shown(url: str) -> str:
     """A URL as shown in messages: without its query (upload state, signatures)."""
-    return one_line(url.split("?", 1)[0])[:200]
+    return shown(url.split("?", 1)[0], quote=False, limit=200)
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -489,10 +488,10 @@ class RegistryClient:
         if not realm:
             raise PublishError(f"registry {self.registry} sent a Bearer challenge without a realm")
         realm_url = self._url(realm)
-        shown = _shown(realm_url)
+        realm_shown = _shown(realm_url)
         if origin(realm_url)[0] not in ("http", "https"):
             raise PublishError(
-                f"registry {self.registry} names a token service {shown} that is not http(s)"
+                f"registry {self.registry} names a token service {realm_shown} that is not http(s)"
             )
         query = {"scope": f"repository:{self.repository}:pull,push"}
         if params.get("service"):
@@ -502,7 +501,7 @@ class RegistryClient:
         if self.credentials:
             if not may_carry_secret(realm_url):
                 raise PublishError(
-                    f"registry {self.registry} sends the login to token service {shown} over "
+                    f"registry {self.registry} sends the login to token service {realm_shown} over "
                     "plain HTTP on another machine; aibuild sends a password only over HTTPS "
                     "(or to this machine)"
                 )
@@ -514,11 +513,11 @@ class RegistryClient:
             raise self._auth_failed(resp)
         if resp.status != 200:
             raise PublishError(
-                f"token service {shown} answered HTTP {resp.status}: {resp.error_text()}"
+                f"token service {realm_shown} answered HTTP {resp.status}: {resp.error_text()}"
             )
         if resp.truncated:
             raise PublishError(
-                f"token service {shown} answered with more than {_size(RESPONSE_LIMIT)}; "
+                f"token service {realm_shown} answered with more than {_size(RESPONSE_LIMIT)}; "
                 f"aibuild reads at most {_size(RESPONSE_LIMIT)} of an answer"
             )
         try:
@@ -527,7 +526,7 @@ class RegistryClient:
             data = None
         token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
         if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
-            raise PublishError(f"token service {shown} answered without a usable token")
+            raise PublishError(f"token service {realm_shown} answered without a usable token")
         return f"Bearer {token}"
 
     def _answer(self, challenge: tuple[str, dict[str, str]], resp: Response) -> None:

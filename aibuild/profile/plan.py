@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-DEFAULT_WORKDIR = "/workspace"
+from aibuild.contract import WORKSPACE as DEFAULT_WORKDIR
+
 DEV_TAG_SUFFIX = "-dev"
 
 

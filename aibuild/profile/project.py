@@ -18,7 +18,8 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from aibuild.profile.schema import CONTROL_RE, _show, split_command
+from aibuild.errors import shown
+from aibuild.profile.schema import CONTROL_RE, split_command
 
 # Never copied into the image: version control, host environments, aibuild's own records
 # and outputs, editor and notebook droppings. The project's .dockerignore and
@@ -70,11 +71,11 @@ def _read_text(path: Path) -> str:
 
 def _requirement(text: str, where: str) -> str:
     if CONTROL_RE.search(text):
-        raise RequirementsError(f"{where}: a control character in '{_show(text)}'")
+        raise RequirementsError(f"{where}: a control character in {shown(text)}")
     option = _OPTION.search(text)
     if option:
         raise RequirementsError(
-            f"{where}: pip options ('{_show(option.group(1))}') are not supported: list "
+            f"{where}: pip options ({shown(option.group(1))}) are not supported: list "
             "plain PEP 508 requirements (name, version specifier, markers)"
         )
     try:
@@ -82,7 +83,7 @@ def _requirement(text: str, where: str) -> str:
     except InvalidRequirement as exc:
         reason = str(exc).splitlines()[0]
         raise RequirementsError(
-            f"{where}: '{_show(text)}' is not a PEP 508 requirement: {reason}"
+            f"{where}: {shown(text)} is not a PEP 508 requirement: {reason}"
         ) from None
 
 

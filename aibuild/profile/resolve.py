@@ -14,7 +14,6 @@ minimum driver.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -29,165 +28,27 @@ from packaging.version import Version
 
 from aibuild import knowledge as kb
 from aibuild import vcs
-from aibuild.errors import Diagnostic, ProfileError
+from aibuild.errors import Diagnostic, ProfileError, did_you_mean
 from aibuild.profile import project as projects
-from aibuild.profile import schema
+from aibuild.profile import rules, schema
 from aibuild.profile.load import Profile, load_profile
 from aibuild.profile.plan import DEV_TAG_SUFFIX, BuildPlan, ProjectPlan, RenderOptions
+from aibuild.profile.requirements import dev_requirements as dev_requirements
+from aibuild.profile.requirements import image_requirements as image_requirements
+from aibuild.profile.requirements import requirement_name, runtime_conflict
+from aibuild.profile.rules import first_cuda_for as first_cuda_for
+from aibuild.profile.rules import toolkit_can_target as toolkit_can_target
 
 TORCH_INDEX = "https://download.pytorch.org/whl"
-# Packages the aibuild runtime (the embedded trainer's CLI) needs inside the image, besides torch.
-RUNTIME_REQUIREMENTS = ("click>=8.1", "packaging>=23", "pyyaml>=6.0")
-# What `dev.jupyter: true` adds in the `<tag>-dev` image (never in the training image).
-DEV_JUPYTER_REQUIREMENTS = ("jupyterlab>=4.2,<5",)
 DEBIAN_CODENAMES = {"debian12": "bookworm", "debian13": "trixie"}
-
-
-# --------------------------------------------------------------------------- schema
-
-
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    if close:
-        return f"; did you mean '{close[0]}'?"
-    return f"; known keys: {', '.join(options)}" if options else ""
+validate_schema = schema.validate_schema  # the schema's check, first step of ``validate``
 
 
 def _name(requirement: str) -> str:
-    return canonicalize_name(Requirement(requirement).name)
+    return requirement_name(requirement)
 
 
-def _runtime_conflict(req: Requirement) -> str | None:
-    """Why a software.pip requirement pins a package the aibuild runtime needs to a version
-    the runtime cannot use (None when it does not)."""
-    runtime = {_name(r): Requirement(r) for r in RUNTIME_REQUIREMENTS}
-    needed = runtime.get(canonicalize_name(req.name))
-    if needed is None:
-        return None
-    pinned = [s.version for s in req.specifier if s.operator in ("==", "===")]
-    if any(not needed.specifier.contains(v, prereleases=True) for v in pinned):
-        return (
-            f"'{req}' conflicts with the aibuild runtime's '{needed}' "
-            f"(the image's `aibuild train` needs it): pin a version that satisfies both"
-        )
-    return None
-
-
-def image_requirements(plan: BuildPlan) -> list[str]:
-    """Every requirement the image's pip installs besides torch: the profile's software.pip
-    and its project's requirements, then the aibuild runtime's for the packages those do
-    not name (a requirement for a runtime package replaces the runtime's: validation
-    checked that it admits a version the runtime can use). One list for the rendered
-    requirements.txt, the wheelhouse, the lock and the SBOM, so they always agree."""
-    own = [*plan.pip, *(plan.project.requirements if plan.project else ())]
-    named = {_name(r) for r in own}
-    runtime = [r for r in RUNTIME_REQUIREMENTS if _name(r) not in named]
-    return sorted(dict.fromkeys([*own, *runtime]), key=str.lower)
-
-
-def dev_requirements(plan: BuildPlan) -> list[str]:
-    """What the ``<tag>-dev`` image installs on top of the image's requirements."""
-    return list(DEV_JUPYTER_REQUIREMENTS) if plan.dev_jupyter else []
-
-
-def validate_schema(profile: Profile) -> list[Diagnostic]:
-    """Unknown keys, types, allowed values, and the format of every string."""
-    diags: list[Diagnostic] = []
-    data = profile.data
-
-    def walk(mapping: dict[str, Any], prefix: str) -> None:
-        known = schema.children(prefix)
-        for key, value in mapping.items():
-            path = f"{prefix}.{key}" if prefix else key
-            if key not in known:
-                where = f"in '{prefix}'" if prefix else "at the top level"
-                diags.append(
-                    profile.diag(
-                        "error", f"unknown key '{key}' {where}{_did_you_mean(key, known)}", path
-                    )
-                )
-                continue
-            field = schema.BY_PATH[path]
-            if value is None and field.type != "section" and not field.required:
-                continue  # null means "use the default"
-            if field.choices and value not in field.choices:
-                diags.append(
-                    profile.diag(
-                        "error",
-                        f"'{schema._show(value)}' is not allowed; "
-                        f"use one of: {', '.join(field.choices)}"
-                        + _did_you_mean(str(value), field.choices).replace(
-                            "; known keys:", "; options:"
-                        ),
-                        path,
-                    )
-                )
-                continue
-            if field.check is not None:
-                problem = field.check(value)
-                if problem:
-                    diags.append(profile.diag("error", f"{key} {problem}", path))
-                    continue
-            if field.type == "section" and path != "training":
-                walk(value, path)
-
-    walk(data, "")
-    software = data.get("software") if isinstance(data.get("software"), dict) else {}
-    assert isinstance(software, dict)
-    for i, item in enumerate(
-        software.get("pip") or [] if isinstance(software.get("pip"), list) else []
-    ):
-        problem = schema.check_pip_item(item)
-        if problem:
-            diags.append(profile.diag("error", problem, f"software.pip[{i}]"))
-        elif canonicalize_name(Requirement(item).name) in ("torch", "aibuild"):
-            diags.append(
-                profile.diag(
-                    "error",
-                    f"'{item}' does not belong in software.pip; set software.torch instead",
-                    f"software.pip[{i}]",
-                )
-            )
-        else:
-            problem = _runtime_conflict(Requirement(item))
-            if problem:
-                diags.append(profile.diag("error", problem, f"software.pip[{i}]"))
-    for i, item in enumerate(
-        software.get("apt") or [] if isinstance(software.get("apt"), list) else []
-    ):
-        problem = schema.check_apt_item(item)
-        if problem:
-            diags.append(profile.diag("error", problem, f"software.apt[{i}]"))
-    env = software.get("env")
-    if isinstance(env, dict):
-        for key, value in env.items():
-            path = f"software.env.{key}"
-            if not schema.ENV_KEY_RE.fullmatch(key):
-                diags.append(
-                    profile.diag(
-                        "error",
-                        f"'{schema._show(key)}' is not a POSIX environment variable name "
-                        "(letters, digits, '_'; not starting with a digit)",
-                        path,
-                    )
-                )
-            elif isinstance(value, (dict, list)) or value is None:
-                diags.append(
-                    profile.diag("error", f"{key} must be a string, number or boolean", path)
-                )
-            elif schema.CONTROL_RE.search(str(value)):
-                diags.append(
-                    profile.diag(
-                        "error", f"{key} must not contain newlines or control characters", path
-                    )
-                )
-    training = data.get("training")
-    if isinstance(training, dict):
-        from aibuild.train.config import validate_training
-
-        for key, message in validate_training(training):
-            diags.append(profile.diag("error", message, f"training.{key}" if key else "training"))
-    return diags
+_runtime_conflict = runtime_conflict
 
 
 # --------------------------------------------------------------------------- rules
@@ -195,49 +56,45 @@ def validate_schema(profile: Profile) -> list[Diagnostic]:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One CUDA version evaluated for the plan."""
+    """One CUDA version evaluated for the plan: the rules' findings, and the facts picked
+    for it (nvidia/cuda images, minimum driver) when no rule failed."""
 
     cuda: str
-    errors: tuple[str, ...]
-    warnings: tuple[str, ...]
+    findings: tuple[rules.Finding, ...]
     full: str | None = None
     builder: str | None = None
     runtime: str | None = None
     min_driver: str | None = None
-    driver_ok: bool = True
+
+    @property
+    def errors(self) -> list[rules.Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[rules.Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def driver_ok(self) -> bool:
+        """The host driver runs this CUDA without compatibility layers (or is not given)."""
+        return not any(f.key == "hardware.driver" for f in self.findings)
 
 
-def toolkit_can_target(cuda: str, cc: str) -> bool | None:
-    targets = kb.targets_for(cuda)
-    if targets is None:
-        return None
-    major, minor = kb.cc_key(cc)
-    return f"{major}{minor}" in targets.targets
+@dataclass(frozen=True)
+class Stack:
+    """The hardware and CUDA facts checked for the plan (``Resolver.nvidia_stack`` or
+    ``cpu_stack``), from which ``Resolver.assemble`` builds it."""
 
-
-def first_cuda_for(cc: str) -> str | None:
-    """The oldest CUDA release whose nvcc can target CC."""
-    for version in sorted(kb.cuda_targets(), key=kb.vkey):
-        if toolkit_can_target(version, cc):
-            return version
-    return None
-
-
-def torch_cuda_pairs_for(cc: str, python: str | None = None) -> list[tuple[str, str]]:
-    """(torch minor, cuda) pairs, oldest torch first, whose wheels run on CC."""
-    out = []
-    for minor, rel in sorted(kb.torch_releases().items(), key=lambda kv: kb.vkey(kv[0])):
-        if python and not (kb.vkey(rel.python_min) <= kb.vkey(python) <= kb.vkey(rel.python_max)):
-            continue
-        for cuda in rel.cuda:
-            arch = kb.wheel_archs().get((minor, cuda))
-            if arch and kb.wheel_covers(cc, arch) and toolkit_can_target(cuda, cc):
-                out.append((minor, cuda))
-    return out
-
-
-def version_lt(a: str, b: str) -> bool:
-    return kb.vkey(a) < kb.vkey(b)
+    gpu: kb.Gpu | None
+    gpu_count: int
+    cuda: str | None
+    full: str | None
+    builder: str
+    runtime: str
+    min_driver: str | None
+    arch_list: tuple[str, ...]
+    variant: str
+    cudnn: bool
 
 
 class Resolver:
@@ -252,8 +109,17 @@ class Resolver:
         self.sw: dict[str, Any] = d.get("software") or {}
         self.run_cfg: dict[str, Any] = d.get("run") or {}
         self.image_cfg: dict[str, Any] = d.get("image") or {}
-        self.toolkit = bool(self.sw.get("cuda_toolkit"))
-        self.source = self.sw.get("cuda_source") or ("image" if self.toolkit else "wheels")
+        self.toolkit = bool(self.value("software.cuda_toolkit"))
+        self.source = self.sw.get("cuda_source") or (
+            "image" if self.toolkit else schema.default("software.cuda_source")
+        )
+
+    def value(self, path: str, nvidia: bool = False) -> Any:
+        """The profile's value at ``path``, or the schema's default when absent or null."""
+        section, _, key = path.rpartition(".")
+        mapping = (self.p.data.get(section) or {}) if section else self.p.data
+        given = mapping.get(key)
+        return schema.default(path, nvidia) if given is None else given
 
     def error(self, message: str, key: str) -> None:
         self.diags.append(self.p.diag("error", message, key))
@@ -261,9 +127,12 @@ class Resolver:
     def warn(self, message: str, key: str) -> None:
         self.diags.append(self.p.diag("warning", message, key))
 
+    def report(self, finding: rules.Finding) -> None:
+        self.diags.append(self.p.diag(finding.severity, finding.message, finding.key))
+
     # -- torch ---------------------------------------------------------------
     def resolve_torch(self) -> tuple[str, kb.TorchRelease] | None:
-        spec = str(self.sw.get("torch") or kb.DEFAULT_TORCH)
+        spec = str(self.value("software.torch"))
         known = sorted(kb.TORCH_PATCHES.values(), key=Version)
         if spec[:1] in "<>=!~":
             # A specifier picks the newest verified release it admits; a release the knowledge
@@ -349,206 +218,34 @@ class Resolver:
         cudnn: bool,
         driver: str | None,
     ) -> Candidate:
-        errors: list[str] = []
-        warnings: list[str] = []
-        minor = rel.minor
-        cc = gpu.cc
-        gpu_desc = f"{kb.sm(cc)} ({gpu.name}, compute capability {cc})"
-        targets = kb.targets_for(cuda)
-        can = toolkit_can_target(cuda, cc)
-        if targets is None:
-            errors.append(
-                f"CUDA {cuda} is not in the knowledge base; known: "
-                f"{', '.join(sorted(kb.cuda_targets(), key=kb.vkey))}"
-            )
-            return Candidate(cuda, tuple(errors), ())
-        if not can:
-            first = first_cuda_for(cc)
-            with_wheels = [
-                c
-                for c in rel.cuda
-                if toolkit_can_target(c, cc)
-                and (a := kb.wheel_archs().get((minor, c))) is not None
-                and kb.wheel_covers(cc, a)
-            ]
-            if first and version_lt(cuda, first):
-                fix = f"CUDA >= {first} can; use " + (
-                    f"cuda {with_wheels[-1]} (torch {minor} has wheels for {', '.join(rel.cuda)})"
-                    if with_wheels
-                    else self.torch_fix(cc)
-                )
-            else:
-                newer_dropped = f"CUDA {cuda.split('.')[0]} dropped it"
-                fix = f"{newer_dropped}; use " + (
-                    f"cuda {with_wheels[-1]} (torch {minor} has "
-                    f"{with_wheels[-1]} wheels with {kb.sm(cc)})"
-                    if with_wheels
-                    else "a CUDA 12.x stack: " + self.torch_fix(cc)
-                )
-            errors.append(f"CUDA {cuda} cannot target {gpu_desc}: {fix}")
-            return Candidate(cuda, tuple(errors), ())
-        if targets.inferred_from:
-            pass  # documented: same-major rows carry over (e.g. 13.2 targets as 13.0)
-        if cuda not in rel.cuda:
-            message = (
-                f"torch {torch} has no wheels for CUDA {cuda}; it has {', '.join(rel.cuda)}"
-                f" (use cuda {rel.cuda[-1]}, or {self.torch_for_cuda(cuda)})"
-            )
-            in_range = kb.vkey(rel.cuda[0]) <= kb.vkey(cuda) <= kb.vkey(rel.cuda[-1])
-            (warnings if rel.uncertain and in_range else errors).append(message)
-        else:
-            arch = kb.wheel_archs().get((minor, cuda))
-            if arch is None:
-                warnings.append(
-                    f"the GPU architectures in torch {minor} cu{cuda.replace('.', '')} wheels are "
-                    f"not recorded; {kb.sm(cc)} is assumed to be included"
-                )
-            elif not kb.wheel_covers(cc, arch):
-                built = ", ".join(
-                    kb.sm(a.rstrip("a")) + ("a" if a.endswith("a") else "") for a in arch.sass
-                )
-                ptx = f" + PTX compute_{arch.ptx[0].replace('.', '')}" if arch.ptx else ""
-                message = (
-                    f"torch {minor} cu{cuda.replace('.', '')} "
-                    f"wheels are built for {built}{ptx}, which do "
-                    f"not run on {gpu_desc}; use {self.torch_fix(cc)}"
-                )
-                (warnings if arch.uncertain else errors).append(message)
-        # base image: nvidia/cuda only for the image source
-        full = builder = runtime = None
-        if self.source == "image":
-            flavours = self.image_flavours(cudnn)
-            flavour_ok = self.pick_images(cuda, os_name, flavours)
-            if flavour_ok is None:
-                oses = sorted({i.os for i in kb.cuda_images() if i.cuda == cuda})
-                want = " with cuDNN" if cudnn and self.toolkit else ""
-                fix = (
-                    f"use os {' or '.join(o for o in oses if o in schema.OS_CHOICES)}"
-                    if oses
-                    else "use another cuda"
-                )
-                errors.append(
-                    f"there is no nvidia/cuda {cuda} {'/'.join(flavours)} image{want} for "
-                    f"{os_name}: {fix}"
-                )
-                return Candidate(cuda, tuple(errors), tuple(warnings))
-            full, builder, runtime = flavour_ok
-            min_driver, note = kb.driver_for(full)
-        else:
-            # torch's wheels carry the CUDA runtime of that minor release (its update is
-            # the wheels' business): the minor's first release sets the driver it wants.
-            min_driver, note = kb.driver_for(f"{cuda}.0")
-        driver_ok = True
-        if driver:
-            floor = kb.compat_floor(cuda)
-            stack = f"CUDA {full}" if full else f"CUDA {cuda} (torch's wheels)"
-            if floor and version_lt(driver, floor) and self.source == "image":
-                if not kb.forward_compatible(gpu):
-                    errors.append(
-                        f"driver {driver} is too old for CUDA {cuda} (its "
-                        f"minor-version-compatibility floor is {floor}), and forward "
-                        f"compatibility does not run on {gpu.name} (datacenter GPUs only): "
-                        "upgrade the driver or use an older cuda"
-                    )
-                else:
-                    warnings.append(
-                        f"driver {driver} is below CUDA {cuda}'s floor {floor}: it runs "
-                        f"through forward compatibility (the cuda-compat libraries in "
-                        f"{runtime}; datacenter GPUs only)"
-                    )
-                driver_ok = False
-            elif floor and version_lt(driver, floor):
-                hint = (
-                    ""
-                    if not kb.forward_compatible(gpu)
-                    else "; or, for forward compatibility on this datacenter GPU, "
-                    "software.cuda_source: image (nvidia/cuda carries the cuda-compat "
-                    "libraries)"
-                )
-                errors.append(
-                    f"driver {driver} is too old for CUDA {cuda}: "
-                    "its minor-version-compatibility floor "
-                    f"is {floor} ({stack} wants >= "
-                    f"{min_driver or floor}); upgrade the driver or "
-                    f"use an older cuda{hint}"
-                )
-                driver_ok = False
-            elif min_driver and version_lt(driver, min_driver):
-                warnings.append(
-                    f"driver {driver} is below {stack}'s minimum {min_driver}: it runs through "
-                    "minor-version compatibility (no PTX JIT); "
-                    f"upgrade to >= {min_driver} for full "
-                    f"support"
-                )
-                driver_ok = False
-            elif min_driver is None:
-                warnings.append(f"cannot check driver {driver}: {note}")
-        return Candidate(
-            cuda, tuple(errors), tuple(warnings), full, builder, runtime, min_driver, driver_ok
+        """One candidate CUDA release through every compatibility rule (``rules.RULES``)."""
+        facts = rules.CudaFacts(
+            cuda, torch, rel, gpu, os_name, cudnn, driver, self.source, self.toolkit
         )
-
-    def torch_fix(self, cc: str) -> str:
-        pairs = torch_cuda_pairs_for(cc)
-        if not pairs:
-            return "a GPU that PyTorch's official wheels support"
-        minor, cuda = pairs[0]
-        return f"torch >= {minor} with cuda {cuda}"
-
-    def torch_for_cuda(self, cuda: str) -> str:
-        minors = [m for m, r in kb.torch_releases().items() if cuda in r.cuda]
-        if not minors:
-            return f"no torch release has CUDA {cuda} wheels"
-        ordered = sorted(minors, key=kb.vkey)
-        return (
-            f"torch {ordered[0]} to {ordered[-1]} for cuda {cuda}"
-            if len(ordered) > 1
-            else f"torch {ordered[0]}"
-        )
-
-    def image_flavours(self, cudnn: bool) -> tuple[str, str]:
-        """(builder, runtime) nvidia/cuda flavours for the image source. With the toolkit:
-        devel to compile (cuDNN headers when asked), and base to run (cudart and the
-        forward-compatibility libraries; torch brings the rest). Without: one stage on
-        base, or on runtime with cuDNN for a consumer other than torch that needs it."""
-        if self.toolkit:
-            return ("cudnn-devel" if cudnn else "devel", "base")
-        one = "cudnn-runtime" if cudnn else "base"
-        return (one, one)
-
-    def pick_images(
-        self, cuda: str, os_name: str, flavours: tuple[str, str]
-    ) -> tuple[str, str, str] | None:
-        """(full, builder tag, runtime tag): the newest update of CUDA X.Y that has both
-        flavours for this OS (NVIDIA's cuDNN tag names vary)."""
-        images = [i for i in kb.cuda_images() if i.cuda == cuda and i.os == os_name]
-        by_full: dict[str, dict[str, str]] = {}
-        for img in images:
-            key = f"cudnn-{img.flavor}" if img.cudnn != "none" else img.flavor
-            by_full.setdefault(img.full, {})[key] = img.tag
-        complete = [f for f, tags in by_full.items() if set(flavours) <= set(tags)]
-        if not complete:
-            return None
-        full = max(complete, key=kb.vkey)
-        builder, runtime = flavours
-        return (
-            full,
-            f"nvidia/cuda:{by_full[full][builder]}",
-            f"nvidia/cuda:{by_full[full][runtime]}",
-        )
+        findings = tuple(rules.check_cuda(facts))
+        if any(f.severity == "error" for f in findings):
+            return Candidate(cuda, findings)
+        images = rules.images_for(facts)
+        min_driver, _ = rules.min_driver_for(facts, images)
+        if images is None:
+            return Candidate(cuda, findings, min_driver=min_driver)
+        return Candidate(cuda, findings, images.full, images.builder, images.runtime, min_driver)
 
     # -- the whole plan --------------------------------------------------------
     def resolve(self) -> BuildPlan | None:
         hw, sw = self.hw, self.sw
-        accelerator = hw.get("accelerator") or ("nvidia" if hw.get("gpu") else "cpu")
+        accelerator = hw.get("accelerator") or (
+            "nvidia" if hw.get("gpu") else schema.default("hardware.accelerator")
+        )
         nvidia = accelerator == "nvidia"
-        os_name = self.o.base_os or sw.get("os") or ("ubuntu22.04" if nvidia else "debian12")
+        os_name = self.o.base_os or self.value("software.os", nvidia)
         if self.o.base_os and sw.get("os") and sw["os"] != self.o.base_os:
             self.warn(
                 f"the base image is {self.o.base_os}, not "
                 f"{sw['os']}: building for {self.o.base_os}",
                 "software.os",
             )
-        python = str(sw.get("python") or self.o.base_python or "3.11")
+        python = str(sw.get("python") or self.o.base_python or schema.default("software.python"))
         torch_rel = self.resolve_torch()
         if torch_rel is None:
             return None
@@ -557,86 +254,122 @@ class Resolver:
 
         explicit_base = self.o.base_image or sw.get("base_image")
         self.check_cuda_source(nvidia, explicit_base)
-        gpu = None
-        cuda = full = builder = runtime = min_driver = None
-        arch_list: tuple[str, ...] = ()
+        stack = (
+            self.nvidia_stack(torch, rel, python, os_name, explicit_base)
+            if nvidia
+            else self.cpu_stack(python, os_name, explicit_base)
+        )
+        if stack is None:
+            return None
+        return self.assemble(stack, accelerator, os_name, python, torch, rel, explicit_base)
+
+    def nvidia_stack(
+        self,
+        torch: str,
+        rel: kb.TorchRelease,
+        python: str,
+        os_name: str,
+        explicit_base: str | None,
+    ) -> Stack | None:
+        """The GPU, and the CUDA release that every rule admits for it, with its images."""
+        hw = self.hw
+        nvidia = True
         driver = hw.get("driver")
-        cudnn = bool(sw.get("cudnn", True)) and nvidia
+        cudnn = bool(self.value("software.cudnn"))
         gpu_count = hw.get("gpus")
-        if nvidia:
-            if not hw.get("gpu"):
-                self.error(
-                    "hardware.gpu is required when the accelerator is nvidia (e.g. gpu: A100)",
-                    "hardware",
-                )
-                return None
-            gpu = kb.find_gpu(str(hw["gpu"]))
-            if gpu is None:
-                self.error(
-                    f"unknown GPU '{hw['gpu']}'"
-                    + _did_you_mean(
-                        str(hw["gpu"]).lower().replace(" ", ""), kb.gpu_names()
-                    ).replace("known keys", "known"),
-                    "hardware.gpu",
-                )
-                return None
-            if gpu.uncertain:
-                self.warn(
-                    f"{gpu.name}'s compute capability {gpu.cc} "
-                    f"rests on secondary sources ({gpu.sources})",
-                    "hardware.gpu",
-                )
-            if gpu_count is None:
-                gpu_count = 1
-            elif gpu_count < 1:
-                self.error("an nvidia profile needs at least one GPU (gpus: 1)", "hardware.gpus")
-            chosen = self.choose_cuda(torch, rel, gpu, os_name, cudnn, driver)
-            if chosen is None:
-                return None
-            cuda, full, builder, runtime, min_driver = (
-                chosen.cuda,
-                chosen.full,
-                chosen.builder,
-                chosen.runtime,
-                chosen.min_driver,
+        if not hw.get("gpu"):
+            self.error(
+                "hardware.gpu is required when the accelerator is nvidia (e.g. gpu: A100)",
+                "hardware",
             )
-            arch_list = (gpu.cc,)
-            variant = "cu" + cuda.replace(".", "")
-            if explicit_base:
-                builder = runtime = explicit_base
-            elif self.source == "wheels":
-                builder = runtime = self.slim_base(python, os_name)
-        else:
-            for key in ("gpu", "driver"):
-                if hw.get(key):
-                    self.error(
-                        f"hardware.{key} is set but the accelerator is cpu; remove it or set "
-                        "hardware.accelerator: nvidia",
-                        f"hardware.{key}",
-                    )
-            if sw.get("cuda"):
+            return None
+        gpu = kb.find_gpu(str(hw["gpu"]))
+        if gpu is None:
+            self.error(
+                f"unknown GPU '{hw['gpu']}'"
+                + did_you_mean(
+                    str(hw["gpu"]).lower().replace(" ", ""), kb.gpu_names(), listing="known"
+                ),
+                "hardware.gpu",
+            )
+            return None
+        if gpu.uncertain:
+            self.warn(
+                f"{gpu.name}'s compute capability {gpu.cc} "
+                f"rests on secondary sources ({gpu.sources})",
+                "hardware.gpu",
+            )
+        if gpu_count is None:
+            gpu_count = schema.default("hardware.gpus", nvidia)
+        elif gpu_count < 1:
+            self.error("an nvidia profile needs at least one GPU (gpus: 1)", "hardware.gpus")
+        chosen = self.choose_cuda(torch, rel, gpu, os_name, cudnn, driver)
+        if chosen is None:
+            return None
+        cuda, full, builder, runtime, min_driver = (
+            chosen.cuda,
+            chosen.full,
+            chosen.builder,
+            chosen.runtime,
+            chosen.min_driver,
+        )
+        arch_list = (gpu.cc,)
+        variant = "cu" + cuda.replace(".", "")
+        if explicit_base:
+            builder = runtime = explicit_base
+        elif self.source == "wheels":
+            builder = runtime = self.slim_base(python, os_name)
+        assert builder is not None and runtime is not None  # images_for found both
+        return Stack(
+            gpu, int(gpu_count), cuda, full, builder, runtime, min_driver, arch_list, variant, cudnn
+        )
+
+    def cpu_stack(self, python: str, os_name: str, explicit_base: str | None) -> Stack:
+        """A cpu profile: no GPU keys, no CUDA; the slim OS base (or the given one)."""
+        hw, sw = self.hw, self.sw
+        for key in ("gpu", "driver"):
+            if hw.get(key):
                 self.error(
-                    "software.cuda is set but the accelerator is cpu; remove it or set "
+                    f"hardware.{key} is set but the accelerator is cpu; remove it or set "
                     "hardware.accelerator: nvidia",
-                    "software.cuda",
+                    f"hardware.{key}",
                 )
-            gpu_count = gpu_count or 0
-            variant = "cpu"
-            builder = runtime = explicit_base or self.slim_base(python, os_name)
-        assert builder is not None and runtime is not None
+        if sw.get("cuda"):
+            self.error(
+                "software.cuda is set but the accelerator is cpu; remove it or set "
+                "hardware.accelerator: nvidia",
+                "software.cuda",
+            )
+        gpu_count = self.value("hardware.gpus", nvidia=False)
+        variant = "cpu"
+        builder = runtime = explicit_base or self.slim_base(python, os_name)
+        return Stack(None, int(gpu_count), None, None, builder, runtime, None, (), variant, False)
+
+    def assemble(
+        self,
+        stack: Stack,
+        accelerator: str,
+        os_name: str,
+        python: str,
+        torch: str,
+        rel: kb.TorchRelease,
+        explicit_base: str | None,
+    ) -> BuildPlan | None:
+        """The frozen plan from the checked facts: the project, run defaults, the resolved
+        profile and its hash."""
+        sw = self.sw
+        nvidia = accelerator == "nvidia"
+        driver = self.hw.get("driver")
+        gpu, gpu_count, cuda, full = stack.gpu, stack.gpu_count, stack.cuda, stack.full
+        builder, runtime, min_driver = stack.builder, stack.runtime, stack.min_driver
+        arch_list, variant, cudnn = stack.arch_list, stack.variant, stack.cudnn
         python_install = self.python_install(
             python, os_name, builder, explicit_base is not None, nvidia
         )
 
         project = self.resolve_project(torch)
-        dev_jupyter = bool((self.p.data.get("dev") or {}).get("jupyter"))
-        run_gpus = self.run_cfg.get("gpus")
-        run_gpus = str(run_gpus) if run_gpus is not None else ("all" if nvidia else "none")
-        if not nvidia and run_gpus != "none":
-            self.warn(
-                f"run.gpus is {run_gpus} but the accelerator is cpu; the image has no CUDA",
-                "run.gpus",
-            )
+        dev_jupyter = bool(self.value("dev.jupyter"))
+        run_gpus = self.run_gpus(nvidia)
         if self.has_errors():
             return None
         training = self.p.data.get("training") or {}
@@ -648,14 +381,9 @@ class Resolver:
         pip_reqs = sorted({str(Requirement(r)) for r in sw.get("pip") or []}, key=str.lower)
         apt = sorted(set(sw.get("apt") or []))
         env = tuple(sorted((k, _env_value(v)) for k, v in (sw.get("env") or {}).items()))
-        image_name = self.image_cfg.get("name") or "aibuild"
-        image_tag = self.image_cfg.get("tag") or f"{name}-torch{torch}-{variant}"
-        if dev_jupyter and len(image_tag) + len(DEV_TAG_SUFFIX) > 128:
-            self.error(
-                f"the dev image's tag '{image_tag}{DEV_TAG_SUFFIX}' is longer than 128 "
-                "characters: set a shorter image.tag",
-                "dev.jupyter",
-            )
+        image_name = self.image_cfg.get("name") or schema.default("image.name")
+        image_tag = self.image_tag(name, torch, variant, dev_jupyter)
+        if image_tag is None:
             return None
         resolved = self.resolved_profile(
             name,
@@ -670,17 +398,7 @@ class Resolver:
             builder if explicit_base else None,
             run_gpus,
         )
-        profile_yaml = yaml.safe_dump(
-            resolved, sort_keys=True, default_flow_style=False, allow_unicode=True
-        )
-        # The project's requirements are part of what the image is (its code is not: a code
-        # edit must not change the plan, nor any layer before the code's).
-        hashed = dict(resolved)
-        if project is not None:
-            hashed["_requirements"] = project.requirements
-        profile_hash = hashlib.sha256(
-            json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str).encode()
-        ).hexdigest()
+        profile_yaml, profile_hash = _identity(resolved, project)
         return BuildPlan(
             profile_name=name,
             description=str(self.p.data.get("description") or ""),
@@ -715,14 +433,40 @@ class Resolver:
             env=env,
             training=tuple(sorted(training.items())),
             run_gpus=run_gpus,
-            run_shm_size=str(self.run_cfg.get("shm_size") or ("16g" if nvidia else "2g")),
-            run_ipc=str(self.run_cfg.get("ipc") or "private"),
+            run_shm_size=str(
+                self.run_cfg.get("shm_size") or schema.default("run.shm_size", nvidia)
+            ),
+            run_ipc=str(self.run_cfg.get("ipc") or schema.default("run.ipc")),
             image_name=image_name,
             image_tag=image_tag,
             warnings=tuple(d.format() for d in self.diags if d.severity == "warning"),
             project=project,
             dev_jupyter=dev_jupyter,
         )
+
+    def run_gpus(self, nvidia: bool) -> str:
+        """``run.gpus``: the profile's, or all (nvidia) / none (cpu); a warning for GPUs
+        asked of a cpu image."""
+        run_gpus = str(self.value("run.gpus", nvidia))
+        if not nvidia and run_gpus != "none":
+            self.warn(
+                f"run.gpus is {run_gpus} but the accelerator is cpu; the image has no CUDA",
+                "run.gpus",
+            )
+        return run_gpus
+
+    def image_tag(self, name: str, torch: str, variant: str, dev_jupyter: bool) -> str | None:
+        """``image.tag``, or the scheme's ``<profile>-torch<version>-<variant>``; None (an
+        error) when the dev image's tag would pass Docker's 128 characters."""
+        image_tag = str(self.image_cfg.get("tag") or f"{name}-torch{torch}-{variant}")
+        if dev_jupyter and len(image_tag) + len(DEV_TAG_SUFFIX) > 128:
+            self.error(
+                f"the dev image's tag '{image_tag}{DEV_TAG_SUFFIX}' is longer than 128 "
+                "characters: set a shorter image.tag",
+                "dev.jupyter",
+            )
+            return None
+        return image_tag
 
     # -- the user's project ------------------------------------------------------
     def resolve_project(self, torch: str) -> ProjectPlan | None:
@@ -764,7 +508,8 @@ class Resolver:
             requirements_file=str(requirements_file) if requirements_file else None,
             requirements=tuple(sorted(dict.fromkeys(requirements), key=str.lower)),
             command=projects.command_argv(section.get("command")),
-            workdir=str(section.get("workdir") or "/workspace").rstrip("/") or "/",
+            workdir=str(section.get("workdir") or schema.default("project.workdir")).rstrip("/")
+            or "/",
             labels=tuple(sorted(vcs.source_labels(root).items())),
         )
 
@@ -871,14 +616,8 @@ class Resolver:
         asked = self.sw.get("cuda")
         if asked:
             cand = self.evaluate(str(asked), torch, rel, gpu, os_name, cudnn, driver)
-            for message in cand.errors:
-                self.error(
-                    message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
-                )
-            for message in cand.warnings:
-                self.warn(
-                    message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
-                )
+            for finding in [*cand.errors, *cand.warnings]:
+                self.report(finding)
             return None if cand.errors else cand
         candidates = [
             self.evaluate(c, torch, rel, gpu, os_name, cudnn, driver)
@@ -887,17 +626,15 @@ class Resolver:
         ok = [c for c in candidates if not c.errors]
         best = next((c for c in ok if c.driver_ok), ok[0] if ok else None)
         if best is None:
-            reasons = "; ".join(f"cuda {c.cuda}: {c.errors[0]}" for c in candidates)
+            reasons = "; ".join(f"cuda {c.cuda}: {c.errors[0].message}" for c in candidates)
             self.error(
                 f"no CUDA version works for torch {torch} on {gpu.name} ({kb.sm(gpu.cc)})"
                 f"{' with driver ' + str(driver) if driver else ''} on {os_name}: {reasons}",
                 "software.torch",
             )
             return None
-        for message in best.warnings:
-            self.warn(
-                message, "hardware.driver" if message.startswith("driver ") else "software.cuda"
-            )
+        for finding in best.warnings:
+            self.report(finding)
         return best
 
     def resolved_profile(
@@ -932,6 +669,22 @@ class Resolver:
 
     def has_errors(self) -> bool:
         return any(d.severity == "error" for d in self.diags)
+
+
+def _identity(resolved: dict[str, Any], project: ProjectPlan | None) -> tuple[str, str]:
+    """The resolved profile as YAML (the image's profile.yaml) and its hash. The project's
+    requirements are part of what the image is (its code is not: a code edit must not
+    change the plan, nor any layer before the code's)."""
+    profile_yaml = yaml.safe_dump(
+        resolved, sort_keys=True, default_flow_style=False, allow_unicode=True
+    )
+    hashed = dict(resolved)
+    if project is not None:
+        hashed["_requirements"] = project.requirements
+    profile_hash = hashlib.sha256(
+        json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
+    return profile_yaml, profile_hash
 
 
 def _env_value(value: Any) -> str:

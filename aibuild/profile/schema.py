@@ -11,14 +11,20 @@ instruction or shell command.
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
 
+from aibuild import contract
+from aibuild import knowledge as kb
+from aibuild.errors import Diagnostic, did_you_mean, shown
 from aibuild.oci import reference
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -37,8 +43,8 @@ OS_CHOICES = ("ubuntu20.04", "ubuntu22.04", "ubuntu24.04", "debian12")
 WORKDIR_RE = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+/?$")
 RESERVED_DIRS = (
     "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin",
-    "/sys", "/usr", "/var", "/opt/venv", "/opt/python", "/opt/aibuild", "/output", "/data",
-    "/tmp",
+    "/sys", "/usr", "/var", "/opt/venv", "/opt/python", contract.RUNTIME_DIR,
+    contract.OUTPUT_DIR, contract.DATA_DIR, "/tmp",
 )  # fmt: skip
 MAX_COMMAND_ARGS = 256
 MAX_EXCLUDES = 1000
@@ -59,16 +65,10 @@ def _pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], str | None]:
         if not isinstance(value, str):
             return f"must be a string ({what})"
         if not regex.fullmatch(value):
-            return f"'{_show(value)}' is not {what}"
+            return f"{shown(value)} is not {what}"
         return None
 
     return check
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else value
-    text = CONTROL_RE.sub("?", text)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _torch_spec(value: Any) -> str | None:
@@ -77,7 +77,7 @@ def _torch_spec(value: Any) -> str | None:
     try:
         SpecifierSet(value) if value[:1] in "<>=!~" else SpecifierSet(f"=={value}")
     except InvalidSpecifier:
-        return f'\'{_show(value)}\' is not a version ("2.5.1") or specifier ("~=2.5.0")'
+        return f'{shown(value)} is not a version ("2.5.1") or specifier ("~=2.5.0")'
     return None
 
 
@@ -91,18 +91,18 @@ def check_pip_item(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be a PEP 508 requirement string"
     if CONTROL_RE.search(value) or value.strip().startswith("-"):
-        return f"'{_show(value)}' is not a PEP 508 requirement (pip options are not allowed here)"
+        return f"{shown(value)} is not a PEP 508 requirement (pip options are not allowed here)"
     try:
         Requirement(value)
     except InvalidRequirement as exc:
-        return f"'{_show(value)}' is not a PEP 508 requirement: {str(exc).splitlines()[0]}"
+        return f"{shown(value)} is not a PEP 508 requirement: {str(exc).splitlines()[0]}"
     return None
 
 
 def check_apt_item(value: Any) -> str | None:
     if not isinstance(value, str) or not APT_RE.fullmatch(value):
         return (
-            f"'{_show(value)}' is not a Debian package name "
+            f"{shown(value)} is not a Debian package name "
             "(lowercase letters, digits, '+', '-', '.'; "
             "optionally =VERSION)"
         )
@@ -121,10 +121,10 @@ def parse_size(text: str, maximum: int | None = MAX_SHM_BYTES) -> int:
     size parser. ValueError when it is not such a size or is above ``maximum``."""
     match = SIZE_RE.fullmatch(text.strip())
     if not match:
-        raise ValueError(f"'{_show(text)}' is not a size like 16g (a number, then b, k, m, g or t)")
+        raise ValueError(f"{shown(text)} is not a size like 16g (a number, then b, k, m, g or t)")
     size = int(match.group(1)) * _UNITS[match.group(2).lower()]
     if maximum is not None and size > maximum:
-        raise ValueError(f"'{_show(text)}' is more than {maximum >> 30}g")
+        raise ValueError(f"{shown(text)} is more than {maximum >> 30}g")
     return size
 
 
@@ -144,10 +144,10 @@ def _gpus(value: Any) -> str | None:
     if isinstance(value, int):
         return None if 0 <= value <= MAX_GPUS else f"must be 0 to {MAX_GPUS}"
     if not GPUS_RE.fullmatch(value):
-        return f"'{_show(value)}' is not all, none, a count, or device=0,1"
+        return f"{shown(value)} is not all, none, a count, or device=0,1"
     numbers = [int(n) for n in re.findall(r"\d+", value)]
     if any(n > MAX_GPUS for n in numbers) or len(numbers) > MAX_GPUS:
-        return f"'{_show(value)}': GPU counts and device numbers go up to {MAX_GPUS}"
+        return f"{shown(value)}: GPU counts and device numbers go up to {MAX_GPUS}"
     return None
 
 
@@ -172,7 +172,7 @@ def split_command(value: Any) -> list[str]:
         raise ValueError(f"has more than {MAX_COMMAND_ARGS} arguments")
     for arg in argv:
         if CONTROL_RE.search(arg) or len(arg) > 4096:
-            raise ValueError(f"argument '{_show(arg)}' has a control character or is too long")
+            raise ValueError(f"argument {shown(arg)} has a control character or is too long")
     return argv
 
 
@@ -187,16 +187,16 @@ def _command(value: Any) -> str | None:
 def _workdir(value: Any) -> str | None:
     if not isinstance(value, str) or not WORKDIR_RE.fullmatch(value) or len(value) > 200:
         return (
-            f"'{_show(value)}' is not an absolute path of plain names "
+            f"{shown(value)} is not an absolute path of plain names "
             "(letters, digits, '.', '_', '-'), e.g. /workspace/project"
         )
     path = value.rstrip("/")
     parts = path.split("/")
     if ".." in parts or "." in parts:
-        return f"'{_show(value)}' must not contain '.' or '..'"
+        return f"{shown(value)} must not contain '.' or '..'"
     reserved = next((r for r in RESERVED_DIRS if path == r or path.startswith(r + "/")), None)
     if reserved:
-        return f"'{_show(value)}' is the image's own {reserved}: use /workspace or a new directory"
+        return f"{shown(value)} is the image's own {reserved}: use /workspace or a new directory"
     return None
 
 
@@ -206,18 +206,62 @@ def _patterns(value: Any) -> str | None:
     if len(value) > MAX_EXCLUDES:
         return f"has more than {MAX_EXCLUDES} patterns"
     bad = next((p for p in value if _text(p, 1000)), None)
-    return None if bad is None else f"pattern '{_show(bad)}' {_text(bad, 1000)}"
+    return None if bad is None else f"pattern {shown(bad)} {_text(bad, 1000)}"
+
+
+@dataclass(frozen=True)
+class ByAccelerator:
+    """A default that depends on ``hardware.accelerator``."""
+
+    nvidia: Any
+    cpu: Any
 
 
 @dataclass(frozen=True)
 class Field:
+    """One profile key, declared once: the schema check, the resolver's defaults, the
+    generated reference and the error messages all read it.
+
+    ``default`` is the value used when the key is absent or null (``ByAccelerator`` when it
+    depends on the accelerator; None when there is none or the resolver derives one, and
+    ``default_doc`` then says how). ``type`` is for the reference: str, int, bool, list,
+    map, section."""
+
     path: str
-    type: str  # for docs: str, int, bool, list, map, section
-    default: str  # for docs
+    type: str
+    default: Any
     doc: str
     check: Callable[[Any], str | None] | None = None
     choices: tuple[str, ...] = ()
     required: bool = False
+    default_doc: str = ""
+
+    def default_for(self, nvidia: bool) -> Any:
+        """The default on an nvidia (or a cpu) profile."""
+        if isinstance(self.default, ByAccelerator):
+            return self.default.nvidia if nvidia else self.default.cpu
+        return self.default
+
+    @property
+    def default_text(self) -> str:
+        """The default as the reference writes it."""
+        if self.default_doc:
+            return self.default_doc
+        if isinstance(self.default, ByAccelerator):
+            return (
+                f"{_doc_value(self.default.nvidia)} (nvidia), {_doc_value(self.default.cpu)} (cpu)"
+            )
+        return _doc_value(self.default)
+
+
+def _doc_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)) or value == "":
+        return json.dumps(value)
+    return str(value)
 
 
 def _int_min(minimum: int, maximum: int | None = None) -> Callable[[Any], str | None]:
@@ -247,66 +291,69 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "name",
         "str",
-        "file name",
+        None,
         "Profile name; used in image tags and labels.",
         _pattern(NAME_RE, "a name of lowercase letters, digits, '.', '_', '-'"),
+        default_doc="file name",
     ),
     Field(
         "description",
         "str",
-        '""',
+        "",
         "One line shown by `aibuild profiles` and in the image's labels.",
         _text,
     ),
     Field(
-        "extends", "str", "none", "Parent profile: a built-in name or a path relative to this file."
+        "extends", "str", None, "Parent profile: a built-in name or a path relative to this file."
     ),
-    Field("hardware", "section", "", "The machine the image is for.", _section),
+    Field("hardware", "section", None, "The machine the image is for.", _section),
     Field("hardware.accelerator", "str", "cpu", "nvidia or cpu.", choices=("nvidia", "cpu")),
     Field(
         "hardware.gpu",
         "str",
-        "none",
+        None,
         "GPU model (A100, H100, L4, RTX 4090, ...); sets the compute capability.",
         lambda v: _text(v, 80),
     ),
-    Field("hardware.gpus", "int", "1 (nvidia), 0 (cpu)", "GPUs per node.", _int_min(0, MAX_GPUS)),
+    Field("hardware.gpus", "int", ByAccelerator(1, 0), "GPUs per node.", _int_min(0, MAX_GPUS)),
     Field(
         "hardware.driver",
         "str",
-        "none",
+        None,
         'The host\'s NVIDIA driver (e.g. "550.54.15"); '
         "checked against the CUDA release's minimum.",
         _pattern(DRIVER_RE, "a driver version like 550.54.15"),
     ),
-    Field("software", "section", "", "What goes into the image.", _section),
+    Field("software", "section", None, "What goes into the image.", _section),
     Field(
         "software.os",
         "str",
-        "ubuntu22.04 (nvidia), debian12 (cpu)",
+        ByAccelerator("ubuntu22.04", "debian12"),
         "Base OS of the image.",
         choices=OS_CHOICES,
     ),
     Field(
         "software.cuda",
         "str",
-        "newest that torch, GPU and driver allow",
+        None,
         "CUDA version X.Y (nvidia only).",
         _pattern(MINOR_RE, 'a CUDA version like "12.4"'),
+        default_doc="newest that torch, GPU and driver allow",
     ),
     Field(
         "software.cuda_source",
         "str",
-        "wheels (image when cuda_toolkit)",
+        "wheels",
         "Where CUDA comes from (nvidia only). wheels: torch's own CUDA (the nvidia-* wheels) "
         "on a slim OS base, one CUDA stack; image: an nvidia/cuda base, for what needs it "
         "(nvcc, forward-compatibility libraries, CUDA consumers other than torch).",
         choices=("wheels", "image"),
+        default_doc="wheels (image when cuda_toolkit)",
     ),
     Field(
         "software.cuda_toolkit",
         "bool",
-        "false",
+        False,
         "nvcc in an nvidia/cuda devel builder stage, its CUDA matching torch's, for packages "
         "that compile CUDA code (flash-attn, apex, DeepSpeed ops). Implies cuda_source: image.",
         _bool,
@@ -314,7 +361,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "software.cudnn",
         "bool",
-        "true",
+        True,
         "With cuda_source: image, an nvidia/cuda flavour with cuDNN (torch's wheels bring "
         "their own cuDNN either way).",
         _bool,
@@ -329,79 +376,79 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "software.torch",
         "str",
-        "2.13.0",
+        kb.DEFAULT_TORCH,
         'PyTorch version or PEP 440 specifier ("2.5.1", "2.5" = newest 2.5.x, "~=2.5.0", ">=2.7").',
         _torch_spec,
     ),
     Field(
         "software.pip",
         "list",
-        "[]",
+        [],
         "Extra PEP 508 requirements. Appended to the parent's on extends.",
         _pip_list,
     ),
     Field(
         "software.apt",
         "list",
-        "[]",
+        [],
         "Extra Debian/Ubuntu packages. Appended to the parent's on extends.",
         lambda v: None if isinstance(v, list) else "must be a list of package names",
     ),
-    Field(
-        "software.env", "map", "{}", "Environment variables set in the image (POSIX names).", _map
-    ),
+    Field("software.env", "map", {}, "Environment variables set in the image (POSIX names).", _map),
     Field(
         "software.base_image",
         "str",
-        "derived",
+        None,
         "Explicit base image for both stages (overrides the nvidia/cuda or python image).",
         _pattern(reference.REFERENCE_RE, "an image reference"),
+        default_doc="derived",
     ),
     Field(
         "training",
         "section",
-        "",
+        None,
         "Settings of the embedded trainer (see the training reference).",
         _section,
     ),
-    Field("run", "section", "", "Defaults for `aibuild run`.", _section),
+    Field("run", "section", None, "Defaults for `aibuild run`.", _section),
     Field(
         "run.gpus",
         "str",
-        "all (nvidia), none (cpu)",
+        ByAccelerator("all", "none"),
         "GPUs passed to the container: all, none, N, device=0,1.",
         _gpus,
     ),
     Field(
         "run.shm_size",
         "str",
-        "16g (nvidia), 2g (cpu)",
+        ByAccelerator("16g", "2g"),
         "Size of /dev/shm (DataLoader workers need it).",
         _size,
     ),
     Field(
         "run.ipc", "str", "private", "IPC namespace: private or host.", choices=("private", "host")
     ),
-    Field("image", "section", "", "Where the image is published.", _section),
+    Field("image", "section", None, "Where the image is published.", _section),
     Field(
         "project",
         "section",
-        "",
+        None,
         "Your own training code, built into the image's last layers (see Your own code).",
         _section,
     ),
     Field(
         "project.path",
         "str",
-        '"." (the profile\'s folder)',
+        ".",
         "The project's source folder, relative to the profile file that sets it. Its "
         "`.dockerignore` is honoured.",
         lambda v: _text(v, 1000),
+        default_doc='"." (the profile\'s folder)',
     ),
     Field(
         "project.exclude",
         "list",
-        "[]",
+        [],
         "More `.dockerignore` patterns left out of the image (after the defaults "
         "`.git`, `.venv`, `.aibuild`, `aibuild-output`, `.devcontainer`, caches, and the "
         "project's `.dockerignore`; `!PATTERN` takes a file back).",
@@ -410,7 +457,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "project.requirements",
         "str",
-        "none",
+        None,
         "A requirements.txt, or a pyproject.toml whose `[project].dependencies` are read, "
         "relative to project.path: installed in the requirements layer with software.pip.",
         lambda v: _text(v, 1000),
@@ -418,23 +465,24 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "project.command",
         "str or list",
-        "aibuild train",
+        None,
         "The image's default command: an argv list, or one string split as a shell would "
         '("python train.py --epochs 3"). Without it the embedded trainer runs.',
         _command,
+        default_doc=" ".join(contract.TRAIN_ENTRYPOINT),
     ),
     Field(
         "project.workdir",
         "str",
-        "/workspace",
+        contract.WORKSPACE,
         "Where the project's files go in the image, and the working directory.",
         _workdir,
     ),
-    Field("dev", "section", "", "Opt-in development tools, in an image of their own.", _section),
+    Field("dev", "section", None, "Opt-in development tools, in an image of their own.", _section),
     Field(
         "dev.jupyter",
         "bool",
-        "false",
+        False,
         "Also build `<tag>-dev`: the image plus JupyterLab, for `aibuild jupyter`. The "
         "training image stays without it.",
         _bool,
@@ -449,13 +497,20 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "image.tag",
         "str",
-        "<profile>-torch<version>-<cuXYZ|cpu>",
+        None,
         "Explicit tag instead of the scheme.",
         _pattern(reference.TAG_RE, "a Docker tag"),
+        default_doc="<profile>-torch<version>-<cuXYZ|cpu>",
     ),
 )
 
 BY_PATH = {f.path: f for f in FIELDS}
+
+
+def default(path: str, nvidia: bool = False) -> Any:
+    """The default of the key at ``path`` (on an nvidia profile when ``nvidia``)."""
+    value = BY_PATH[path].default_for(nvidia)
+    return copy.deepcopy(value) if isinstance(value, (list, dict)) else value
 
 
 def children(prefix: str) -> list[str]:
@@ -469,6 +524,109 @@ def children(prefix: str) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- the check
+
+
+class _Located(Protocol):
+    """A loaded profile, as the check reads it (``aibuild.profile.load.Profile``)."""
+
+    data: dict[str, Any]
+
+    def diag(self, severity: str, message: str, key: str) -> Diagnostic: ...
+
+
+def validate_schema(profile: _Located) -> list[Diagnostic]:
+    """Unknown keys, types, allowed values, and the format of every string: every problem
+    as a diagnostic at its key, none first-fail."""
+    diags: list[Diagnostic] = []
+    _walk(profile, profile.data, "", diags)
+    software = profile.data.get("software")
+    if isinstance(software, dict):
+        diags += _pip_items(profile, software.get("pip"))
+        diags += _apt_items(profile, software.get("apt"))
+        diags += _env_items(profile, software.get("env"))
+    training = profile.data.get("training")
+    if isinstance(training, dict):
+        from aibuild.train.config import validate_training
+
+        for key, message in validate_training(training):
+            diags.append(profile.diag("error", message, f"training.{key}" if key else "training"))
+    return diags
+
+
+def _walk(profile: _Located, mapping: dict[str, Any], prefix: str, diags: list[Diagnostic]) -> None:
+    """Each key of ``mapping`` against its Field: known, allowed, well formed; sections
+    walked in turn (``training:`` is the trainer's, checked by its own schema)."""
+    known = children(prefix)
+    for key, value in mapping.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            where = f"in '{prefix}'" if prefix else "at the top level"
+            hint = did_you_mean(key, known, listing="known keys")
+            diags.append(profile.diag("error", f"unknown key {shown(key)} {where}{hint}", path))
+            continue
+        field = BY_PATH[path]
+        if value is None and field.type != "section" and not field.required:
+            continue  # null means "use the default"
+        if field.choices and value not in field.choices:
+            message = (
+                f"{shown(value)} is not allowed; use one of: {', '.join(field.choices)}"
+                + did_you_mean(value, field.choices)
+            )
+            diags.append(profile.diag("error", message, path))
+            continue
+        problem = field.check(value) if field.check is not None else None
+        if problem:
+            diags.append(profile.diag("error", f"{key} {problem}", path))
+        elif field.type == "section" and path != "training":
+            _walk(profile, value, path, diags)
+
+
+def _pip_items(profile: _Located, items: Any) -> list[Diagnostic]:
+    from aibuild.profile.requirements import runtime_conflict
+
+    diags = []
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        problem = check_pip_item(item)
+        if problem is None and canonicalize_name(Requirement(item).name) in ("torch", "aibuild"):
+            problem = f"'{item}' does not belong in software.pip; set software.torch instead"
+        elif problem is None:
+            problem = runtime_conflict(Requirement(item))
+        if problem:
+            diags.append(profile.diag("error", problem, f"software.pip[{i}]"))
+    return diags
+
+
+def _apt_items(profile: _Located, items: Any) -> list[Diagnostic]:
+    return [
+        profile.diag("error", problem, f"software.apt[{i}]")
+        for i, item in enumerate(items if isinstance(items, list) else [])
+        if (problem := check_apt_item(item))
+    ]
+
+
+def _env_items(profile: _Located, env: Any) -> list[Diagnostic]:
+    diags = []
+    for key, value in (env if isinstance(env, dict) else {}).items():
+        path = f"software.env.{key}"
+        if not ENV_KEY_RE.fullmatch(key):
+            problem = (
+                f"{shown(key)} is not a POSIX environment variable name "
+                "(letters, digits, '_'; not starting with a digit)"
+            )
+        elif isinstance(value, (dict, list)) or value is None:
+            problem = f"{key} must be a string, number or boolean"
+        elif CONTROL_RE.search(str(value)):
+            problem = f"{key} must not contain newlines or control characters"
+        else:
+            continue
+        diags.append(profile.diag("error", problem, path))
+    return diags
+
+
+# --------------------------------------------------------------------------- the reference
+
+
 def reference_markdown() -> str:
     """The profile reference table for the README."""
     lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
@@ -476,7 +634,7 @@ def reference_markdown() -> str:
         if f.type == "section":
             continue
         meaning = f.doc + (f" One of: {', '.join(f.choices)}." if f.choices else "")
-        lines.append(f"| `{f.path}` | {f.type} | {f.default} | {meaning} |")
+        lines.append(f"| `{f.path}` | {f.type} | {f.default_text} | {meaning} |")
         if f.path == "software.base_image":
             lines.extend(_training_rows())
     return "\n".join(lines)

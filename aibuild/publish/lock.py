@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aibuild.errors import PublishError
+from aibuild.errors import PublishError, shown
 from aibuild.oci.media import EPOCH_MAX
 from aibuild.publish.sbom import split_pins
 from aibuild.vcs import git
@@ -91,9 +91,8 @@ def explicit_epoch(
     if not raw:
         return None
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
-        shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise PublishError(
-            f"{ENV_EPOCH}={shown!r} is not a usable SOURCE_DATE_EPOCH: give whole seconds "
+            f"{ENV_EPOCH}={shown(raw)} is not a usable SOURCE_DATE_EPOCH: give whole seconds "
             f"since 1970-01-01 UTC, from 0 to {EPOCH_MAX} (or unset it)"
         )
     return check_epoch(int(raw), f"{ENV_EPOCH}={raw}"), f"${ENV_EPOCH}"

@@ -34,6 +34,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from aibuild import kv, labels
+from aibuild.contract import DATA_DIR, ENV_DATA, ENV_OUTPUT, OUTPUT_DIR, TRAIN_ENTRYPOINT
 from aibuild.engine import api_message, client_session, engine_address, engine_errors
 from aibuild.errors import RunError
 from aibuild.image.record import latest_record
@@ -54,7 +55,6 @@ STACK_BYTES = 67108864
 DEFAULT_SHM_SIZE = "2g"  # for images that are not a profile's (docker's 64m starves DataLoader)
 DEFAULT_GRACE_S = 10.0
 DETACH_WAIT_S = 5.0  # a session's output ended but its container runs on: it was detached
-TRAIN_ENTRYPOINT = ("aibuild", "train")
 DEFAULT_OUTPUT_ROOT = Path("aibuild-output")  # where training results go without --output
 TOOLKIT_URL = (
     "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html"
@@ -166,12 +166,12 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
     user = options.user
     if options.data:
         mounts.append(
-            Mount("/data", str(Path(options.data).resolve()), type="bind", read_only=True)
+            Mount(DATA_DIR, str(Path(options.data).resolve()), type="bind", read_only=True)
         )
-        environment["AIBUILD_DATA"] = "/data"
+        environment[ENV_DATA] = DATA_DIR
     if options.output:
-        mounts.append(Mount("/output", str(Path(options.output).resolve()), type="bind"))
-        environment["AIBUILD_OUTPUT"] = "/output"
+        mounts.append(Mount(OUTPUT_DIR, str(Path(options.output).resolve()), type="bind"))
+        environment[ENV_OUTPUT] = OUTPUT_DIR
     if options.project_mount:
         host, workdir = options.project_mount
         mounts.append(Mount(workdir, host, type="bind"))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aibuild import kv
+from aibuild.errors import shown
 from aibuild.profile.schema import MAX_GPUS
 
 # How an engine without the NVIDIA runtime answers a GPU request.
@@ -122,8 +123,7 @@ def parse_gpus(value: str | None) -> GpuRequest | None:
         else:
             raise ValueError(f"invalid --gpus value {value!r}: unknown key {key!r}")
     if len(device_ids) > MAX_GPUS or any(len(d) > 64 for d in device_ids):
-        shown = value if len(value) <= 60 else value[:60] + "..."
-        raise ValueError(f"invalid --gpus value {shown!r}: too many or too long device IDs")
+        raise ValueError(f"invalid --gpus value {shown(value)}: too many or too long device IDs")
     if device_ids and count not in (None, 0):
         raise ValueError(f"invalid --gpus value {value!r}: give a count or device IDs, not both")
     if count is None and not device_ids:

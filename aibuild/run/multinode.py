@@ -1,7 +1,7 @@
 """``aibuild run --nodes N``: one training job across N containers on one Docker host.
 
 Each container is a node: it runs torchrun with the c10d rendezvous that a cluster job
-uses (``aibuild.export.job.Rendezvous``), hosted by node 0, on a user-defined bridge
+uses (``aibuild.run.rendezvous.Rendezvous``), hosted by node 0, on a user-defined bridge
 network made for the job, so the DDP job that would span machines spans containers.
 The containers are configured as ``aibuild run`` configures one (``container_config``:
 GPUs, shm, ulimits, mounts, user) and named ``<name>-node<i>``, with that name as their
@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from aibuild import labels
 from aibuild.engine import client_session, engine_errors
 from aibuild.errors import RunError
-from aibuild.export.job import DEFAULT_RDZV_PORT, RANK_PREFIX_ENV, Rendezvous, check_nodes
 from aibuild.run.container import (
     ContainerOptions,
     RunTarget,
@@ -45,6 +44,7 @@ from aibuild.run.container import (
     with_plan_defaults,
 )
 from aibuild.run.gpus import GpuRequest
+from aibuild.run.rendezvous import DEFAULT_RDZV_PORT, RANK_PREFIX_ENV, Rendezvous, check_nodes
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker

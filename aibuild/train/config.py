@@ -14,13 +14,14 @@ also accept strings that parse as floats.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, cast
 
-from aibuild.errors import one_line
+from aibuild.errors import MAX_SHOWN_CHARS as MAX_SHOWN_CHARS  # the trainer's name for it
+from aibuild.errors import did_you_mean
+from aibuild.errors import shown as shown  # the trainer's modules import it from here
 
 MODELS = ("cnn", "mlp", "rnn", "lstm", "transformer")
 DATASETS = ("auto", "mnist", "cifar10", "imagefolder", "text", "synthetic")
@@ -28,22 +29,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 DEVICES_HELP = "auto | cpu | cuda | cuda:N"
-MAX_SHOWN_CHARS = 80
-"""The most characters of a value (a key, a config value, an exception's text) that an
-error message echoes: a hostile value cannot grow a message past this."""
-
-
-def shown(value: Any, *, quote: bool = True) -> str:
-    """``value`` for an error message: repr'd (or str'd), one line, at most
-    :data:`MAX_SHOWN_CHARS` characters (cut in the middle of a long one, marked ``...``)."""
-    if isinstance(value, (list, dict, tuple)) and len(value) > MAX_SHOWN_CHARS:
-        text = f"<a {type(value).__name__} of {len(value):,} items>"  # no repr of a huge value
-    else:
-        text = one_line(repr(value) if quote else str(value))
-    if len(text) > MAX_SHOWN_CHARS:
-        half = (MAX_SHOWN_CHARS - 3) // 2
-        text = f"{text[:half]}...{text[-half:]}"
-    return text
 
 
 def _f(
@@ -225,8 +210,7 @@ def _check_value(spec: FieldSpec, value: Any) -> str | None:
     if value is None:
         return None
     if spec.choices and value not in spec.choices:
-        hint = difflib.get_close_matches(str(value)[:MAX_SHOWN_CHARS], spec.choices, n=1)
-        did = f"; did you mean {hint[0]!r}?" if hint else ""
+        did = did_you_mean(value, spec.choices)
         return f"must be one of {', '.join(spec.choices)}, not {shown(value)}{did}"
     if spec.minimum is not None and isinstance(value, (int, float)) and value < spec.minimum:
         return f"must be >= {spec.minimum:g}, not {shown(value)}"
@@ -249,8 +233,7 @@ def validate_training(mapping: Mapping[str, Any] | Any) -> list[tuple[str, str]]
     for key, value in mapping.items():
         spec = _BY_NAME.get(str(key))
         if spec is None:
-            hint = difflib.get_close_matches(str(key)[:MAX_SHOWN_CHARS], list(_BY_NAME), n=1)
-            did = f"; did you mean {hint[0]!r}?" if hint else ""
+            did = did_you_mean(key, list(_BY_NAME))
             problems.append((str(key), f"unknown training key {shown(str(key))}{did}"))
             continue
         coerced, error = _coerce(spec, value)

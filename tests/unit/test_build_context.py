@@ -8,13 +8,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from aibuild.cli import cli
 from aibuild.errors import BuildError
 from aibuild.image.build import parse_build_args, proxy_build_args
 from aibuild.image.context import context_tar
 from aibuild.image.helpers import parse_inspection, parse_os_release
+from tests.unit.conftest import run_cli
 
 
 def make_context(root: Path) -> None:
@@ -84,7 +83,7 @@ def test_build_args() -> None:
 
 
 def test_bad_build_arg_is_a_usage_error() -> None:
-    result = CliRunner().invoke(cli, ["image", "cpu", "--build-arg", "1X=2"])
+    result = run_cli(["image", "cpu", "--build-arg", "1X=2"])
     assert result.exit_code == 2
     assert "KEY=VALUE" in result.output
 
@@ -107,7 +106,7 @@ def test_inspection_output() -> None:
 
 def test_unreachable_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
-    result = CliRunner().invoke(cli, ["image", "cpu"])
+    result = run_cli(["image", "cpu"])
     assert result.exit_code == 1
     assert "cannot reach the Docker engine at tcp://127.0.0.1:1" in result.output
     assert "Traceback" not in result.output

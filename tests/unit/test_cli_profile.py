@@ -7,16 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from aibuild.cli import cli
 from aibuild.profile.load import builtin_profiles
+from tests.unit.conftest import invoke
 
 GOLDENS = Path(__file__).resolve().parent / "goldens"
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def assert_clean_failure(result: Result) -> None:

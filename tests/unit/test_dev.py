@@ -26,7 +26,7 @@ from aibuild.run.devcontainer import (
 from aibuild.run.gpus import parse_gpus
 from aibuild.run.jupyter import check_port, dev_target, jupyter_command
 from aibuild.run.shell import shell_options
-from tests.unit.test_project import invoke, one_clean_line
+from tests.unit.conftest import invoke, one_clean_line
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "mnist" / "aibuild.yaml"

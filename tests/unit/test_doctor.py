@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from aibuild import knowledge as kb
-from aibuild.cli import cli
 from aibuild.doctor import (
     FAIL,
     OK,
@@ -22,6 +20,7 @@ from aibuild.doctor import (
 )
 from aibuild.errors import EngineError
 from aibuild.profile.resolve import plan_for
+from tests.unit.conftest import run_cli
 
 SMI = Path(__file__).resolve().parents[1] / "data" / "nvidia-smi"
 
@@ -137,7 +136,7 @@ def test_diagnose_without_engine_reports_it() -> None:
 def test_cli_with_recorded_output(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIBUILD_NVIDIA_SMI_OUTPUT", str(SMI / "a100-old-driver-535.csv"))
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/aibuild-doctor.sock")
-    result = CliRunner().invoke(cli, ["doctor", "gpu-a100", "--json"])
+    result = run_cli(["doctor", "gpu-a100", "--json"])
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["ok"] is False
@@ -153,7 +152,7 @@ def test_cli_missing_nvidia_smi_is_not_a_failure_without_profile(
 ) -> None:
     monkeypatch.setenv("AIBUILD_NVIDIA_SMI", str(tmp_path / "no-such-nvidia-smi"))
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/aibuild-doctor.sock")
-    result = CliRunner().invoke(cli, ["doctor"])
+    result = run_cli(["doctor"])
     assert "no-such-nvidia-smi not found" in result.stdout
     assert "nvidia driver" in result.stdout
     assert result.exit_code == 1  # only because the engine is unreachable

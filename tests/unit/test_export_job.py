@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from aibuild.cli import cli
 from aibuild.errors import AibuildError, ExportError
 from aibuild.export.job import (
     Rendezvous,
@@ -21,6 +19,7 @@ from aibuild.export.job import (
 from aibuild.image.record import BuildResult, record_push, write_record
 from aibuild.profile.plan import BuildPlan
 from aibuild.profile.resolve import plan_for
+from tests.unit.conftest import run_cli
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -204,7 +203,7 @@ def test_a_digest_is_kept(cpu: BuildPlan, tmp_path: Path) -> None:
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_1(argv: list[str], message: str) -> None:
-    result = CliRunner().invoke(cli, argv)
+    result = run_cli(argv)
     assert result.exit_code == 1, result.output
     assert result.stdout == ""
     lines = [ln for ln in result.stderr.splitlines() if not ln.startswith("aibuild: image")]
@@ -213,16 +212,16 @@ def test_cli_bad_input_is_one_line_and_exit_1(argv: list[str], message: str) -> 
 
 
 def test_cli_usage_errors_exit_2() -> None:
-    result = CliRunner().invoke(cli, ["export", "slurm", "cpu", "--runtime", "podman"])
+    result = run_cli(["export", "slurm", "cpu", "--runtime", "podman"])
     assert result.exit_code == 2
-    result = CliRunner().invoke(cli, ["export", "slurm", "cpu", "--wait"])
+    result = run_cli(["export", "slurm", "cpu", "--wait"])
     assert result.exit_code == 2
     assert "--wait needs --submit" in result.stderr
 
 
 def test_cli_writes_the_file(tmp_path: Path) -> None:
     target = tmp_path / "job.sbatch"
-    result = CliRunner().invoke(cli, ["export", "slurm", "cpu", "--nodes", "2", "-f", str(target)])
+    result = run_cli(["export", "slurm", "cpu", "--nodes", "2", "-f", str(target)])
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert target.read_text().startswith("#!/bin/bash\n")

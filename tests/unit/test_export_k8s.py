@@ -15,13 +15,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from aibuild.cli import cli
 from aibuild.export.job import ClusterJob, cluster_job
 from aibuild.export.k8s import k8s_documents, k8s_yaml
 from aibuild.image.record import BuildResult, record_push, write_record
 from aibuild.profile.resolve import plan_for
+from tests.unit.conftest import run_cli
 
 # the oldest and newest schemas kubernetes-validate ships, and one between
 VERSIONS = ("1.25.0", "1.31.0", "1.37.0")
@@ -240,9 +239,7 @@ def test_pytorchjob_pods_agree_on_the_rendezvous() -> None:
 
 
 def test_cli_writes_yaml() -> None:
-    result = CliRunner().invoke(
-        cli, ["export", "k8s", "gpu-l4", "--nodes", "2", "--kind", "pytorchjob"]
-    )
+    result = run_cli(["export", "k8s", "gpu-l4", "--nodes", "2", "--kind", "pytorchjob"])
     assert result.exit_code == 0, result.output
     (doc,) = yaml.safe_load_all(result.stdout)
     assert doc["kind"] == "PyTorchJob"

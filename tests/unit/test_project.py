@@ -14,12 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aibuild import labels
-from aibuild.cli import cli
 from aibuild.errors import ProfileError
 from aibuild.image.context import project_files
 from aibuild.image.render import render_dockerfile, requirements_text, write_context
@@ -34,22 +32,11 @@ from aibuild.profile.project import (
 )
 from aibuild.profile.resolve import image_requirements, plan_for, validate
 from aibuild.profile.schema import split_command
-from tests.unit.test_hostile import HOSTILE, dfparse
+from tests.unit.conftest import dfparse, hadolint, invoke, one_clean_line
+from tests.unit.test_hostile import HOSTILE
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "mnist"
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def one_clean_line(result: Result) -> str:
-    """A failure exits 1 with one line on stderr and no traceback; that line."""
-    assert result.exit_code == 1, (result.exit_code, result.output, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def project(tmp_path: Path, section: str, files: dict[str, str] | None = None) -> Path:
@@ -334,7 +321,6 @@ BUILD_SITE = RenderOptions(
 
 @pytest.mark.parametrize("options", [RenderOptions(), BUILD_SITE])
 def test_dev_is_a_stage_of_its_own_and_hadolint_clean(options: RenderOptions) -> None:
-    from tests.unit.test_hadolint import _hadolint
 
     plan = plan_for(str(EXAMPLE / "aibuild.yaml"), options=options)
     text = render_dockerfile(plan, options)
@@ -343,7 +329,7 @@ def test_dev_is_a_stage_of_its_own_and_hadolint_clean(options: RenderOptions) ->
     assert "jupyterlab" not in train and "jupyterlab" in dev
     assert train.startswith(found["dev"].split(" AS ")[0])  # both on the same environment
     assert layers(train)[-1] == layers(dev)[-1] == "COPY --chown=1000:1000 project/ /workspace/"
-    result = _hadolint(text)
+    result = hadolint(text)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -14,19 +12,7 @@ from aibuild.errors import RenderError
 from aibuild.image.render import dockerfile_quote, render_dockerfile, write_context
 from aibuild.profile.plan import RenderOptions
 from aibuild.profile.resolve import plan_for
-
-
-def _load_helpers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "dfparse", Path(__file__).parent / "data" / "dfparse.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dfparse = _load_helpers()
+from tests.unit.conftest import dfparse
 
 
 def render(name: str, options: RenderOptions | None = None, *overrides: str) -> str:

@@ -6,9 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from aibuild.cli import cli
 from aibuild.run.container import (
     ContainerOptions,
     container_command,
@@ -17,6 +15,7 @@ from aibuild.run.container import (
     is_profile_ref,
 )
 from aibuild.run.gpus import parse_gpus
+from tests.unit.conftest import run_cli
 
 
 def test_no_args_keeps_the_image_entrypoint() -> None:
@@ -99,20 +98,20 @@ def test_profile_or_image() -> None:
 
 
 def test_bad_gpus_is_a_usage_error() -> None:
-    result = CliRunner().invoke(cli, ["run", "cpu", "--gpus", "lots"])
+    result = run_cli(["run", "cpu", "--gpus", "lots"])
     assert result.exit_code == 2
     assert "invalid --gpus value 'lots'" in result.output
 
 
 def test_nproc_with_command_is_a_usage_error() -> None:
-    result = CliRunner().invoke(cli, ["run", "cpu", "--nproc-per-node", "2", "--", "python"])
+    result = run_cli(["run", "cpu", "--nproc-per-node", "2", "--", "python"])
     assert result.exit_code == 2
     assert "cannot wrap a custom command" in result.output
 
 
 def test_unreachable_engine_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/aibuild-test.sock")
-    result = CliRunner().invoke(cli, ["run", "cpu", "--gpus", "none"])
+    result = run_cli(["run", "cpu", "--gpus", "none"])
     assert result.exit_code == 1
     assert "cannot reach the Docker engine at unix:///nonexistent/aibuild-test.sock" in (
         result.output

@@ -163,3 +163,45 @@ def test_image_name_first_component_without_dot_or_port_must_be_lowercase(
     # 'localhost'; otherwise it is part of the (lowercase-only) repository path.
     got = messages(diags_for(tmp_path, f"image:\n  name: {name}\n"))
     assert "image.name" in got, got
+
+
+@pytest.mark.parametrize("nvidia", [False, True])
+def test_the_plan_takes_its_defaults_from_the_schema(tmp_path: Path, nvidia: bool) -> None:
+    """One declaration per key: a profile that sets nothing gets each Field's default."""
+    path = tmp_path / "p.yaml"
+    path.write_text("hardware: {gpu: A100}\n" if nvidia else "name: p\n", encoding="utf-8")
+    plan, diags = validate(load_profile(str(path)))
+    assert plan is not None, diags
+    expected = {
+        "os": "software.os",
+        "python": "software.python",
+        "torch": "software.torch",
+        "gpu_count": "hardware.gpus",
+        "run_gpus": "run.gpus",
+        "run_shm_size": "run.shm_size",
+        "run_ipc": "run.ipc",
+        "image_name": "image.name",
+        "dev_jupyter": "dev.jupyter",
+    }
+    for attr, key in expected.items():
+        assert getattr(plan, attr) == schema.default(key, nvidia), attr
+    assert plan.workdir == schema.default("project.workdir")
+    if nvidia:
+        assert plan.cuda_source == schema.default("software.cuda_source")
+        assert plan.cudnn is schema.default("software.cudnn")
+
+
+def test_the_torch_default_is_the_knowledge_base_s() -> None:
+    from aibuild import knowledge
+
+    assert schema.default("software.torch") == knowledge.DEFAULT_TORCH
+    source = Path(schema.__file__).read_text(encoding="utf-8")
+    assert f'"{knowledge.DEFAULT_TORCH}"' not in source  # written once, in the knowledge base
+
+
+def test_the_reference_writes_each_default_from_its_field() -> None:
+    table = schema.reference_markdown()
+    assert "| `hardware.gpus` | int | 1 (nvidia), 0 (cpu) |" in table
+    assert "| `software.cudnn` | bool | true |" in table
+    assert "| `software.pip` | list | [] |" in table
+    assert f"| `software.torch` | str | {schema.default('software.torch')} |" in table
