@@ -287,13 +287,13 @@ def _queue(documents: list[dict[str, Any]], queue: str) -> list[dict[str, Any]]:
 def k8s_documents(
     job: ClusterJob, kind: str = DEFAULT_KIND, queue: str | None = None
 ) -> list[dict[str, Any]]:
-    if queue is not None and not QUEUE_RE.match(queue):
+    if queue is not None and not QUEUE_RE.fullmatch(queue):
         raise ExportError(
             f"--queue {queue!r} is not a Kueue LocalQueue name (lower-case letters, digits, "
             "'-' and '.', at most 63 characters)"
         )
     for claim, option in ((job.data, "--data-claim"), (job.output, "--output-claim")):
-        if claim is not None and not CLAIM_RE.match(claim):
+        if claim is not None and not CLAIM_RE.fullmatch(claim):
             raise ExportError(
                 f"{option} {claim!r} is not a PersistentVolumeClaim name (lower-case letters, "
                 "digits, '-' and '.')"
