@@ -7,8 +7,8 @@
 node rank, and the pod of index 0 hosts the store. ``backoffLimit: 0``: one failed pod
 fails the job, and the controller stops the others.
 
-``trainjob``: a Kubeflow Trainer v2 ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``, as of
-Trainer 2.3) on the ``torch-distributed`` ClusterTrainingRuntime: ``trainer`` holds the
+``trainjob``: a Kubeflow Trainer v2 ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``, Trainer
+2.2 and later) on the ``torch-distributed`` ClusterTrainingRuntime: ``trainer`` holds the
 image, torchrun's command, ``numNodes``, ``numProcPerNode``, ``resourcesPerNode`` and the
 environment; the Trainer gives each node torchrun's ``PET_NNODES``, ``PET_NPROC_PER_NODE``,
 ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT`` (static rendezvous at node 0),
@@ -312,7 +312,8 @@ def k8s_documents(
 def k8s_yaml(job: ClusterJob, kind: str = DEFAULT_KIND, queue: str | None = None) -> str:
     """The documents as one YAML stream (``kubectl apply -f``)."""
     needs = {
-        "trainjob": "# Needs: Kubeflow Trainer v2 (2.3 or later) with its torch-distributed "
+        "trainjob": "# Needs: Kubeflow Trainer 2.2 or later (runtimePatches) with its "
+        "torch-distributed "
         "ClusterTrainingRuntime.\n",
         "pytorchjob": "# Needs: Kubeflow's training operator v1 (legacy; see --kind trainjob).\n",
     }.get(kind, "")
