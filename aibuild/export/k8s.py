@@ -313,8 +313,7 @@ def k8s_yaml(job: ClusterJob, kind: str = DEFAULT_KIND, queue: str | None = None
     """The documents as one YAML stream (``kubectl apply -f``)."""
     needs = {
         "trainjob": "# Needs: Kubeflow Trainer 2.2 or later (runtimePatches) with its "
-        "torch-distributed "
-        "ClusterTrainingRuntime.\n",
+        "torch-distributed ClusterTrainingRuntime.\n",
         "pytorchjob": "# Needs: Kubeflow's training operator v1 (legacy; see --kind trainjob).\n",
     }.get(kind, "")
     header = (
