@@ -1,4 +1,4 @@
-"""``aibuild export {slurm,k8s,compose}`` and ``aibuild submit slurm``: parse, call
+"""``aibuild export {slurm,k8s,skypilot,compose}`` and ``aibuild submit slurm``: parse, call
 ``aibuild.export``, print the job (or the submitted job's id)."""
 
 from __future__ import annotations
@@ -203,7 +203,8 @@ def _submit(script: str, runtime: str, wait: bool) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def export() -> None:
-    """Write a training job for a cluster: an sbatch script, Kubernetes objects, a Compose file.
+    """Write a training job for a cluster: an sbatch script, Kubernetes objects, a SkyPilot
+    task, a Compose file.
 
     The job runs PROFILE's image with torchrun on every node; trainer flags go after `--`.
     aibuild writes the job and never schedules it (`aibuild submit slurm` hands it to sbatch).
@@ -230,10 +231,16 @@ def export_slurm(path: str | None, submit_it: bool, wait: bool, **fields: Any) -
     *_NODE_JOB,
     click.option(
         "--kind",
-        type=click.Choice(["job", "pytorchjob"]),
+        type=click.Choice(["job", "trainjob", "pytorchjob"]),
         default="job",
         show_default=True,
-        help="job: Indexed Job + headless Service (no operator); pytorchjob: Kubeflow's.",
+        help="job: Indexed Job + headless Service (no operator); trainjob: Kubeflow Trainer "
+        "v2's TrainJob (torch-distributed runtime); pytorchjob: Kubeflow's legacy PyTorchJob.",
+    ),
+    click.option(
+        "--queue",
+        metavar="NAME",
+        help="Kueue LocalQueue to submit through (the kueue.x-k8s.io/queue-name label).",
     ),
     click.option(
         "--data-claim", metavar="PVC", help="PersistentVolumeClaim for /data (read-only)."
@@ -252,6 +259,7 @@ def export_k8s(
     overrides: tuple[str, ...],
     gpus_per_node: int | None,
     kind: str,
+    queue: str | None,
     data_claim: str | None,
     output_claim: str | None,
     mem: str | None,
@@ -271,7 +279,7 @@ def export_k8s(
         memory=mem,
         **fields,
     )
-    _write(k8s_yaml(job, kind), path, f"the Kubernetes {kind}")
+    _write(k8s_yaml(job, kind, queue), path, f"the Kubernetes {kind}")
 
 
 @export.command("compose")
@@ -304,6 +312,54 @@ def export_compose(
 
     job = _job(profile, overrides, args, gpus=gpus, **fields)
     _write(compose_yaml(job), path, "the Compose file")
+
+
+@export.command("skypilot")
+@_options(
+    profile_argument,
+    _args,
+    set_option,
+    _image,
+    _nodes,
+    _nproc,
+    _gpus_per_node,
+    click.option(
+        "--accelerators",
+        metavar="NAME[:COUNT]",
+        help="SkyPilot's accelerator, e.g. A100-80GB:8. Default: the profile's GPU model "
+        "and the GPUs per node.",
+    ),
+    _cpus,
+    _mem,
+    click.option(
+        "--data",
+        metavar="URI|DIR",
+        help="Dataset at /data: a bucket URI (s3://, gs://, r2://: mounted) or a local "
+        "directory (copied to every node).",
+    ),
+    click.option(
+        "--output", metavar="URI", help="Bucket URI mounted at /output (s3://, gs://, r2://)."
+    ),
+    _env_option,
+    _name,
+    _rdzv_port,
+    _file,
+)
+def export_skypilot(
+    profile: str,
+    args: tuple[str, ...],
+    overrides: tuple[str, ...],
+    gpus_per_node: int | None,
+    accelerators: str | None,
+    mem: str | None,
+    path: str | None,
+    **fields: Any,
+) -> None:
+    """A SkyPilot task YAML: the image with torchrun on N nodes (sky launch)."""
+    from aibuild.export.skypilot import skypilot_yaml
+
+    job = _job(profile, overrides, args, gpus=_gpus(gpus_per_node), memory=mem, **fields)
+    _write(skypilot_yaml(job, accelerators), path, "the SkyPilot task")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

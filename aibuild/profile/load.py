@@ -64,7 +64,10 @@ class Profile:
             if probe in self.positions:
                 return self.positions[probe]
             # "software.pip[3]" -> "software.pip" -> "software"
-            probe = probe[: probe.rindex("[")] if probe.endswith("]") else probe.rpartition(".")[0]
+            if probe.endswith("]") and "[" in probe:
+                probe = probe[: probe.rindex("[")]
+            else:
+                probe = probe.rpartition(".")[0]
         return Pos(self.files[0] if self.files else "<profile>", 1, 1)
 
     def diag(self, severity: str, message: str, key: str) -> Diagnostic:

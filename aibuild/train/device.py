@@ -19,6 +19,10 @@ from aibuild.errors import TrainError
 from aibuild.train.config import TrainConfig
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SMALL_MODEL = 1_000_000  # parameters: below this, cpu_threads auto on CPU means one thread
+# On CUDA the host only gathers and pins batches (one copy of each batch): one thread per
+# this many values of a batch (32 MiB as float32, about 5 ms of copying) is enough.
+GATHER_VALUES_PER_THREAD = 1 << 23
 
 
 def pick_device(name: str) -> torch.device:
@@ -75,6 +79,46 @@ def determinism(cfg: TrainConfig) -> Iterator[None]:
             torch.use_deterministic_algorithms(was_det)  # imports torch._inductor: ~1 s
         torch.backends.cudnn.benchmark = was_bench
         torch.set_num_threads(was_threads)
+
+
+def auto_cpu_threads(
+    device_type: str, n_params: int, batch_values: int, available: int
+) -> int | None:
+    """The intra-op thread count for ``cpu_threads: 0`` (auto), or None for torch's default.
+
+    - CPU, a model under :data:`SMALL_MODEL` parameters: 1. Tiny ops gain little from a
+      second thread, and OpenMP threads spinning against other load on a shared host
+      cost up to 10x (measured on 2 cores).
+    - CUDA: the host's part of a step is the batch gather and the copy into pinned memory;
+      the pool is sized to that copy (one thread per :data:`GATHER_VALUES_PER_THREAD` values
+      of a batch, at most ``available``), so 1 for most batches. A bigger pool burns cores
+      while the GPU computes: after each parallel region an idle OpenMP thread spin-waits
+      for the next one (libgomp's default wait policy), and with a gather every step that
+      is every thread of the pool spinning all the time (benchmarks/bench_train.py
+      --phases shows it on CPU with a sleep standing in for the GPU).
+    """
+    if device_type == "cuda":
+        wanted = -(-max(batch_values, 1) // GATHER_VALUES_PER_THREAD)
+        return max(1, min(wanted, available))
+    if device_type == "cpu" and n_params < SMALL_MODEL:
+        return 1
+    return None
+
+
+class DeviceWait:
+    """Waits for the work queued on the current CUDA stream by blocking the thread, not by
+    spinning on a core: a ``blocking`` CUDA event (``cudaEventBlockingSync``). A plain
+    sync (``.item()``, ``float(t)``) spins under the CUDA default scheduling whenever the
+    process has fewer CUDA contexts than the host has cores. A no-op off CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        cuda = device.type == "cuda"
+        self.event = torch.cuda.Event(blocking=True) if cuda else None  # type: ignore[no-untyped-call]
+
+    def __call__(self) -> None:
+        if self.event is not None:
+            self.event.record()
+            self.event.synchronize()
 
 
 def versions() -> dict[str, Any]:

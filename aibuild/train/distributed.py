@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from aibuild.errors import TrainError
+from aibuild.train.device import DeviceWait
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) ->
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    DeviceWait(device)()  # wait for the slowest rank blocked, not spinning a core
     return [float(v) for v in t.tolist()]
 
 

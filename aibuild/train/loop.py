@@ -44,6 +44,8 @@ from aibuild.train.data import (
 )
 from aibuild.train.device import (
     AUTOCAST_DTYPES,
+    DeviceWait,
+    auto_cpu_threads,
     determinism,
     device_name,
     peak_memory_bytes,
@@ -68,8 +70,6 @@ from aibuild.train.models import (
     training_flops_per_token,
 )
 from aibuild.train.schedule import lr_at
-
-SMALL_MODEL = 1_000_000  # parameters: below this, cpu_threads auto means one thread
 
 
 class Interrupted(TrainError):
@@ -201,6 +201,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.last_loss = float("nan")
         self.throughput = Throughput()
+        self.wait_for_device = DeviceWait(device)  # one wait a log window, blocking
         self.start = time.perf_counter()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -324,7 +325,8 @@ class Trainer:
         return None
 
     def _log_step(self) -> None:
-        self.last_loss = float(self.loss.detach()) * self.cfg.grad_accum_steps  # syncs the device
+        self.wait_for_device()  # the window's work is done: the read below does not spin
+        self.last_loss = float(self.loss.detach()) * self.cfg.grad_accum_steps
         self.metrics.train_step(
             step=self.pos.step,
             epoch=self.pos.epoch + 1,
@@ -378,10 +380,13 @@ class Trainer:
     def _announce_model(self) -> int:
         cfg = self.cfg
         n_params = count_parameters(self.raw_model)
-        if cfg.cpu_threads == 0 and self.device.type == "cpu" and n_params < SMALL_MODEL:
-            # Tiny ops gain little from a second thread, and OpenMP threads spinning
-            # against other load on a shared host cost up to 10x (measured on 2 cores).
-            torch.set_num_threads(1)  # restored by determinism() on exit
+        if cfg.cpu_threads == 0:  # auto: sized to the host's work (device.auto_cpu_threads)
+            batch_values = cfg.batch_size * math.prod(self.data.input_shape)
+            threads = auto_cpu_threads(
+                self.device.type, n_params, batch_values, torch.get_num_threads()
+            )
+            if threads is not None:
+                torch.set_num_threads(threads)  # restored by determinism() on exit
         self.metrics.line(
             f"model: {cfg.model} ({n_params:,} parameters) on {device_name(self.device)}, "
             f"precision {self.precision}, world size {self.info.world_size}, "
