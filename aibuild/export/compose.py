@@ -16,6 +16,7 @@ import yaml
 
 from aibuild import __version__
 from aibuild.export.job import ClusterJob
+from aibuild.export.shell import comment, compose_literal, env_name
 from aibuild.run.container import ContainerOptions, container_config
 from aibuild.run.gpus import GpuRequest
 
@@ -53,6 +54,7 @@ def compose_service(job: ClusterJob) -> dict[str, Any]:
         output=job.output,
         env=tuple(job.environment(multinode=False)),
         nproc_per_node=job.nproc_per_node if job.nproc_per_node > 1 else None,
+        exported="compose",  # a job, not a run: no owner for a reaper to judge
     )
     config = container_config(options, job.image)
     service: dict[str, Any] = {"image": config["image"]}
@@ -60,7 +62,7 @@ def compose_service(job: ClusterJob) -> dict[str, Any]:
         if config.get(key) is not None:
             service[key] = config[key]
     if config["environment"]:
-        service["environment"] = dict(config["environment"])
+        service["environment"] = {env_name(k): v for k, v in config["environment"].items()}
     service["shm_size"] = config["shm_size"]
     service["ulimits"] = {
         u["Name"]: {"soft": u["Soft"], "hard": u["Hard"]} for u in config["ulimits"]
@@ -87,7 +89,7 @@ def _literal(value: Any) -> Any:
     """Every string with its ``$`` doubled: Compose interpolates ``${VAR}`` in all values,
     and a trainer flag or variable must reach the container as written."""
     if isinstance(value, str):
-        return value.replace("$", "$$")
+        return compose_literal(value)
     if isinstance(value, dict):
         return {k: _literal(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -97,10 +99,12 @@ def _literal(value: Any) -> Any:
 
 def compose_yaml(job: ClusterJob) -> str:
     header = (
-        f"# Written by aibuild {__version__} (aibuild export compose): profile "
-        f"{job.plan.profile_name}, {job.nproc_per_node} process(es), "
-        f"{job.gpus_per_node} GPU(s).\n"
-        "# Run: docker compose -f THIS_FILE up (or docker-compose)\n"
+        comment(
+            f"# Written by aibuild {__version__} (aibuild export compose): profile "
+            f"{job.plan.profile_name}, {job.nproc_per_node} process(es), "
+            f"{job.gpus_per_node} GPU(s)."
+        )
+        + "\n# Run: docker compose -f THIS_FILE up (or docker-compose)\n"
     )
     document = {"services": {SERVICE: _literal(compose_service(job))}}
     return header + yaml.safe_dump(document, sort_keys=False, width=100)

@@ -154,6 +154,8 @@ class ContainerOptions:
     live: bool = False  # --live: the profile's project bind-mounted at its workdir
     project_mount: tuple[str, str] | None = None  # (host folder, workdir), from ``live``
     ports: tuple[tuple[int, str, int], ...] = ()  # (container port, host address, host port)
+    # a job file's container (``compose``, ``slurm``): labelled as what it is, with no owner
+    exported: str | None = None
 
 
 def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
@@ -193,11 +195,7 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
         # docker-py's "not detached" with stdin open is `docker run -i`: AttachStdin and
         # StdinOnce (the end of the caller's stdin closes the container's)
         "detach": not options.interactive,
-        "labels": {
-            labels.RUN: "1",
-            **({} if options.detach else {labels.RUN_OWNER: owner_label()}),
-            **dict(options.labels),
-        },
+        "labels": _labels(options),
         "ulimits": [
             Ulimit(name="memlock", soft=MEMLOCK_UNLIMITED, hard=MEMLOCK_UNLIMITED),
             Ulimit(name="stack", soft=STACK_BYTES, hard=STACK_BYTES),
@@ -213,6 +211,20 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
     if options.ipc != "host":  # the host's namespace brings its own /dev/shm
         config["shm_size"] = options.shm_size or DEFAULT_SHM_SIZE
     return {k: v for k, v in config.items() if v is not None}
+
+
+def _labels(options: ContainerOptions) -> dict[str, str]:
+    """Only a live, attached ``aibuild run`` names itself the owner (the reaper's mark); an
+    exported job says what it is; a user's ``--label`` never takes aibuild's own keys."""
+    if options.exported:
+        own = {labels.EXPORTED: options.exported}
+    else:
+        own = {labels.RUN: "1", **({} if options.detach else {labels.RUN_OWNER: owner_label()})}
+    user = {k: v for k, v in options.labels if not k.startswith(RESERVED_LABEL_PREFIX)}
+    return {**user, **own}
+
+
+RESERVED_LABEL_PREFIX = "ai.aibuild.run"
 
 
 class _Terminate(Exception):
@@ -264,28 +276,39 @@ def _start_time(pid: int) -> str:
 
 
 def owner_label(pid: int | None = None) -> str:
-    """``host:pid:start`` of this process (or ``pid``)."""
+    """``host:pid:start:uid`` of this process (or ``pid``): the attached ``aibuild run`` that
+    owns a container or a network, and the user it runs as."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}:{os.getuid()}"
 
 
 def is_orphan(owner: str) -> bool:
-    """Whether the ``aibuild run`` an owner label names is gone (only judged on its host)."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
+    """Whether the ``aibuild run`` an owner label names is gone. Judged only on its host, for
+    labels of this user's runs, with a known start time: anything else (another host, another
+    user, a label aibuild did not write) is not ours to remove."""
+    parts = owner.split(":")
+    if len(parts) != 4:
+        return False
+    host, pid_text, start, uid = parts
+    if host != socket.gethostname() or not pid_text.isdigit() or not start.isdigit():
+        return False
+    if uid != str(os.getuid()):
         return False
     return not Path(f"/proc/{pid_text}").exists() or _start_time(int(pid_text)) != start
 
 
 def reap_orphans(client: docker.DockerClient, say: Any) -> list[str]:
-    """Stop and remove the containers of attached runs whose aibuild was killed; their ids."""
+    """Stop and remove the containers, then the networks (``run --nodes``), of attached runs
+    whose aibuild was killed; the containers' ids. Only objects that carry both aibuild's
+    run mark and an owner label naming a dead process of this user are touched."""
+    import docker as docker_sdk
 
     reaped = []
     found = client.containers.list(all=True, filters={"label": labels.RUN_OWNER})
     for container in found:
-        owner = (container.labels or {}).get(labels.RUN_OWNER, "")
-        if not is_orphan(owner):
+        container_labels = container.labels or {}
+        owner = container_labels.get(labels.RUN_OWNER, "")
+        if container_labels.get(labels.RUN) != "1" or not is_orphan(owner):
             continue
         say(
             f"aibuild: removing container {container.short_id} ({container.name}), left "
@@ -293,6 +316,14 @@ def reap_orphans(client: docker.DockerClient, say: Any) -> list[str]:
         )
         _remove(container)
         reaped.append(container.id)
+    for network in client.networks.list(filters={"label": labels.RUN_OWNER}):
+        network_labels = network.attrs.get("Labels") or {}
+        owner = network_labels.get(labels.RUN_OWNER, "")
+        if network_labels.get(labels.RUN) != "1" or not is_orphan(owner):
+            continue
+        say(f"aibuild: removing network {network.name}, left by a killed `aibuild run --nodes`")
+        with contextlib.suppress(docker_sdk.errors.NotFound, docker_sdk.errors.APIError):
+            client.api.remove_network(network.id)  # by ID: a name may be ambiguous
     return reaped
 
 
