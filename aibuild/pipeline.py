@@ -567,6 +567,7 @@ def lock_profile(
     options = options or RenderOptions()
     records = record_dir or RECORD_DIR
     plan_build(None, ref, overrides, options)  # profile errors before the engine
+    lockfile.check_lock_target(output or lockfile.default_lock_path(ref), ref)  # before a build
     when, when_from = lockfile.choose_epoch(lockfile.profile_file(ref), epoch)
     with client_session(client) as engine:
         plan, options, facts = plan_build(engine, ref, overrides, options)
@@ -623,7 +624,7 @@ def lock_profile(
             wheelhouse=Path(options.wheelhouse) if options.wheelhouse else None,
         )
     path = output or lockfile.default_lock_path(ref)
-    return lockfile.write_lock(lock, path), lock
+    return lockfile.write_lock(lock, path, ref), lock
 
 
 __all__ = [

@@ -137,11 +137,24 @@ def _gpus(gpus_per_node: int | None) -> str | None:
     return None if gpus_per_node is None else str(gpus_per_node)
 
 
-def _write(text: str, path: str | None, what: str) -> None:
+JOB_MARK = b"# Written by aibuild"  # the first line of every job file aibuild writes
+
+
+def _check_file(path: str | None, profile: str) -> None:
+    """``-f FILE`` checked before any work: not a link, not the profile, not someone's file."""
+    from aibuild.outfile import check_target, header_mark
+
+    if path is not None:
+        check_target(Path(path), option="-f", ours=header_mark(JOB_MARK), inputs=[profile])
+
+
+def _write(text: str, path: str | None, what: str, profile: str) -> None:
+    from aibuild.outfile import header_mark, write_text
+
     if path is None:
         click.echo(text, nl=False)
         return
-    Path(path).write_text(text, encoding="utf-8")
+    write_text(Path(path), text, option="-f", ours=header_mark(JOB_MARK), inputs=[profile])
     click.echo(f"aibuild: wrote {what} to {path}", err=True)
 
 
@@ -216,9 +229,10 @@ def export() -> None:
 @click.option("--wait", is_flag=True, help="With --submit: wait for the job (sbatch --wait).")
 def export_slurm(path: str | None, submit_it: bool, wait: bool, **fields: Any) -> None:
     """An sbatch script: resources, torchrun's rendezvous from Slurm, srun of the image per node."""
+    _check_file(path, fields["profile"])
     script = _slurm(**fields)
     if path is not None or not submit_it:
-        _write(script, path, "the sbatch script")
+        _write(script, path, "the sbatch script", fields["profile"])
     if submit_it:
         _submit(script, fields["runtime"], wait)
     elif wait:
@@ -261,6 +275,7 @@ def export_k8s(
     """Kubernetes objects for a multi-node job (kubectl apply -f)."""
     from aibuild.export.k8s import k8s_yaml
 
+    _check_file(path, profile)
     job = _job(
         profile,
         overrides,
@@ -271,7 +286,7 @@ def export_k8s(
         memory=mem,
         **fields,
     )
-    _write(k8s_yaml(job, kind), path, f"the Kubernetes {kind}")
+    _write(k8s_yaml(job, kind), path, f"the Kubernetes {kind}", profile)
 
 
 @export.command("compose")
@@ -302,8 +317,9 @@ def export_compose(
     """A Compose file for one multi-GPU host (docker compose up)."""
     from aibuild.export.compose import compose_yaml
 
+    _check_file(path, profile)
     job = _job(profile, overrides, args, gpus=gpus, **fields)
-    _write(compose_yaml(job), path, "the Compose file")
+    _write(compose_yaml(job), path, "the Compose file", profile)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -318,7 +334,8 @@ def submit() -> None:
 )
 def submit_slurm(path: str | None, wait: bool, **fields: Any) -> None:
     """Write the sbatch script (`aibuild export slurm`) and submit it; prints the job id."""
+    _check_file(path, fields["profile"])
     script = _slurm(**fields)
     if path is not None:
-        _write(script, path, "the sbatch script")
+        _write(script, path, "the sbatch script", fields["profile"])
     _submit(script, fields["runtime"], wait)

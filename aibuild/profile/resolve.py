@@ -743,10 +743,21 @@ class Resolver:
                 "project.path",
             )
             return None
+        outside = projects.outside_profile_folder(root, where, "project.path")
+        if outside:
+            self.error(outside, "project.path")
+            return None
         requirements: list[str] = []
         requirements_file = None
         if section.get("requirements"):
             requirements_file = root / str(section["requirements"])
+            req_where = self.p.pos("project.requirements").file
+            outside = projects.outside_profile_folder(
+                requirements_file, req_where, "project.requirements"
+            )
+            if outside:
+                self.error(outside, "project.requirements")
+                return None
             try:
                 listed = projects.read_requirements(requirements_file)
             except projects.RequirementsError as exc:

@@ -38,7 +38,7 @@ WORKDIR_RE = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+/?$")
 RESERVED_DIRS = (
     "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin",
     "/sys", "/usr", "/var", "/opt/venv", "/opt/python", "/opt/aibuild", "/output", "/data",
-    "/tmp",
+    "/tmp", "/root",
 )  # fmt: skip
 MAX_COMMAND_ARGS = 256
 MAX_EXCLUDES = 1000
@@ -197,6 +197,13 @@ def _workdir(value: Any) -> str | None:
     reserved = next((r for r in RESERVED_DIRS if path == r or path.startswith(r + "/")), None)
     if reserved:
         return f"'{_show(value)}' is the image's own {reserved}: use /workspace or a new directory"
+    # an ancestor of one (/opt, /): the project copied or mounted there (--live) hides it
+    hidden = next((r for r in RESERVED_DIRS if r.startswith(path + "/")), None)
+    if hidden:
+        return (
+            f"'{_show(value)}' holds the image's own {hidden}, which the project would hide "
+            "(run --live mounts it there): use /workspace or a new directory"
+        )
     return None
 
 

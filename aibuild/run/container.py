@@ -501,11 +501,24 @@ def run_container(
         err.flush()
 
     say = say or default_say
-    if options.output:
-        Path(options.output).mkdir(parents=True, exist_ok=True)
+    make_output_dir(options.output)
     config = container_config(options, target.image)
     with client_session(client) as engine:
         return _run(engine, target, options, config, out, err, say, started)
+
+
+def make_output_dir(output: str | None) -> None:
+    """``--output``: made when missing; one line when it cannot be (a file on the way)."""
+    if not output:
+        return
+    try:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(
+            f"--output {output}: cannot make that folder: {exc.strerror or exc}"
+        ) from None
+    if not Path(output).is_dir():
+        raise RunError(f"--output {output} exists and is not a folder")
 
 
 RLIMIT_MARKER = "error setting rlimit"
@@ -653,8 +666,7 @@ def run_interactive(
     stdout_fd = sys.stdout.fileno() if stdout_fd is None else stdout_fd
     stderr_fd = sys.stderr.fileno() if stderr_fd is None else stderr_fd
     terminal.check_terminal(options.tty, stdin_fd)
-    if options.output:
-        os.makedirs(options.output, exist_ok=True)
+    make_output_dir(options.output)
     config = container_config(options, target.image)
 
     def say(text: str) -> None:

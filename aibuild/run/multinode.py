@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from aibuild import bounds, labels
@@ -41,6 +40,7 @@ from aibuild.run.container import (
     _signals_as_interrupt,
     _Terminate,
     container_config,
+    make_output_dir,
     owner_label,
     resolve_target,
     with_default_output,
@@ -262,8 +262,7 @@ def run_nodes(
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
     say = _say(err)
-    if options.output:
-        Path(options.output).mkdir(parents=True, exist_ok=True)
+    make_output_dir(options.output)
     base = check_job_name(options.name) if options.name else f"aibuild-{uuid.uuid4().hex[:8]}"
     configs = node_configs(options, target.image, nodes, base)
     lock = threading.Lock()
