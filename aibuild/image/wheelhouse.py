@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 from aibuild.errors import BuildError
 from aibuild.image.render import UV_REQUIREMENT
 from aibuild.profile.resolve import dev_requirements, image_requirements
@@ -110,9 +113,28 @@ def download_wheelhouse(
     find_links: Sequence[str] = (),
     echo: bool = True,
 ) -> WheelhouseResult:
-    """Download ``plan``'s wheels into ``dest``; BuildError with pip's last lines on failure."""
+    """Download ``plan``'s wheels into ``dest``; BuildError with pip's last lines on failure.
+
+    Wheels only, and nothing built on this host: a direct reference (``name @ URL``) is
+    refused before pip runs (pip builds such a source, running its setup.py, whatever
+    ``--only-binary`` says), and afterwards every requirement must have its wheel in
+    ``dest``. A torch index that does not answer is found by one probe, not by pip's
+    retries for every package."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    for item in requirements(plan):
+        req = Requirement(item)
+        if req.url is not None:
+            raise BuildError(
+                f"'{req.name} @ ...' is a direct reference: aibuild wheelhouse downloads "
+                "wheels from indexes only (pip would build it here); put its wheel in a "
+                "folder and give --find-links DIR"
+            )
+    if plan.torch_index_url and not find_links:
+        probe_index(plan.torch_index_url)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"-o {dest}: cannot make that folder: {exc.strerror or exc}") from None
     command = pip_download_command(
         plan, dest, extra_index_urls=extra_index_urls, find_links=find_links
     )
@@ -151,7 +173,60 @@ def download_wheelhouse(
             log_tail=list(tail),
         )
     wheels = sorted(p.name for p in dest.glob("*.whl"))
+    check_wheels(plan, dest)
     return WheelhouseResult(dest, wheels, command)
+
+
+PROBE_TIMEOUT_S = 15.0
+
+
+def probe_index(url: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """One request to the torch index (its ``torch/`` page, as pip asks); BuildError at once
+    when it does not answer, instead of pip retrying it for every package."""
+    import urllib.error
+    import urllib.request
+
+    page = url.rstrip("/") + "/torch/"
+    try:
+        with urllib.request.urlopen(page, timeout=timeout) as response:
+            response.read(1)
+    except urllib.error.HTTPError:
+        return  # it answers: pip reads what it says
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BuildError(
+            f"PyTorch's wheel index {url} does not answer from here ({reason}): set "
+            "HTTPS_PROXY, or put the torch wheel in a folder and give --find-links DIR "
+            "(only torch comes from that index)"
+        ) from None
+
+
+def check_wheels(plan: BuildPlan, dest: Path) -> None:
+    """Every requirement has a wheel in ``dest`` (pip reports success for a requirement
+    it satisfied otherwise); BuildError naming the missing ones."""
+    have = {canonicalize_name(p.name.split("-", 1)[0]) for p in dest.glob("*.whl")}
+    target = {
+        "python_version": plan.python,
+        "python_full_version": f"{plan.python}.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+    }
+    wanted = [Requirement(r) for r in requirements(plan)]
+    missing = sorted(
+        req.name
+        for req in wanted
+        if (req.marker is None or req.marker.evaluate(target))
+        and canonicalize_name(req.name) not in have
+    )
+    if missing:
+        raise BuildError(
+            f"the wheelhouse {dest} has no wheel for {', '.join(missing[:10])}: pip did not "
+            "download one; give --find-links DIR holding it"
+        )
 
 
 # ---------------------------------------------------------------------------

@@ -57,6 +57,18 @@ def _name(requirement: str) -> str:
     return canonicalize_name(Requirement(requirement).name)
 
 
+def direct_reference(req: Requirement, allowed: bool) -> str | None:
+    """Why ``name @ URL`` (a file, git+, an archive) is refused: pip builds what it fetches
+    that way on the host, running its setup.py, whatever --only-binary says."""
+    if req.url is None or allowed:
+        return None
+    scheme = req.url.split(":", 1)[0] if ":" in req.url else "a path"
+    return (
+        f"'{req.name} @ ...' is a direct reference ({scheme}): aibuild installs wheels from "
+        "an index only; set software.allow_direct_references: true to accept it"
+    )
+
+
 def _runtime_conflict(req: Requirement) -> str | None:
     """Why a software.pip requirement pins a package the aibuild runtime needs to a version
     the runtime cannot use (None when it does not)."""
@@ -149,7 +161,9 @@ def validate_schema(profile: Profile) -> list[Diagnostic]:
                 )
             )
         else:
-            problem = _runtime_conflict(Requirement(item))
+            problem = _runtime_conflict(Requirement(item)) or direct_reference(
+                Requirement(item), software.get("allow_direct_references") is True
+            )
             if problem:
                 diags.append(profile.diag("error", problem, f"software.pip[{i}]"))
     for i, item in enumerate(
@@ -763,8 +777,11 @@ class Resolver:
             except projects.RequirementsError as exc:
                 self.error(str(exc), "project.requirements")
                 return None
+            allowed = (self.p.data.get("software") or {}).get("allow_direct_references") is True
             for item in listed:
-                problem = self._project_requirement(Requirement(item), torch)
+                problem = self._project_requirement(Requirement(item), torch) or (
+                    direct_reference(Requirement(item), allowed)
+                )
                 if problem:
                     self.error(f"{requirements_file}: {problem}", "project.requirements")
                 elif _name(item) != "torch":

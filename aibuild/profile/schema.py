@@ -348,6 +348,15 @@ FIELDS: tuple[Field, ...] = (
         _pip_list,
     ),
     Field(
+        "software.allow_direct_references",
+        "bool",
+        "false",
+        "Accept `name @ URL` requirements (a file, git+, an archive URL) in software.pip and "
+        "the project's requirements. Off: they are refused, since pip builds a source it "
+        "fetches that way on the host (`aibuild wheelhouse`), running its setup.py.",
+        _bool,
+    ),
+    Field(
         "software.apt",
         "list",
         "[]",
