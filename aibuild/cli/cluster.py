@@ -319,7 +319,29 @@ def export_compose(
 
     _check_file(path, profile)
     job = _job(profile, overrides, args, gpus=gpus, **fields)
-    _write(compose_yaml(job), path, "the Compose file", profile)
+    memlock = _memlock_works(job.image)
+    _write(compose_yaml(job, memlock), path, "the Compose file", profile)
+
+
+def _memlock_works(image: str) -> bool:
+    """Whether to keep memlock -1 in the Compose file: unless this host's engine answers and
+    refuses it (as ``aibuild devcontainer`` decides); a note in the file says what to do."""
+    from aibuild.engine import client_session
+    from aibuild.errors import AibuildError
+    from aibuild.run.devcontainer import memlock_allowed
+
+    try:
+        with client_session(None) as engine:
+            allowed = memlock_allowed(engine, image)
+    except AibuildError:
+        return True
+    if allowed is False:
+        click.echo(
+            "aibuild: warning: this engine cannot raise memlock to unlimited: the Compose "
+            "file leaves it out (docker compose up would refuse it here)",
+            err=True,
+        )
+    return allowed is not False
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -39,7 +39,7 @@ def _devices(request: Any) -> list[dict[str, Any]]:
     return devices
 
 
-def compose_service(job: ClusterJob) -> dict[str, Any]:
+def compose_service(job: ClusterJob, memlock: bool = True) -> dict[str, Any]:
     gpus = None
     if job.gpu_devices:
         gpus = GpuRequest(device_ids=job.gpu_devices)
@@ -65,7 +65,9 @@ def compose_service(job: ClusterJob) -> dict[str, Any]:
         service["environment"] = {env_name(k): v for k, v in config["environment"].items()}
     service["shm_size"] = config["shm_size"]
     service["ulimits"] = {
-        u["Name"]: {"soft": u["Soft"], "hard": u["Hard"]} for u in config["ulimits"]
+        u["Name"]: {"soft": u["Soft"], "hard": u["Hard"]}
+        for u in config["ulimits"]
+        if memlock or u["Name"] != "memlock"
     }
     volumes = [
         {
@@ -97,7 +99,17 @@ def _literal(value: Any) -> Any:
     return value
 
 
-def compose_yaml(job: ClusterJob) -> str:
+MEMLOCK_NOTE = (
+    "# ulimits.memlock -1 (NVIDIA's advice for pinned memory) needs an engine that can raise\n"
+    "# it: where `up` fails with 'error setting rlimit', delete that line (aibuild run does).\n"
+)
+NO_MEMLOCK_NOTE = (
+    "# No memlock ulimit: the engine here cannot raise it to unlimited (aibuild export\n"
+    "# compose tried); add `memlock: -1` under ulimits on a host whose engine can.\n"
+)
+
+
+def compose_yaml(job: ClusterJob, memlock: bool = True) -> str:
     header = (
         comment(
             f"# Written by aibuild {__version__} (aibuild export compose): profile "
@@ -105,6 +117,7 @@ def compose_yaml(job: ClusterJob) -> str:
             f"{job.gpus_per_node} GPU(s)."
         )
         + "\n# Run: docker compose -f THIS_FILE up (or docker-compose)\n"
+        + (MEMLOCK_NOTE if memlock else NO_MEMLOCK_NOTE)
     )
-    document = {"services": {SERVICE: _literal(compose_service(job))}}
+    document = {"services": {SERVICE: _literal(compose_service(job, memlock))}}
     return header + yaml.safe_dump(document, sort_keys=False, width=100)

@@ -97,9 +97,19 @@ def resolve_target(ref: str | None, overrides: Sequence[str] = ()) -> RunTarget:
         plan = plan_for(ref, overrides)
         sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
         return RunTarget(plan.image_ref, plan, f"aibuild image {shlex.quote(ref)}{sets}")
+    if looks_like_profile_path(ref):  # never an image: `docker pull ./x.yaml` is no advice
+        raise RunError(
+            f"profile {ref} not found: no such file (a profile is a .yaml file or a built-in "
+            "name: `aibuild profiles` lists those)"
+        )
     if overrides:
         raise RunError(f"--set applies to profiles; {ref!r} is not a profile (an image?)")
     return RunTarget(ref)
+
+
+def looks_like_profile_path(ref: str) -> bool:
+    """A path to a profile file (``x.yaml``, ``./x``, ``/abs/x``), not an image reference."""
+    return ref.endswith((".yaml", ".yml")) or ref.startswith(("./", "../", "/", "~"))
 
 
 def container_command(
