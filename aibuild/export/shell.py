@@ -36,12 +36,32 @@ class ShellText(str):
     command as it is. Never built from a user's value."""
 
 
-def env_name(key: str, option: str = "--env") -> str:
-    """``key`` if it is a variable name every shell and runtime accepts; else ExportError."""
+# Variables that change how the script itself, or the scheduler's tools, run when the
+# script exports them on the host (pyxis passes the job's own environment on): the shell's
+# search path and startup files, the dynamic loader, srun's/sbatch's input variables.
+HOST_NAMES = frozenset(
+    {"PATH", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "CDPATH", "GLOBIGNORE", "PS4"}
+    | {"PROMPT_COMMAND", "HOME", "TMPDIR", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}
+)
+HOST_PREFIXES = ("LD_", "BASH_", "SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "PYXIS_", "ENROOT_")
+HOST_PREFIXES += ("APPTAINER", "SINGULARITY")
+
+
+def env_name(key: str, option: str = "--env", *, host: bool = False) -> str:
+    """``key`` if it is a variable name every shell and runtime accepts; else ExportError.
+    With ``host`` (exported by the script on the node itself), names that would change
+    how the script or srun runs (``PATH``, ``BASH_ENV``, ``LD_PRELOAD``, ``SLURM_*``) are
+    refused too."""
     if not ENV_NAME.fullmatch(key):
         raise ExportError(
             f"{option} {key[:80]!r}: a variable name is letters, digits and '_', not starting "
             "with a digit"
+        )
+    if host and (key in HOST_NAMES or key.startswith(HOST_PREFIXES)):
+        raise ExportError(
+            f"{option} {key}: the pyxis runtime exports the job's variables on the node, where "
+            f"{key} would change how the script and srun run; set it in the image "
+            "(software.env), or use --runtime docker or apptainer"
         )
     return key
 
@@ -60,8 +80,9 @@ def words(values: Iterable[str]) -> str:
 
 
 def export_line(key: str, value: str, prefix: str = "") -> str:
-    """``export PREFIXKEY='value'``: the name validated, the value quoted."""
-    return f"export {prefix}{env_name(key)}={word(value)}"
+    """``export PREFIXKEY='value'``: the name validated (without a prefix the variable is
+    the host's own: ``env_name(host=True)``), the value quoted."""
+    return f"export {prefix}{env_name(key, host=not prefix)}={word(value)}"
 
 
 def command(segments: Sequence[Sequence[str]]) -> str:

@@ -61,8 +61,11 @@ class _Prefixed:
         self.prefix = prefix
         self.lock = lock
         self.partial = b""
+        self.muted = False  # after the user's stop: torchrun's shutdown tracebacks are noise
 
     def write(self, data: bytes) -> int:
+        if self.muted:
+            return len(data)
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
         if lines:
@@ -297,6 +300,11 @@ def run_nodes(
                 say(f"aibuild: {nodes} nodes on network {base}: {names}")
                 return _watch(job, say)
             except (KeyboardInterrupt, _Terminate) as stop:
+                for node in job.nodes:
+                    node.out.flush()
+                    node.err.flush()
+                    node.out.muted = node.err.muted = True
+                say("aibuild: stopping the job; the nodes' shutdown output is not shown")
                 _stop_all(job, options.grace_s, say)
                 # the shell's convention, as `aibuild run`: 128 + the signal
                 return 128 + (stop.signum if isinstance(stop, _Terminate) else signal.SIGINT)
