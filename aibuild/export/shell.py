@@ -42,9 +42,15 @@ class ShellText(str):
 HOST_NAMES = frozenset(
     {"PATH", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "CDPATH", "GLOBIGNORE", "PS4"}
     | {"PROMPT_COMMAND", "HOME", "TMPDIR", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}
+    # bash's own: read-only, reset by the shell, or changing its mode
+    | {"_", "PWD", "OLDPWD", "SHLVL", "UID", "EUID", "PPID", "RANDOM", "SRANDOM", "SECONDS"}
+    | {"LINENO", "EPOCHSECONDS", "EPOCHREALTIME", "HISTCMD", "FUNCNAME", "GROUPS", "DIRSTACK"}
+    | {"PIPESTATUS", "OPTIND", "OPTARG", "OPTERR", "POSIXLY_CORRECT", "TMOUT", "HOSTNAME"}
 )
-HOST_PREFIXES = ("LD_", "BASH_", "SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "PYXIS_", "ENROOT_")
-HOST_PREFIXES += ("APPTAINER", "SINGULARITY")
+HOST_PREFIXES: tuple[str, ...] = (
+    *("LD_", "BASH_", "SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "PYXIS_", "ENROOT_"),
+    *("APPTAINER", "SINGULARITY", "COMP_", "READLINE_", "HIST"),
+)
 
 
 def env_name(key: str, option: str = "--env", *, host: bool = False) -> str:

@@ -829,6 +829,7 @@ def run_image(
     """``aibuild run``: resolve what to run, apply its profile's run defaults and a default
     output directory for training, run it; the container's exit code."""
     terminal.check_terminal(options.tty)  # before anything is resolved or started
+    make_output_dir(options.output)
     target = resolve_target(ref, overrides)
     options = with_plan_defaults(options, target)
 

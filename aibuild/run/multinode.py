@@ -323,6 +323,9 @@ def run_multinode(
     """``aibuild run --nodes N``: resolve what to run, apply its profile's run defaults, run
     it on N nodes."""
     bounds.check("run_nodes", nodes, "--nodes", RunError)
+    if options.name:
+        check_job_name(options.name)
+    make_output_dir(options.output)
     target = resolve_target(ref, overrides)
     options = with_plan_defaults(options, target)
 
