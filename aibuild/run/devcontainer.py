@@ -228,6 +228,10 @@ def make_devcontainer(
     plan = plan_for(ref, overrides)
     folder = workspace or (Path(plan.project.path) if plan.project else Path.cwd())
     check_target(folder / FILE)  # before the engine is asked anything
+    if data is not None:
+        mount_text(str(data.resolve()), "--data")
+    if plan.project:
+        devcontainer_config(plan, folder, gpus=None)  # its paths checked, before the engine
     image = plan.dev_image_ref if plan.dev_jupyter else plan.image_ref
     try:
         with client_session(client) as engine:
