@@ -73,9 +73,8 @@ def outside_profile_folder(path: Path, written_in: str, key: str) -> str | None:
 
 
 def _read_text(path: Path) -> str:
-    from aibuild.bounds import BOUNDS
+    from aibuild.bounds import BOUNDS, read_bounded
     from aibuild.errors import RenderError
-    from aibuild.image.context import read_bounded
 
     if path.is_dir():
         raise RequirementsError(f"{path} is a directory, not a requirements file")
