@@ -397,3 +397,17 @@ def test_the_bounds_table_is_what_the_code_reads() -> None:
     assert bounds.BOUNDS["run_nodes"].high < bounds.BOUNDS["job_nodes"].high
     doc = Path(__file__).resolve().parents[2] / "docs" / "security.md"
     assert bounds.markdown_table() in doc.read_text(encoding="utf-8")
+
+
+def test_wheelhouse_checks_every_requirement_has_its_wheel(tmp_path: Path) -> None:
+    from aibuild.errors import BuildError
+    from aibuild.image.wheelhouse import check_wheels, requirements
+    from aibuild.profile.resolve import plan_for
+
+    plan = plan_for(CPU)
+    with pytest.raises(BuildError, match="no wheel for"):
+        check_wheels(plan, tmp_path)  # pip said it succeeded; nothing is there
+    for item in requirements(plan):
+        name = item.split("=")[0].split("<")[0].split(">")[0].split(";")[0].split("[")[0]
+        (tmp_path / f"{name.strip().replace('-', '_')}-1.0-py3-none-any.whl").write_bytes(b"")
+    check_wheels(plan, tmp_path)
