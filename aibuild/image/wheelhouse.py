@@ -44,7 +44,7 @@ PLATFORMS = (
 PYPI = "https://pypi.org/simple"
 
 
-def requirements(plan: BuildPlan) -> list[str]:
+def requirements(plan: BuildPlan, torch_index: bool = True) -> list[str]:
     """Everything the image installs with pip: torch, then ``image_requirements`` (the
     profile's and its project's packages and the aibuild runtime's, exactly as rendered),
     then the dev image's (``dev.jupyter``)."""
@@ -52,8 +52,13 @@ def requirements(plan: BuildPlan) -> list[str]:
     # exactly that version, so a `+cpu` wheel in a find-links directory (whose label would
     # satisfy `==`, and sort higher) can never stand in for the CUDA build.
     pin = "===" if plan.torch_index_url is None and plan.accelerator == "nvidia" else "=="
+    torch = f"torch{pin}{plan.torch}"
+    if plan.torch_index_url and not torch_index:
+        # PyTorch's index is left out: only a wheel of the plan's variant (a find-links
+        # folder's torch-X+cpu) may stand in, never PyPI's build of another variant
+        torch = f"torch=={plan.torch}+{plan.torch_variant}"
     return [
-        f"torch{pin}{plan.torch}",
+        torch,
         *image_requirements(plan),
         *dev_requirements(plan),
         UV_REQUIREMENT,
@@ -68,8 +73,10 @@ def pip_download_command(
     platforms: Sequence[str] = PLATFORMS,
     extra_index_urls: Sequence[str] = (),
     find_links: Sequence[str] = (),
+    torch_index: bool = True,
 ) -> list[str]:
-    """The ``pip download`` command line for ``plan``'s image (pure)."""
+    """The ``pip download`` command line for ``plan``'s image (pure); without
+    ``torch_index`` PyTorch's index is left out (it does not answer)."""
     abi = "cp" + plan.python.replace(".", "")
     command = [
         python,
@@ -87,15 +94,15 @@ def pip_download_command(
         "-d",
         str(dest),
         "--index-url",
-        plan.torch_index_url or PYPI,
+        (plan.torch_index_url if torch_index else None) or PYPI,
     ]
-    if plan.torch_index_url:
+    if plan.torch_index_url and torch_index:
         command += ["--extra-index-url", PYPI]
     for url in extra_index_urls:
         command += ["--extra-index-url", url]
     for link in find_links:
         command += ["--find-links", link]
-    return command + requirements(plan)
+    return command + requirements(plan, torch_index)
 
 
 @dataclass(frozen=True)
@@ -129,14 +136,28 @@ def download_wheelhouse(
                 "wheels from indexes only (pip would build it here); put its wheel in a "
                 "folder and give --find-links DIR"
             )
-    if plan.torch_index_url and not find_links:
-        probe_index(plan.torch_index_url)
+    torch_index = True
+    if plan.torch_index_url:
+        problem = probe_index(plan.torch_index_url)
+        if problem:  # asked once: pip would retry it for every package (15 minutes)
+            torch_index = False
+            print(
+                f"aibuild: warning: {problem}; leaving it out: torch {plan.torch}+"
+                f"{plan.torch_variant} must come from --find-links DIR or pip's own "
+                "find-links, the rest from PyPI",
+                file=sys.stderr,
+                flush=True,
+            )
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BuildError(f"-o {dest}: cannot make that folder: {exc.strerror or exc}") from None
     command = pip_download_command(
-        plan, dest, extra_index_urls=extra_index_urls, find_links=find_links
+        plan,
+        dest,
+        extra_index_urls=extra_index_urls,
+        find_links=find_links,
+        torch_index=torch_index,
     )
     tail: deque[str] = deque(maxlen=20)
     with subprocess.Popen(
@@ -180,9 +201,9 @@ def download_wheelhouse(
 PROBE_TIMEOUT_S = 15.0
 
 
-def probe_index(url: str, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """One request to the torch index (its ``torch/`` page, as pip asks); BuildError at once
-    when it does not answer, instead of pip retrying it for every package."""
+def probe_index(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """One request to the torch index (its ``torch/`` page, as pip asks): why it does not
+    answer, or None when it does."""
     import urllib.error
     import urllib.request
 
@@ -191,14 +212,11 @@ def probe_index(url: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         with urllib.request.urlopen(page, timeout=timeout) as response:
             response.read(1)
     except urllib.error.HTTPError:
-        return  # it answers: pip reads what it says
+        return None  # it answers: pip reads what it says
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise BuildError(
-            f"PyTorch's wheel index {url} does not answer from here ({reason}): set "
-            "HTTPS_PROXY, or put the torch wheel in a folder and give --find-links DIR "
-            "(only torch comes from that index)"
-        ) from None
+        return f"PyTorch's wheel index {url} does not answer from here ({reason})"
+    return None
 
 
 def check_wheels(plan: BuildPlan, dest: Path) -> None:
