@@ -34,5 +34,8 @@ REPRODUCIBLE = "ai.aibuild.reproducible"
 
 # on containers aibuild starts
 RUN = "ai.aibuild.run"  # `aibuild run`
-RUN_OWNER = "ai.aibuild.run.owner"  # host:pid:start of the attached `aibuild run` (not -d)
+RUN_OWNER = "ai.aibuild.run.owner"  # host:pid:start:uid of the live `aibuild run` (not -d)
+# on the containers of a job file aibuild wrote (export compose, export slurm --runtime
+# docker): what it is, never an owner (a job is not a run that a reaper may end)
+EXPORTED = "ai.aibuild.exported"
 HELPER = "ai.aibuild.helper"  # throwaway probes (base detection, package inspection, doctor)

@@ -28,7 +28,13 @@ from aibuild import labels
 from aibuild.engine import client_session, engine_errors
 from aibuild.errors import PublishError
 from aibuild.image.build import BuildSettings, build_context
-from aibuild.image.helpers import BaseFacts, detect_base, image_identity, inspect_image
+from aibuild.image.helpers import (
+    BaseFacts,
+    detect_base,
+    ensure_image,
+    image_identity,
+    inspect_image,
+)
 from aibuild.image.progress import QuietReporter, Reporter
 from aibuild.image.record import (
     RECORD_DIR,
@@ -193,6 +199,10 @@ def build_plan(
             else:
                 options = replace(options, wheelhouse_url=url)
                 settings = replace(settings, network_mode="host")
+        # the bases first, as --base-image does: where no registry answers, the advice to
+        # build offline, not the engine's raw DNS error at step 1
+        for base in dict.fromkeys((plan.base_image, plan.runtime_image)):
+            ensure_image(client, base, pull=settings.pull)
         context = Path(settings.context_dir or Path(tmp) / "context")
         write_context(plan, context, options)  # refuses a directory holding others' files
         build = functools.partial(
@@ -567,6 +577,7 @@ def lock_profile(
     options = options or RenderOptions()
     records = record_dir or RECORD_DIR
     plan_build(None, ref, overrides, options)  # profile errors before the engine
+    lockfile.check_lock_target(output or lockfile.default_lock_path(ref), ref)  # before a build
     when, when_from = lockfile.choose_epoch(lockfile.profile_file(ref), epoch)
     with client_session(client) as engine:
         plan, options, facts = plan_build(engine, ref, overrides, options)
@@ -623,7 +634,7 @@ def lock_profile(
             wheelhouse=Path(options.wheelhouse) if options.wheelhouse else None,
         )
     path = output or lockfile.default_lock_path(ref)
-    return lockfile.write_lock(lock, path), lock
+    return lockfile.write_lock(lock, path, ref), lock
 
 
 __all__ = [

@@ -27,8 +27,14 @@ def git(args: Sequence[str], cwd: Path) -> str | None:
 
 
 def without_credentials(url: str) -> str:
-    """A remote URL with any ``user:password@`` removed (never put secrets in labels)."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url)
+    """A remote URL with any ``user:password@`` removed (never put secrets in labels): the
+    user information runs to the *last* ``@`` of the authority, since a password may hold
+    ``@`` (``https://user:p@ss@host/x`` -> ``https://host/x``)."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)(.*)$", url, re.S)
+    if not match:
+        return url
+    scheme, authority, rest = match.groups()
+    return scheme + authority.rpartition("@")[2] + rest
 
 
 def git_source(path: Path | None) -> dict[str, str]:

@@ -137,11 +137,24 @@ def _gpus(gpus_per_node: int | None) -> str | None:
     return None if gpus_per_node is None else str(gpus_per_node)
 
 
-def _write(text: str, path: str | None, what: str) -> None:
+JOB_MARK = b"# Written by aibuild"  # the first line of every job file aibuild writes
+
+
+def _check_file(path: str | None, profile: str) -> None:
+    """``-f FILE`` checked before any work: not a link, not the profile, not someone's file."""
+    from aibuild.outfile import check_target, header_mark
+
+    if path is not None:
+        check_target(Path(path), option="-f", ours=header_mark(JOB_MARK), inputs=[profile])
+
+
+def _write(text: str, path: str | None, what: str, profile: str) -> None:
+    from aibuild.outfile import header_mark, write_text
+
     if path is None:
         click.echo(text, nl=False)
         return
-    Path(path).write_text(text, encoding="utf-8")
+    write_text(Path(path), text, option="-f", ours=header_mark(JOB_MARK), inputs=[profile])
     click.echo(f"aibuild: wrote {what} to {path}", err=True)
 
 
@@ -217,9 +230,10 @@ def export() -> None:
 @click.option("--wait", is_flag=True, help="With --submit: wait for the job (sbatch --wait).")
 def export_slurm(path: str | None, submit_it: bool, wait: bool, **fields: Any) -> None:
     """An sbatch script: resources, torchrun's rendezvous from Slurm, srun of the image per node."""
+    _check_file(path, fields["profile"])
     script = _slurm(**fields)
     if path is not None or not submit_it:
-        _write(script, path, "the sbatch script")
+        _write(script, path, "the sbatch script", fields["profile"])
     if submit_it:
         _submit(script, fields["runtime"], wait)
     elif wait:
@@ -269,6 +283,7 @@ def export_k8s(
     """Kubernetes objects for a multi-node job (kubectl apply -f)."""
     from aibuild.export.k8s import k8s_yaml
 
+    _check_file(path, profile)
     job = _job(
         profile,
         overrides,
@@ -279,7 +294,7 @@ def export_k8s(
         memory=mem,
         **fields,
     )
-    _write(k8s_yaml(job, kind, queue), path, f"the Kubernetes {kind}")
+    _write(k8s_yaml(job, kind, queue), path, f"the Kubernetes {kind}", profile)
 
 
 @export.command("compose")
@@ -310,8 +325,31 @@ def export_compose(
     """A Compose file for one multi-GPU host (docker compose up)."""
     from aibuild.export.compose import compose_yaml
 
+    _check_file(path, profile)
     job = _job(profile, overrides, args, gpus=gpus, **fields)
-    _write(compose_yaml(job), path, "the Compose file")
+    memlock = _memlock_works(job.image)
+    _write(compose_yaml(job, memlock), path, "the Compose file", profile)
+
+
+def _memlock_works(image: str) -> bool:
+    """Whether to keep memlock -1 in the Compose file: unless this host's engine answers and
+    refuses it (as ``aibuild devcontainer`` decides); a note in the file says what to do."""
+    from aibuild.engine import client_session
+    from aibuild.errors import AibuildError
+    from aibuild.run.devcontainer import memlock_allowed
+
+    try:
+        with client_session(None) as engine:
+            allowed = memlock_allowed(engine, image)
+    except AibuildError:
+        return True
+    if allowed is False:
+        click.echo(
+            "aibuild: warning: this engine cannot raise memlock to unlimited: the Compose "
+            "file leaves it out (docker compose up would refuse it here)",
+            err=True,
+        )
+    return allowed is not False
 
 
 @export.command("skypilot")
@@ -359,7 +397,7 @@ def export_skypilot(
     from aibuild.export.skypilot import skypilot_yaml
 
     job = _job(profile, overrides, args, gpus=_gpus(gpus_per_node), memory=mem, **fields)
-    _write(skypilot_yaml(job, accelerators), path, "the SkyPilot task")
+    _write(skypilot_yaml(job, accelerators), path, "the SkyPilot task", profile)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -374,7 +412,8 @@ def submit() -> None:
 )
 def submit_slurm(path: str | None, wait: bool, **fields: Any) -> None:
     """Write the sbatch script (`aibuild export slurm`) and submit it; prints the job id."""
+    _check_file(path, fields["profile"])
     script = _slurm(**fields)
     if path is not None:
-        _write(script, path, "the sbatch script")
+        _write(script, path, "the sbatch script", fields["profile"])
     _submit(script, fields["runtime"], wait)

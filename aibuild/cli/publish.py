@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from aibuild.bounds import BOUNDS
 from aibuild.cli.options import (
     epoch_option,
     json_option,
@@ -176,7 +177,13 @@ def lock(
 @click.command()
 @click.argument("image_a", metavar="IMAGE_A")
 @click.argument("image_b", metavar="IMAGE_B")
-@click.option("--max-files", type=int, default=50, show_default=True, help="Files shown per layer.")
+@click.option(
+    "--max-files",
+    type=click.IntRange(BOUNDS["diff_files"].low, BOUNDS["diff_files"].high),
+    default=50,
+    show_default=True,
+    help="Files shown per layer.",
+)
 @click.option("--exit-code", is_flag=True, help="Exit 1 when the images differ (like `git diff`).")
 @json_option
 def diff(image_a: str, image_b: str, max_files: int, exit_code: bool, as_json: bool) -> None:

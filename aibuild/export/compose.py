@@ -16,6 +16,7 @@ import yaml
 
 from aibuild import __version__
 from aibuild.export.job import ClusterJob
+from aibuild.export.shell import comment, compose_literal, env_name
 from aibuild.run.container import ContainerOptions, container_config
 from aibuild.run.gpus import GpuRequest
 
@@ -38,7 +39,7 @@ def _devices(request: Any) -> list[dict[str, Any]]:
     return devices
 
 
-def compose_service(job: ClusterJob) -> dict[str, Any]:
+def compose_service(job: ClusterJob, memlock: bool = True) -> dict[str, Any]:
     gpus = None
     if job.gpu_devices:
         gpus = GpuRequest(device_ids=job.gpu_devices)
@@ -53,6 +54,7 @@ def compose_service(job: ClusterJob) -> dict[str, Any]:
         output=job.output,
         env=tuple(job.environment(multinode=False)),
         nproc_per_node=job.nproc_per_node if job.nproc_per_node > 1 else None,
+        exported="compose",  # a job, not a run: no owner for a reaper to judge
     )
     config = container_config(options, job.image)
     service: dict[str, Any] = {"image": config["image"]}
@@ -60,10 +62,12 @@ def compose_service(job: ClusterJob) -> dict[str, Any]:
         if config.get(key) is not None:
             service[key] = config[key]
     if config["environment"]:
-        service["environment"] = dict(config["environment"])
+        service["environment"] = {env_name(k): v for k, v in config["environment"].items()}
     service["shm_size"] = config["shm_size"]
     service["ulimits"] = {
-        u["Name"]: {"soft": u["Soft"], "hard": u["Hard"]} for u in config["ulimits"]
+        u["Name"]: {"soft": u["Soft"], "hard": u["Hard"]}
+        for u in config["ulimits"]
+        if memlock or u["Name"] != "memlock"
     }
     volumes = [
         {
@@ -87,7 +91,7 @@ def _literal(value: Any) -> Any:
     """Every string with its ``$`` doubled: Compose interpolates ``${VAR}`` in all values,
     and a trainer flag or variable must reach the container as written."""
     if isinstance(value, str):
-        return value.replace("$", "$$")
+        return compose_literal(value)
     if isinstance(value, dict):
         return {k: _literal(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -95,12 +99,25 @@ def _literal(value: Any) -> Any:
     return value
 
 
-def compose_yaml(job: ClusterJob) -> str:
+MEMLOCK_NOTE = (
+    "# ulimits.memlock -1 (NVIDIA's advice for pinned memory) needs an engine that can raise\n"
+    "# it: where `up` fails with 'error setting rlimit', delete that line (aibuild run does).\n"
+)
+NO_MEMLOCK_NOTE = (
+    "# No memlock ulimit: the engine here cannot raise it to unlimited (aibuild export\n"
+    "# compose tried); add `memlock: -1` under ulimits on a host whose engine can.\n"
+)
+
+
+def compose_yaml(job: ClusterJob, memlock: bool = True) -> str:
     header = (
-        f"# Written by aibuild {__version__} (aibuild export compose): profile "
-        f"{job.plan.profile_name}, {job.nproc_per_node} process(es), "
-        f"{job.gpus_per_node} GPU(s).\n"
-        "# Run: docker compose -f THIS_FILE up (or docker-compose)\n"
+        comment(
+            f"# Written by aibuild {__version__} (aibuild export compose): profile "
+            f"{job.plan.profile_name}, {job.nproc_per_node} process(es), "
+            f"{job.gpus_per_node} GPU(s)."
+        )
+        + "\n# Run: docker compose -f THIS_FILE up (or docker-compose)\n"
+        + (MEMLOCK_NOTE if memlock else NO_MEMLOCK_NOTE)
     )
-    document = {"services": {SERVICE: _literal(compose_service(job))}}
+    document = {"services": {SERVICE: _literal(compose_service(job, memlock))}}
     return header + yaml.safe_dump(document, sort_keys=False, width=100)

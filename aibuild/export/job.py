@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aibuild import contract
+from aibuild import bounds, contract
 from aibuild.errors import ExportError
+from aibuild.export.shell import env_name
 from aibuild.image.record import RECORD_DIR, recorded_builds
 from aibuild.oci.reference import ReferenceError, parse_reference
 from aibuild.profile.schema import parse_size
@@ -42,8 +43,8 @@ WORKDIR = contract.WORKSPACE
 # wins over these.
 NCCL_ENV = (("NCCL_DEBUG", "WARN"), ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"))
 
-NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$")  # a DNS-1035 label, room for -<index>
-TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,48}[a-z0-9])?")  # a DNS-1035 label, room for -<index>
+TIME_RE = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
 
 
 # --------------------------------------------------------------------------- values
@@ -72,7 +73,7 @@ def quantity(size: int) -> str:
 def time_seconds(text: str) -> int:
     """A Slurm time limit in seconds: ``MIN``, ``MIN:SEC``, ``H:MIN:SEC``, ``D-H``,
     ``D-H:MIN``, ``D-H:MIN:SEC``."""
-    match = TIME_RE.match(text.strip())
+    match = TIME_RE.fullmatch(text.strip())
     if not match:
         raise ExportError(
             f"--time {text!r} is not a time limit: MINUTES, HH:MM:SS or DAYS-HH[:MM[:SS]]"
@@ -88,7 +89,7 @@ def time_seconds(text: str) -> int:
         seconds = (first or 0) * 60
     if seconds <= 0:
         raise ExportError(f"--time {text!r} is zero: give the job some time")
-    return seconds
+    return bounds.check("time_limit", seconds, "--time (seconds)", ExportError)
 
 
 def job_name(name: str | None, plan: BuildPlan) -> str:
@@ -96,7 +97,7 @@ def job_name(name: str | None, plan: BuildPlan) -> str:
     if name is None:
         name = "aibuild-" + re.sub(r"[^a-z0-9-]+", "-", plan.profile_name.lower()).strip("-")
         name = name[:50].rstrip("-")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ExportError(
             f"--name {name!r} is not a job name: lower-case letters, digits and '-', "
             "starting with a letter, at most 50 characters"
@@ -255,17 +256,27 @@ def cluster_job(
     gpus_per_node, devices = _gpus_per_node(gpus, plan)
     if nproc_per_node is None:
         nproc_per_node = gpus_per_node or 1
-    if nproc_per_node < 1:
-        raise ExportError(f"--nproc-per-node must be at least 1 (got {nproc_per_node})")
+    bounds.check("nproc_per_node", nproc_per_node, "--nproc-per-node", ExportError)
     if gpus_per_node and nproc_per_node > gpus_per_node:
         raise ExportError(
             f"--nproc-per-node {nproc_per_node} is more than the {gpus_per_node} GPUs per "
             "node: each process needs a GPU of its own"
         )
-    if cpus is not None and cpus < 1:
-        raise ExportError(f"--cpus must be at least 1 (got {cpus})")
-    if rdzv_port is not None and not 1024 <= rdzv_port <= 65535:
-        raise ExportError(f"--rdzv-port must be between 1024 and 65535 (got {rdzv_port})")
+    if cpus is not None:
+        bounds.check("cpus_per_node", cpus, "--cpus", ExportError)
+    if rdzv_port is not None:
+        bounds.check("rdzv_port", rdzv_port, "--rdzv-port", ExportError)
+    memory_bytes = None
+    if memory is not None:
+        memory_bytes = size_bytes(memory, "--mem")
+        bounds.check("memory_per_node", memory_bytes, f"--mem {memory[:40]!r} (bytes)", ExportError)
+    for key, value in env:  # every generator writes them; names are checked once, here
+        env_name(key)
+        if "\x00" in value:
+            raise ExportError(f"--env {key}: a NUL byte cannot be in a variable")
+    for arg in trainer_args:
+        if "\x00" in arg:
+            raise ExportError(f"trainer argument {arg[:80]!r}: a NUL byte cannot be in one")
     if trainer_args and not trainer_args[0].startswith("-"):
         raise ExportError(
             f"a cluster job runs the trainer: ARGS after -- must be trainer flags "
@@ -283,7 +294,7 @@ def cluster_job(
         gpus_per_node=gpus_per_node,
         gpu_devices=devices,
         cpus_per_node=cpus,
-        memory_bytes=size_bytes(memory, "--mem") if memory is not None else None,
+        memory_bytes=memory_bytes,
         time_limit=time_limit,
         data=data,
         output=output,

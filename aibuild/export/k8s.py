@@ -47,6 +47,7 @@ from aibuild.export.job import (
     Rendezvous,
     quantity,
 )
+from aibuild.export.shell import comment, env_name, kube_literal
 
 KINDS = ("job", "trainjob", "pytorchjob")
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -72,8 +73,10 @@ def _labels(job: ClusterJob) -> dict[str, str]:
 def _container(
     job: ClusterJob, name: str, rdzv: Rendezvous, port_name: str, extra_env: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    command = rdzv.torchrun(job.trainer_args)
-    env = dict(job.environment())
+    # the kubelet expands $(VAR) in command, args and env values: a user's text goes in with
+    # its $ doubled (the rendezvous' own $(NODE_RANK) is meant to expand)
+    command = rdzv.torchrun([kube_literal(a) for a in job.trainer_args])
+    env = {env_name(k): kube_literal(v) for k, v in job.environment()}
     env[ENV_OUTPUT] = OUTPUT_DIR
     limits: dict[str, str] = {}
     requests: dict[str, str] = {}
@@ -317,10 +320,13 @@ def k8s_yaml(job: ClusterJob, kind: str = DEFAULT_KIND, queue: str | None = None
         "pytorchjob": "# Needs: Kubeflow's training operator v1 (legacy; see --kind trainjob).\n",
     }.get(kind, "")
     header = (
-        f"# Written by aibuild {__version__} (aibuild export k8s --kind {kind}): profile "
-        f"{job.plan.profile_name}, {job.nodes} node(s) x {job.nproc_per_node} process(es).\n"
-        f"{needs}"
-        + (f"# Kueue: admitted through LocalQueue {queue}.\n" if queue else "")
+        comment(
+            f"# Written by aibuild {__version__} (aibuild export k8s --kind {kind}): profile "
+            f"{job.plan.profile_name}, {job.nodes} node(s) x {job.nproc_per_node} process(es)."
+        )
+        + "\n"
+        + f"{needs}"
+        + (comment(f"# Kueue: admitted through LocalQueue {queue}.") + "\n" if queue else "")
         + "# Apply: kubectl apply -f THIS_FILE\n"
     )
     body = yaml.safe_dump_all(k8s_documents(job, kind, queue), sort_keys=False, width=100)

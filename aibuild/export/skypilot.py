@@ -24,7 +24,6 @@ the variables SkyPilot sets are the only expansions.
 from __future__ import annotations
 
 import re
-import shlex
 from typing import Any
 
 import yaml
@@ -33,6 +32,7 @@ from aibuild import __version__
 from aibuild.contract import TRAIN_ENTRYPOINT
 from aibuild.errors import ExportError
 from aibuild.export.job import DATA_DIR, OUTPUT_DIR, ClusterJob
+from aibuild.export.shell import word
 
 # SkyPilot's names: its task YAML (``sky/utils/schemas.py``) and what it sets on each node
 NODE_RANK = "SKYPILOT_NODE_RANK"
@@ -44,9 +44,8 @@ ACCELERATOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _quote(value: str) -> str:
-    """One shell word. TODO(issue 16): the one quoting function for every generated script
-    in aibuild.export replaces this when it lands."""
-    return shlex.quote(value)
+    """One shell word, through the one quoting function of every generated script."""
+    return word(value)
 
 
 def _var(name: str) -> str:

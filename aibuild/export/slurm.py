@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
-from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aibuild import __version__
 from aibuild.errors import ExportError
 from aibuild.export.job import DATA_DIR, DEFAULT_RDZV_PORT, OUTPUT_DIR, WORKDIR, ClusterJob
+from aibuild.export.shell import ShellText, command, comment, env_name, export_line, word
 from aibuild.oci.reference import DOCKER_HUB, parse_reference
 from aibuild.run.container import MEMLOCK_UNLIMITED, ContainerOptions, container_config
 
@@ -42,14 +41,18 @@ RUNTIMES = ("pyxis", "apptainer", "singularity", "docker")
 DEFAULT_RUNTIME = "pyxis"
 # Per job, so that two jobs sharing a node (host networking) do not share a port.
 JOB_PORT = f"$(({DEFAULT_RDZV_PORT} + SLURM_JOB_ID % 1000))"
-ENDPOINT = "$RDZV_HOST:$RDZV_PORT"
-RUN_ID = "$SLURM_JOB_ID"
-NODE_ADDR = "$node_addr"
+# aibuild's own shell source in commands (typed: a user's value that reads the same is
+# still quoted)
+ENDPOINT = ShellText('"$RDZV_HOST:$RDZV_PORT"')
+RUN_ID = ShellText('"$SLURM_JOB_ID"')
+NODE_ADDR = ShellText('"$node_addr"')
 # A node's address as Slurm knows it (NodeAddr: the host name unless the cluster says
 # otherwise), for the node named in $1.
 SLURM_NODE_ADDR = "scontrol show node -o \"$1\" | tr ' ' '\\n' | sed -n 's/^NodeAddr=//p'"
-CONTAINER_NAME = "aibuild-$SLURM_JOB_ID-$SLURM_NODEID"
-SLURM_WORD = re.compile(r"^[A-Za-z0-9_.,:+-]+$")  # partition and account names
+CONTAINER_NAME = ShellText('"aibuild-$SLURM_JOB_ID-$SLURM_NODEID"')
+CALLER = ShellText('"$(id -u):$(id -g)"')
+NODE_SCRIPT = ShellText('"$node_script"')
+SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:+-]+")  # partition and account names (fullmatch)
 
 
 @dataclass(frozen=True)
@@ -63,23 +66,7 @@ class SlurmOptions:
 
 
 # the docker node script's arrays, expanded as words: GPUs, memlock
-ARRAYS = ('"${gpus[@]}"', '"${memlock[@]}"')
-
-
-def _word(word: str, expand: Container[str]) -> str:
-    """One shell word: quoted literally, or in double quotes where the shell must expand it
-    (the rendezvous variables, which differ per job and node)."""
-    if word in ARRAYS:
-        return word
-    if word in expand:
-        return f'"{word}"'
-    return shlex.quote(word)
-
-
-def _command(segments: Sequence[Sequence[str]], expand: Container[str] = ()) -> str:
-    """Segments of one command, a line each, joined by backslash-newlines."""
-    lines = [" ".join(_word(w, expand) for w in segment) for segment in segments if segment]
-    return " \\\n    ".join(lines)
+ARRAYS = (ShellText('"${gpus[@]}"'), ShellText('"${memlock[@]}"'))
 
 
 def _mount_path(path: str, option: str) -> str:
@@ -153,6 +140,7 @@ def _docker(job: ClusterJob, torchrun: list[str]) -> list[list[str]]:
         data=_mount_path(job.data, "--data") if job.data else None,
         output=_mount_path(job.output, "--output") if job.output else None,
         env=tuple(job.environment()),
+        exported="slurm",  # a job, not a run: no owner for a reaper to judge
     )
     config = container_config(options, job.image)
     ulimits = [u for u in config["ulimits"] if u["Name"] != "memlock"]
@@ -167,8 +155,8 @@ def _docker(job: ClusterJob, torchrun: list[str]) -> list[list[str]]:
     if job.gpus_per_node:
         segments.append([ARRAYS[0]])
     if "user" in config:  # files in --output belong to whoever submitted the job
-        segments.append(["--user", "$(id -u):$(id -g)"])
-    segments += [["-e", f"{k}={v}"] for k, v in config["environment"].items()]
+        segments.append(["--user", CALLER])
+    segments += [["-e", f"{env_name(k)}={v}"] for k, v in config["environment"].items()]
     for mount in config["mounts"]:
         ro = ":ro" if mount.get("ReadOnly") else ""
         segments.append(["-v", f"{mount['Source']}:{mount['Target']}{ro}"])
@@ -178,7 +166,6 @@ def _docker(job: ClusterJob, torchrun: list[str]) -> list[list[str]]:
 
 
 def _docker_node_script(job: ClusterJob, torchrun: list[str]) -> str:
-    expand = (ENDPOINT, RUN_ID, NODE_ADDR, CONTAINER_NAME, "$(id -u):$(id -g)")
     memlock = f"--ulimit=memlock={MEMLOCK_UNLIMITED}:{MEMLOCK_UNLIMITED}"
     probe = ["docker", "run", "--rm", memlock, "--entrypoint", "true", job.image]
     lines = [
@@ -190,7 +177,7 @@ def _docker_node_script(job: ClusterJob, torchrun: list[str]) -> str:
         "node_addr=${node_addr:-$(hostname -f)}",
         "# NVIDIA's memlock=-1 where the engine can raise it (as aibuild run does)",
         f"memlock=({memlock})",
-        f"if ! {_command([probe])} >/dev/null 2>&1; then",
+        f"if ! {command([probe])} >/dev/null 2>&1; then",
         '    echo "aibuild: the engine cannot raise memlock to unlimited; using its default" >&2',
         "    memlock=()",
         "fi",
@@ -202,7 +189,7 @@ def _docker_node_script(job: ClusterJob, torchrun: list[str]) -> str:
             "ids=${SLURM_STEP_GPUS:-${SLURM_JOB_GPUS:-}}",
             'if [[ -n $ids ]]; then gpus=(--gpus "\\"device=$ids\\""); fi',
         ]
-    lines.append("exec " + _command(_docker(job, torchrun), expand))
+    lines.append("exec " + command(_docker(job, torchrun)))
     return "\n".join(lines)
 
 
@@ -231,7 +218,7 @@ def _directives(job: ClusterJob, options: SlurmOptions) -> list[str]:
         values.append(("time", job.time_limit.strip()))
     for key, value in (("partition", options.partition), ("account", options.account)):
         if value is not None:
-            if not SLURM_WORD.match(value):
+            if not SLURM_WORD.fullmatch(value):
                 raise ExportError(f"--{key} {value!r} is not a Slurm {key} name")
             values.append((key, value))
     return [f"#SBATCH --{key}={value}" for key, value in values]
@@ -258,10 +245,12 @@ def slurm_script(job: ClusterJob, options: SlurmOptions | None = None) -> str:
     ]
     header = [
         "#!/bin/bash",
-        f"# Written by aibuild {__version__} (aibuild export slurm): profile "
-        f"{job.plan.profile_name}, {job.nodes} node(s) x {job.nproc_per_node} process(es), "
-        f"runtime {options.runtime}.",
-        f"# Image: {job.image}",
+        comment(
+            f"# Written by aibuild {__version__} (aibuild export slurm): profile "
+            f"{job.plan.profile_name}, {job.nodes} node(s) x {job.nproc_per_node} process(es), "
+            f"runtime {options.runtime}."
+        ),
+        comment(f"# Image: {job.image}"),
         "# Submit: sbatch THIS_FILE (or aibuild submit slurm ...). Each log line starts "
         "with its node (srun --label).",
         *_directives(job, options),
@@ -277,27 +266,23 @@ def slurm_script(job: ClusterJob, options: SlurmOptions | None = None) -> str:
         'rendezvous at $RDZV_HOST:$RDZV_PORT" >&2',
         "",
     ]
-    expand = (ENDPOINT, RUN_ID)
     if options.runtime == "pyxis":
-        body = [f"export {k}={shlex.quote(v)}" for k, v in job.environment()]
-        body.append(_command([srun, *_pyxis(job, torchrun)], expand))
+        body = [export_line(k, v) for k, v in job.environment()]
+        body.append(command([srun, *_pyxis(job, torchrun)]))
     elif options.runtime in ("apptainer", "singularity"):
         prefix = options.runtime.upper() + "ENV_"
-        body = [
-            f"export {prefix}{k}={shlex.quote(apptainer_value(v))}" for k, v in job.environment()
-        ]
-        body.append(_command([srun, *_apptainer(job, torchrun, options.runtime)], expand))
+        body = [export_line(k, apptainer_value(v), prefix) for k, v in job.environment()]
+        body.append(command([srun, *_apptainer(job, torchrun, options.runtime)]))
     else:
         torchrun = job.rendezvous(ENDPOINT, run_id=RUN_ID, local_addr=NODE_ADDR).torchrun(
             job.trainer_args
         )
+        # the node's script is one single-quoted word: no heredoc whose delimiter a value
+        # could hold
         body = [
             "# One container per node; scancel stops it (docker run --init --rm).",
-            "node_script=$(cat <<'AIBUILD_NODE'",
-            _docker_node_script(job, torchrun),
-            "AIBUILD_NODE",
-            ")",
-            _command([srun, ["bash", "-c", "$node_script"]], ("$node_script",)),
+            f"node_script={word(_docker_node_script(job, torchrun))}",
+            command([srun, ["bash", "-c", NODE_SCRIPT]]),
         ]
     return "\n".join([*header, *body]) + "\n"
 

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 from aibuild.errors import BuildError
 from aibuild.image.render import UV_REQUIREMENT
 from aibuild.profile.resolve import dev_requirements, image_requirements
@@ -41,7 +44,7 @@ PLATFORMS = (
 PYPI = "https://pypi.org/simple"
 
 
-def requirements(plan: BuildPlan) -> list[str]:
+def requirements(plan: BuildPlan, torch_index: bool = True) -> list[str]:
     """Everything the image installs with pip: torch, then ``image_requirements`` (the
     profile's and its project's packages and the aibuild runtime's, exactly as rendered),
     then the dev image's (``dev.jupyter``)."""
@@ -49,8 +52,13 @@ def requirements(plan: BuildPlan) -> list[str]:
     # exactly that version, so a `+cpu` wheel in a find-links directory (whose label would
     # satisfy `==`, and sort higher) can never stand in for the CUDA build.
     pin = "===" if plan.torch_index_url is None and plan.accelerator == "nvidia" else "=="
+    torch = f"torch{pin}{plan.torch}"
+    if plan.torch_index_url and not torch_index:
+        # PyTorch's index is left out: only a wheel of the plan's variant (a find-links
+        # folder's torch-X+cpu) may stand in, never PyPI's build of another variant
+        torch = f"torch=={plan.torch}+{plan.torch_variant}"
     return [
-        f"torch{pin}{plan.torch}",
+        torch,
         *image_requirements(plan),
         *dev_requirements(plan),
         UV_REQUIREMENT,
@@ -65,8 +73,10 @@ def pip_download_command(
     platforms: Sequence[str] = PLATFORMS,
     extra_index_urls: Sequence[str] = (),
     find_links: Sequence[str] = (),
+    torch_index: bool = True,
 ) -> list[str]:
-    """The ``pip download`` command line for ``plan``'s image (pure)."""
+    """The ``pip download`` command line for ``plan``'s image (pure); without
+    ``torch_index`` PyTorch's index is left out (it does not answer)."""
     abi = "cp" + plan.python.replace(".", "")
     command = [
         python,
@@ -84,15 +94,15 @@ def pip_download_command(
         "-d",
         str(dest),
         "--index-url",
-        plan.torch_index_url or PYPI,
+        (plan.torch_index_url if torch_index else None) or PYPI,
     ]
-    if plan.torch_index_url:
+    if plan.torch_index_url and torch_index:
         command += ["--extra-index-url", PYPI]
     for url in extra_index_urls:
         command += ["--extra-index-url", url]
     for link in find_links:
         command += ["--find-links", link]
-    return command + requirements(plan)
+    return command + requirements(plan, torch_index)
 
 
 @dataclass(frozen=True)
@@ -110,11 +120,44 @@ def download_wheelhouse(
     find_links: Sequence[str] = (),
     echo: bool = True,
 ) -> WheelhouseResult:
-    """Download ``plan``'s wheels into ``dest``; BuildError with pip's last lines on failure."""
+    """Download ``plan``'s wheels into ``dest``; BuildError with pip's last lines on failure.
+
+    Wheels only, and nothing built on this host: a direct reference (``name @ URL``) is
+    refused before pip runs (pip builds such a source, running its setup.py, whatever
+    ``--only-binary`` says), and afterwards every requirement must have its wheel in
+    ``dest``. A torch index that does not answer is found by one probe, not by pip's
+    retries for every package."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    for item in requirements(plan):
+        req = Requirement(item)
+        if req.url is not None:
+            raise BuildError(
+                f"'{req.name} @ ...' is a direct reference: aibuild wheelhouse downloads "
+                "wheels from indexes only (pip would build it here); put its wheel in a "
+                "folder and give --find-links DIR"
+            )
+    torch_index = True
+    if plan.torch_index_url:
+        problem = probe_index(plan.torch_index_url)
+        if problem:  # asked once: pip would retry it for every package (15 minutes)
+            torch_index = False
+            print(
+                f"aibuild: warning: {problem}; leaving it out: torch {plan.torch}+"
+                f"{plan.torch_variant} must come from --find-links DIR or pip's own "
+                "find-links, the rest from PyPI",
+                file=sys.stderr,
+                flush=True,
+            )
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"-o {dest}: cannot make that folder: {exc.strerror or exc}") from None
     command = pip_download_command(
-        plan, dest, extra_index_urls=extra_index_urls, find_links=find_links
+        plan,
+        dest,
+        extra_index_urls=extra_index_urls,
+        find_links=find_links,
+        torch_index=torch_index,
     )
     tail: deque[str] = deque(maxlen=20)
     with subprocess.Popen(
@@ -151,7 +194,57 @@ def download_wheelhouse(
             log_tail=list(tail),
         )
     wheels = sorted(p.name for p in dest.glob("*.whl"))
+    check_wheels(plan, dest)
     return WheelhouseResult(dest, wheels, command)
+
+
+PROBE_TIMEOUT_S = 15.0
+
+
+def probe_index(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """One request to the torch index (its ``torch/`` page, as pip asks): why it does not
+    answer, or None when it does."""
+    import urllib.error
+    import urllib.request
+
+    page = url.rstrip("/") + "/torch/"
+    try:
+        with urllib.request.urlopen(page, timeout=timeout) as response:
+            response.read(1)
+    except urllib.error.HTTPError:
+        return None  # it answers: pip reads what it says
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"PyTorch's wheel index {url} does not answer from here ({reason})"
+    return None
+
+
+def check_wheels(plan: BuildPlan, dest: Path) -> None:
+    """Every requirement has a wheel in ``dest`` (pip reports success for a requirement
+    it satisfied otherwise); BuildError naming the missing ones."""
+    have = {canonicalize_name(p.name.split("-", 1)[0]) for p in dest.glob("*.whl")}
+    target = {
+        "python_version": plan.python,
+        "python_full_version": f"{plan.python}.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+    }
+    wanted = [Requirement(r) for r in requirements(plan)]
+    missing = sorted(
+        req.name
+        for req in wanted
+        if (req.marker is None or req.marker.evaluate(target))
+        and canonicalize_name(req.name) not in have
+    )
+    if missing:
+        raise BuildError(
+            f"the wheelhouse {dest} has no wheel for {', '.join(missing[:10])}: pip did not "
+            "download one; give --find-links DIR holding it"
+        )
 
 
 # ---------------------------------------------------------------------------

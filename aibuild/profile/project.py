@@ -18,13 +18,12 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from aibuild.errors import shown
 from aibuild.profile.schema import CONTROL_RE, split_command
 
 # Never copied into the image: version control, host environments, aibuild's own records
 # and outputs, editor and notebook droppings. The project's .dockerignore and
 # project.exclude come after these, so `!PATTERN` there takes a path back.
-DEFAULT_EXCLUDE = (
+_NEVER_COPIED = (
     ".git",
     ".hg",
     ".svn",
@@ -32,14 +31,15 @@ DEFAULT_EXCLUDE = (
     ".aibuild",
     "aibuild-output",
     ".devcontainer",
-    "**/__pycache__",
-    "**/*.pyc",
-    "**/.ipynb_checkpoints",
+    "__pycache__",
+    "*.pyc",
+    ".ipynb_checkpoints",
     ".mypy_cache",
     ".pytest_cache",
     ".ruff_cache",
 )
-MAX_REQUIREMENTS_BYTES = 1 << 20
+# at the top and at every depth: vendor/lib/.git/config is as secret as .git/config
+DEFAULT_EXCLUDE = tuple(p for name in _NEVER_COPIED for p in (name, f"**/{name}"))
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _OPTION = re.compile(r"(?:^|\s)(--?[A-Za-z][\w-]*)")
 
@@ -56,34 +56,55 @@ def project_dir(path_value: Any, written_in: str) -> Path:
     return (base / str(path_value if path_value is not None else ".")).resolve()
 
 
+def outside_profile_folder(path: Path, written_in: str, key: str) -> str | None:
+    """Why ``path`` (resolved: links followed) may not be read for ``key``: a profile may
+    only name files in its own folder, so that a profile someone hands you cannot read
+    /etc/shadow or ../secrets into an image. Paths given on the command line (``--set``)
+    are the caller's own choice and may go anywhere."""
+    if written_in in ("--set", "<profile>"):
+        return None
+    folder = Path(written_in).parent.resolve()
+    if path.resolve().is_relative_to(folder):
+        return None
+    return (
+        f"{key} leads to {path.resolve()}, outside the profile's folder {folder}: a profile may "
+        f"only name files beside it (give it with --set {key}=... to use it anyway)"
+    )
+
+
 def _read_text(path: Path) -> str:
+    from aibuild.bounds import BOUNDS, read_bounded
+    from aibuild.errors import RenderError
+
+    if path.is_dir():
+        raise RequirementsError(f"{path} is a directory, not a requirements file")
+    try:  # bounded by the bytes read: /dev/zero, a FIFO or /proc cannot hang or fill memory
+        data = read_bounded(
+            path, BOUNDS["project_file_bytes"].high, "requirements file", RenderError
+        )
+    except RenderError as exc:
+        raise RequirementsError(str(exc)) from None
     try:
-        if path.stat().st_size > MAX_REQUIREMENTS_BYTES:
-            raise RequirementsError(f"{path}: larger than {MAX_REQUIREMENTS_BYTES >> 10} KiB")
-        return path.read_text(encoding="utf-8-sig")  # a BOM, as editors on Windows write
-    except FileNotFoundError:
-        raise RequirementsError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise RequirementsError(f"{path} is a directory, not a requirements file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RequirementsError(f"cannot read {path}: {exc}") from None
+        return data.decode("utf-8-sig")  # a BOM, as editors on Windows write
+    except UnicodeDecodeError as exc:
+        raise RequirementsError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _requirement(text: str, where: str) -> str:
+    # The line itself is never quoted: the file is not the profile's own, and may be one a
+    # profile points at to have it echoed (a key, /etc/shadow); its file and line say where.
     if CONTROL_RE.search(text):
-        raise RequirementsError(f"{where}: a control character in {shown(text)}")
-    option = _OPTION.search(text)
-    if option:
+        raise RequirementsError(f"{where}: a control character in the line")
+    if _OPTION.search(text):
         raise RequirementsError(
-            f"{where}: pip options ({shown(option.group(1))}) are not supported: list "
-            "plain PEP 508 requirements (name, version specifier, markers)"
+            f"{where}: pip options are not supported: list plain PEP 508 requirements "
+            "(name, version specifier, markers)"
         )
     try:
         return str(Requirement(text))
-    except InvalidRequirement as exc:
-        reason = str(exc).splitlines()[0]
+    except InvalidRequirement:
         raise RequirementsError(
-            f"{where}: {shown(text)} is not a PEP 508 requirement: {reason}"
+            f"{where}: not a PEP 508 requirement (name, version specifier, markers)"
         ) from None
 
 
@@ -117,6 +138,8 @@ def parse_pyproject(text: str, shown: str) -> list[str]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RequirementsError(f"{shown}: invalid TOML: {exc}") from None
+    except RecursionError:  # tables or arrays nested thousands deep
+        raise RequirementsError(f"{shown}: invalid TOML: nested too deep") from None
     project = data.get("project")
     if not isinstance(project, dict):
         raise RequirementsError(f"{shown}: no [project] table (PEP 621) to read dependencies from")

@@ -60,3 +60,15 @@ def image_requirements(plan: BuildPlan) -> list[str]:
 def dev_requirements(plan: BuildPlan) -> list[str]:
     """What the ``<tag>-dev`` image installs on top of the image's requirements."""
     return list(DEV_JUPYTER_REQUIREMENTS) if plan.dev_jupyter else []
+
+
+def direct_reference(req: Requirement, allowed: bool) -> str | None:
+    """Why ``name @ URL`` (a file, git+, an archive) is refused: pip builds what it fetches
+    that way on the host, running its setup.py, whatever --only-binary says."""
+    if req.url is None or allowed:
+        return None
+    scheme = req.url.split(":", 1)[0] if ":" in req.url else "a path"
+    return (
+        f"'{req.name} @ ...' is a direct reference ({scheme}): aibuild installs wheels from "
+        "an index only; set software.allow_direct_references: true to accept it"
+    )

@@ -34,8 +34,8 @@ from aibuild.profile import rules, schema
 from aibuild.profile.load import Profile, load_profile
 from aibuild.profile.plan import DEV_TAG_SUFFIX, BuildPlan, ProjectPlan, RenderOptions
 from aibuild.profile.requirements import dev_requirements as dev_requirements
+from aibuild.profile.requirements import direct_reference, requirement_name, runtime_conflict
 from aibuild.profile.requirements import image_requirements as image_requirements
-from aibuild.profile.requirements import requirement_name, runtime_conflict
 from aibuild.profile.rules import first_cuda_for as first_cuda_for
 from aibuild.profile.rules import toolkit_can_target as toolkit_can_target
 
@@ -487,17 +487,31 @@ class Resolver:
                 "project.path",
             )
             return None
+        outside = projects.outside_profile_folder(root, where, "project.path")
+        if outside:
+            self.error(outside, "project.path")
+            return None
         requirements: list[str] = []
         requirements_file = None
         if section.get("requirements"):
             requirements_file = root / str(section["requirements"])
+            req_where = self.p.pos("project.requirements").file
+            outside = projects.outside_profile_folder(
+                requirements_file, req_where, "project.requirements"
+            )
+            if outside:
+                self.error(outside, "project.requirements")
+                return None
             try:
                 listed = projects.read_requirements(requirements_file)
             except projects.RequirementsError as exc:
                 self.error(str(exc), "project.requirements")
                 return None
+            allowed = (self.p.data.get("software") or {}).get("allow_direct_references") is True
             for item in listed:
-                problem = self._project_requirement(Requirement(item), torch)
+                problem = self._project_requirement(Requirement(item), torch) or (
+                    direct_reference(Requirement(item), allowed)
+                )
                 if problem:
                     self.error(f"{requirements_file}: {problem}", "project.requirements")
                 elif _name(item) != "torch":

@@ -44,7 +44,7 @@ WORKDIR_RE = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+/?$")
 RESERVED_DIRS = (
     "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin",
     "/sys", "/usr", "/var", "/opt/venv", "/opt/python", contract.RUNTIME_DIR,
-    contract.OUTPUT_DIR, contract.DATA_DIR, "/tmp",
+    contract.OUTPUT_DIR, contract.DATA_DIR, "/tmp", "/root",
 )  # fmt: skip
 MAX_COMMAND_ARGS = 256
 MAX_EXCLUDES = 1000
@@ -197,6 +197,13 @@ def _workdir(value: Any) -> str | None:
     reserved = next((r for r in RESERVED_DIRS if path == r or path.startswith(r + "/")), None)
     if reserved:
         return f"{shown(value)} is the image's own {reserved}: use /workspace or a new directory"
+    # an ancestor of one (/opt, /): the project copied or mounted there (--live) hides it
+    hidden = next((r for r in RESERVED_DIRS if r.startswith(path + "/")), None)
+    if hidden:
+        return (
+            f"{shown(value)} holds the image's own {hidden}, which the project would hide "
+            "(run --live mounts it there): use /workspace or a new directory"
+        )
     return None
 
 
@@ -388,6 +395,15 @@ FIELDS: tuple[Field, ...] = (
         _pip_list,
     ),
     Field(
+        "software.allow_direct_references",
+        "bool",
+        "false",
+        "Accept `name @ URL` requirements (a file, git+, an archive URL) in software.pip and "
+        "the project's requirements. Off: they are refused, since pip builds a source it "
+        "fetches that way on the host (`aibuild wheelhouse`), running its setup.py.",
+        _bool,
+    ),
+    Field(
         "software.apt",
         "list",
         [],
@@ -542,7 +558,9 @@ def validate_schema(profile: _Located) -> list[Diagnostic]:
     _walk(profile, profile.data, "", diags)
     software = profile.data.get("software")
     if isinstance(software, dict):
-        diags += _pip_items(profile, software.get("pip"))
+        diags += _pip_items(
+            profile, software.get("pip"), software.get("allow_direct_references") is True
+        )
         diags += _apt_items(profile, software.get("apt"))
         diags += _env_items(profile, software.get("env"))
     training = profile.data.get("training")
@@ -582,8 +600,8 @@ def _walk(profile: _Located, mapping: dict[str, Any], prefix: str, diags: list[D
             _walk(profile, value, path, diags)
 
 
-def _pip_items(profile: _Located, items: Any) -> list[Diagnostic]:
-    from aibuild.profile.requirements import runtime_conflict
+def _pip_items(profile: _Located, items: Any, direct_allowed: bool) -> list[Diagnostic]:
+    from aibuild.profile.requirements import direct_reference, runtime_conflict
 
     diags = []
     for i, item in enumerate(items if isinstance(items, list) else []):
@@ -591,7 +609,9 @@ def _pip_items(profile: _Located, items: Any) -> list[Diagnostic]:
         if problem is None and canonicalize_name(Requirement(item).name) in ("torch", "aibuild"):
             problem = f"'{item}' does not belong in software.pip; set software.torch instead"
         elif problem is None:
-            problem = runtime_conflict(Requirement(item))
+            problem = runtime_conflict(Requirement(item)) or direct_reference(
+                Requirement(item), direct_allowed
+            )
         if problem:
             diags.append(profile.diag("error", problem, f"software.pip[{i}]"))
     return diags

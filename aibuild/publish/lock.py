@@ -183,9 +183,23 @@ def make_lock(
     }
 
 
-def write_lock(lock: Mapping[str, Any], path: Path) -> Path:
-    path.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+LOCK_MARK = b'"aibuild_lock"'  # the first key of every lock file (sorted JSON)
+
+
+def check_lock_target(path: Path, profile: str | None = None) -> None:
+    """Refuse, before any work, a lock path that is a link, a device, the profile itself or
+    a file aibuild did not write (one line)."""
+    from aibuild.outfile import check_target, header_mark
+
+    check_target(path, option="lock file", ours=header_mark(LOCK_MARK), inputs=[profile])
+
+
+def write_lock(lock: Mapping[str, Any], path: Path, profile: str | None = None) -> Path:
+    """The lock as sorted JSON, atomically, replacing only a lock aibuild wrote."""
+    from aibuild.outfile import header_mark, write_text
+
+    text = json.dumps(lock, indent=2, sort_keys=True) + "\n"
+    return write_text(path, text, option="lock file", ours=header_mark(LOCK_MARK), inputs=[profile])
 
 
 def read_lock(path: Path) -> dict[str, Any]:

@@ -97,9 +97,19 @@ def resolve_target(ref: str | None, overrides: Sequence[str] = ()) -> RunTarget:
         plan = plan_for(ref, overrides)
         sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
         return RunTarget(plan.image_ref, plan, f"aibuild image {shlex.quote(ref)}{sets}")
+    if looks_like_profile_path(ref):  # never an image: `docker pull ./x.yaml` is no advice
+        raise RunError(
+            f"profile {ref} not found: no such file (a profile is a .yaml file or a built-in "
+            "name: `aibuild profiles` lists those)"
+        )
     if overrides:
         raise RunError(f"--set applies to profiles; {ref!r} is not a profile (an image?)")
     return RunTarget(ref)
+
+
+def looks_like_profile_path(ref: str) -> bool:
+    """A path to a profile file (``x.yaml``, ``./x``, ``/abs/x``), not an image reference."""
+    return ref.endswith((".yaml", ".yml")) or ref.startswith(("./", "../", "/", "~"))
 
 
 def container_command(
@@ -154,6 +164,8 @@ class ContainerOptions:
     live: bool = False  # --live: the profile's project bind-mounted at its workdir
     project_mount: tuple[str, str] | None = None  # (host folder, workdir), from ``live``
     ports: tuple[tuple[int, str, int], ...] = ()  # (container port, host address, host port)
+    # a job file's container (``compose``, ``slurm``): labelled as what it is, with no owner
+    exported: str | None = None
 
 
 def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
@@ -193,11 +205,7 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
         # docker-py's "not detached" with stdin open is `docker run -i`: AttachStdin and
         # StdinOnce (the end of the caller's stdin closes the container's)
         "detach": not options.interactive,
-        "labels": {
-            labels.RUN: "1",
-            **({} if options.detach else {labels.RUN_OWNER: owner_label()}),
-            **dict(options.labels),
-        },
+        "labels": _labels(options),
         "ulimits": [
             Ulimit(name="memlock", soft=MEMLOCK_UNLIMITED, hard=MEMLOCK_UNLIMITED),
             Ulimit(name="stack", soft=STACK_BYTES, hard=STACK_BYTES),
@@ -213,6 +221,20 @@ def container_config(options: ContainerOptions, image: str) -> dict[str, Any]:
     if options.ipc != "host":  # the host's namespace brings its own /dev/shm
         config["shm_size"] = options.shm_size or DEFAULT_SHM_SIZE
     return {k: v for k, v in config.items() if v is not None}
+
+
+def _labels(options: ContainerOptions) -> dict[str, str]:
+    """Only a live, attached ``aibuild run`` names itself the owner (the reaper's mark); an
+    exported job says what it is; a user's ``--label`` never takes aibuild's own keys."""
+    if options.exported:
+        own = {labels.EXPORTED: options.exported}
+    else:
+        own = {labels.RUN: "1", **({} if options.detach else {labels.RUN_OWNER: owner_label()})}
+    user = {k: v for k, v in options.labels if not k.startswith(RESERVED_LABEL_PREFIX)}
+    return {**user, **own}
+
+
+RESERVED_LABEL_PREFIX = "ai.aibuild.run"
 
 
 class _Terminate(Exception):
@@ -264,28 +286,39 @@ def _start_time(pid: int) -> str:
 
 
 def owner_label(pid: int | None = None) -> str:
-    """``host:pid:start`` of this process (or ``pid``)."""
+    """``host:pid:start:uid`` of this process (or ``pid``): the attached ``aibuild run`` that
+    owns a container or a network, and the user it runs as."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}:{os.getuid()}"
 
 
 def is_orphan(owner: str) -> bool:
-    """Whether the ``aibuild run`` an owner label names is gone (only judged on its host)."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
+    """Whether the ``aibuild run`` an owner label names is gone. Judged only on its host, for
+    labels of this user's runs, with a known start time: anything else (another host, another
+    user, a label aibuild did not write) is not ours to remove."""
+    parts = owner.split(":")
+    if len(parts) != 4:
+        return False
+    host, pid_text, start, uid = parts
+    if host != socket.gethostname() or not pid_text.isdigit() or not start.isdigit():
+        return False
+    if uid != str(os.getuid()):
         return False
     return not Path(f"/proc/{pid_text}").exists() or _start_time(int(pid_text)) != start
 
 
 def reap_orphans(client: docker.DockerClient, say: Any) -> list[str]:
-    """Stop and remove the containers of attached runs whose aibuild was killed; their ids."""
+    """Stop and remove the containers, then the networks (``run --nodes``), of attached runs
+    whose aibuild was killed; the containers' ids. Only objects that carry both aibuild's
+    run mark and an owner label naming a dead process of this user are touched."""
+    import docker as docker_sdk
 
     reaped = []
     found = client.containers.list(all=True, filters={"label": labels.RUN_OWNER})
     for container in found:
-        owner = (container.labels or {}).get(labels.RUN_OWNER, "")
-        if not is_orphan(owner):
+        container_labels = container.labels or {}
+        owner = container_labels.get(labels.RUN_OWNER, "")
+        if container_labels.get(labels.RUN) != "1" or not is_orphan(owner):
             continue
         say(
             f"aibuild: removing container {container.short_id} ({container.name}), left "
@@ -293,6 +326,14 @@ def reap_orphans(client: docker.DockerClient, say: Any) -> list[str]:
         )
         _remove(container)
         reaped.append(container.id)
+    for network in client.networks.list(filters={"label": labels.RUN_OWNER}):
+        network_labels = network.attrs.get("Labels") or {}
+        owner = network_labels.get(labels.RUN_OWNER, "")
+        if network_labels.get(labels.RUN) != "1" or not is_orphan(owner):
+            continue
+        say(f"aibuild: removing network {network.name}, left by a killed `aibuild run --nodes`")
+        with contextlib.suppress(docker_sdk.errors.NotFound, docker_sdk.errors.APIError):
+            client.api.remove_network(network.id)  # by ID: a name may be ambiguous
     return reaped
 
 
@@ -470,11 +511,24 @@ def run_container(
         err.flush()
 
     say = say or default_say
-    if options.output:
-        Path(options.output).mkdir(parents=True, exist_ok=True)
+    make_output_dir(options.output)
     config = container_config(options, target.image)
     with client_session(client) as engine:
         return _run(engine, target, options, config, out, err, say, started)
+
+
+def make_output_dir(output: str | None) -> None:
+    """``--output``: made when missing; one line when it cannot be (a file on the way)."""
+    if not output:
+        return
+    try:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(
+            f"--output {output}: cannot make that folder: {exc.strerror or exc}"
+        ) from None
+    if not Path(output).is_dir():
+        raise RunError(f"--output {output} exists and is not a folder")
 
 
 RLIMIT_MARKER = "error setting rlimit"
@@ -622,8 +676,7 @@ def run_interactive(
     stdout_fd = sys.stdout.fileno() if stdout_fd is None else stdout_fd
     stderr_fd = sys.stderr.fileno() if stderr_fd is None else stderr_fd
     terminal.check_terminal(options.tty, stdin_fd)
-    if options.output:
-        os.makedirs(options.output, exist_ok=True)
+    make_output_dir(options.output)
     config = container_config(options, target.image)
 
     def say(text: str) -> None:
@@ -776,6 +829,7 @@ def run_image(
     """``aibuild run``: resolve what to run, apply its profile's run defaults and a default
     output directory for training, run it; the container's exit code."""
     terminal.check_terminal(options.tty)  # before anything is resolved or started
+    make_output_dir(options.output)
     target = resolve_target(ref, overrides)
     options = with_plan_defaults(options, target)
 

@@ -106,6 +106,8 @@ def devcontainer_config(
             f"the project folder {project} is not inside the workspace {workspace}: the "
             "editor mounts the folder it opens, so give a --workspace that holds the project"
         ) from None
+    if inside != ".":
+        mount_text(inside, "the project folder")
     source = "${localWorkspaceFolder}" + ("" if inside == "." else f"/{inside}")
     config: dict[str, Any] = {
         "name": plan.profile_name,
@@ -125,11 +127,25 @@ def devcontainer_config(
         },
     }
     if data is not None:
-        config["mounts"] = [
-            f"source={data.resolve()},target={contract.DATA_DIR},type=bind,readonly"
-        ]
+        source = mount_text(str(data.resolve()), "--data")
+        config["mounts"] = [f"source={source},target={contract.DATA_DIR},type=bind,readonly"]
         config["containerEnv"][contract.ENV_DATA] = contract.DATA_DIR
     return config
+
+
+def mount_text(path: str, what: str) -> str:
+    """``path`` for a ``source=...`` mount string: a ``,`` would add mount options
+    (``readonly=false``), ``${`` is expanded by the Dev Containers tools (``${localEnv:X}``),
+    a ``"`` or a control character breaks the string; each is refused."""
+    bad = next((c for c in (",", "${", '"', "\\") if c in path), None)
+    if bad is None and any(ord(c) < 32 or ord(c) == 127 for c in path):
+        bad = "a control character"
+    if bad is not None:
+        raise RenderError(
+            f"{what} {path[:200]!r}: a path holding {bad!r} cannot be written into a "
+            "devcontainer mount (the tools would read it as options or variables); rename it"
+        )
+    return path
 
 
 def render_devcontainer(plan: BuildPlan, config: dict[str, Any]) -> str:
@@ -162,6 +178,13 @@ def check_target(path: Path) -> None:
             f"{path} exists and aibuild did not write it (its first line is not "
             f"'{GENERATED_MARK}'): move it away, or give another --workspace; aibuild "
             "never overwrites files it did not write"
+        )
+    own = folder.parent / ".devcontainer.json"  # the spec's other place for the file
+    if own.exists() or own.is_symlink():
+        raise RenderError(
+            f"{own} is your own dev container file, and the tools read "
+            f".devcontainer/devcontainer.json before it: aibuild's would silently take its "
+            "place; move it into .devcontainer/ yourself, or give another --workspace"
         )
 
 
@@ -205,6 +228,10 @@ def make_devcontainer(
     plan = plan_for(ref, overrides)
     folder = workspace or (Path(plan.project.path) if plan.project else Path.cwd())
     check_target(folder / FILE)  # before the engine is asked anything
+    if data is not None:
+        mount_text(str(data.resolve()), "--data")
+    if plan.project:
+        devcontainer_config(plan, folder, gpus=None)  # its paths checked, before the engine
     image = plan.dev_image_ref if plan.dev_jupyter else plan.image_ref
     try:
         with client_session(client) as engine:

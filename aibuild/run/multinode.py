@@ -16,16 +16,16 @@ stops them all (130). The containers and the network are removed on every path.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from aibuild import labels
+from aibuild import bounds, labels
 from aibuild.engine import client_session, engine_errors
 from aibuild.errors import RunError
 from aibuild.run.container import (
@@ -39,12 +39,14 @@ from aibuild.run.container import (
     _signals_as_interrupt,
     _Terminate,
     container_config,
+    make_output_dir,
+    owner_label,
     resolve_target,
     with_default_output,
     with_plan_defaults,
 )
 from aibuild.run.gpus import GpuRequest
-from aibuild.run.rendezvous import DEFAULT_RDZV_PORT, RANK_PREFIX_ENV, Rendezvous, check_nodes
+from aibuild.run.rendezvous import DEFAULT_RDZV_PORT, RANK_PREFIX_ENV, Rendezvous
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker
@@ -59,8 +61,11 @@ class _Prefixed:
         self.prefix = prefix
         self.lock = lock
         self.partial = b""
+        self.muted = False  # after the user's stop: torchrun's shutdown tracebacks are noise
 
     def write(self, data: bytes) -> int:
+        if self.muted:
+            return len(data)
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
         if lines:
@@ -98,7 +103,7 @@ class _Job:
     options: ContainerOptions
     network: str
     nodes: list[_Node] = field(default_factory=list)
-    network_made: bool = False
+    network_id: str | None = None  # removed by ID: a name can be ambiguous
 
 
 def _gpus_for(options: ContainerOptions, nodes: int) -> list[GpuRequest | None]:
@@ -135,6 +140,30 @@ def node_configs(
         config["environment"] = {**dict([RANK_PREFIX_ENV]), **config["environment"]}
         configs.append(config)
     return configs
+
+
+JOB_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,40}")
+
+
+def check_job_name(name: str) -> str:
+    """``--name`` for ``run --nodes``: names the network and the nodes, so it is a plain
+    word (no ``/``, ``.``, upper case)."""
+    if not JOB_NAME.fullmatch(name):
+        raise RunError(
+            f"--name {name[:80]!r}: with --nodes a name is lower-case letters, digits, '-' and "
+            "'_', at most 41 characters (it names the job's network and nodes)"
+        )
+    return name
+
+
+def _check_network_free(client: Any, name: str) -> None:
+    """A network of that name exists already: the job would share it, and removing by name
+    could remove the other one."""
+    if any(n.name == name for n in client.networks.list(names=[name])):
+        raise RunError(
+            f"--name {name}: a network of that name exists already on this engine; pick "
+            "another --name"
+        )
 
 
 def _say(err: BinaryIO) -> Any:
@@ -192,9 +221,9 @@ def _cleanup(job: _Job) -> None:
             _remove(node.container)
         node.out.flush()
         node.err.flush()
-    if job.network_made:
+    if job.network_id is not None:
         with contextlib.suppress(docker_sdk.errors.NotFound):
-            job.client.networks.get(job.network).remove()
+            job.client.api.remove_network(job.network_id)
 
 
 def _watch(job: _Job, say: Any) -> int:
@@ -225,7 +254,7 @@ def run_nodes(
 ) -> int:
     """Run ``target.image`` as an N-node torchrun job; the failing node's exit code, 0, or
     128 + the signal when interrupted."""
-    check_nodes(nodes)
+    bounds.check("run_nodes", nodes, "--nodes", RunError)
     if options.detach:
         raise RunError("--detach starts one container; it cannot be combined with --nodes")
     if options.args and not options.args[0].startswith("-"):
@@ -236,9 +265,8 @@ def run_nodes(
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
     say = _say(err)
-    if options.output:
-        Path(options.output).mkdir(parents=True, exist_ok=True)
-    base = options.name or f"aibuild-{uuid.uuid4().hex[:8]}"
+    make_output_dir(options.output)
+    base = check_job_name(options.name) if options.name else f"aibuild-{uuid.uuid4().hex[:8]}"
     configs = node_configs(options, target.image, nodes, base)
     lock = threading.Lock()
     with client_session(client) as engine:
@@ -250,10 +278,17 @@ def run_nodes(
         with engine_errors(f"running {target.image} on {nodes} nodes"), _signals_as_interrupt():
             try:
                 _ensure_image(engine, target)
-                engine.networks.create(
-                    base, driver="bridge", labels={**dict(options.labels), labels.RUN: "1"}
+                _check_network_free(engine, base)
+                network = engine.networks.create(
+                    base,
+                    driver="bridge",
+                    labels={
+                        **dict(options.labels),
+                        labels.RUN: "1",
+                        labels.RUN_OWNER: owner_label(),
+                    },
                 )
-                job.network_made = True
+                job.network_id = network.id
                 say_once = _once(say)
                 for node in job.nodes:
                     node.container, (attached, node.wait_exit) = _create_and_start(
@@ -265,6 +300,11 @@ def run_nodes(
                 say(f"aibuild: {nodes} nodes on network {base}: {names}")
                 return _watch(job, say)
             except (KeyboardInterrupt, _Terminate) as stop:
+                for node in job.nodes:
+                    node.out.flush()
+                    node.err.flush()
+                    node.out.muted = node.err.muted = True
+                say("aibuild: stopping the job; the nodes' shutdown output is not shown")
                 _stop_all(job, options.grace_s, say)
                 # the shell's convention, as `aibuild run`: 128 + the signal
                 return 128 + (stop.signum if isinstance(stop, _Terminate) else signal.SIGINT)
@@ -282,7 +322,10 @@ def run_multinode(
 ) -> int:
     """``aibuild run --nodes N``: resolve what to run, apply its profile's run defaults, run
     it on N nodes."""
-    check_nodes(nodes)
+    bounds.check("run_nodes", nodes, "--nodes", RunError)
+    if options.name:
+        check_job_name(options.name)
+    make_output_dir(options.output)
     target = resolve_target(ref, overrides)
     options = with_plan_defaults(options, target)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aibuild import bounds
 from aibuild.contract import TRAIN_ENTRYPOINT
 from aibuild.errors import ExportError
 
@@ -64,7 +65,6 @@ class Rendezvous:
         return [*argv, "-m", *TRAIN_ENTRYPOINT, *trainer_args]
 
 
-def check_nodes(nodes: int) -> int:
-    if nodes < 1:
-        raise ExportError(f"--nodes must be at least 1 (got {nodes})")
-    return nodes
+def check_nodes(nodes: int, bound: str = "job_nodes") -> int:
+    """``nodes`` within its bound (``job_nodes`` for a cluster, ``run_nodes`` on one host)."""
+    return bounds.check(bound, nodes, "--nodes", ExportError)

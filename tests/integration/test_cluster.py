@@ -235,6 +235,7 @@ def test_sigterm_to_aibuild_stops_every_node(node_job: NodeJob) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143, log.read_text()[-3000:]  # 128 + SIGTERM, as aibuild run
     assert "stopping 2 node(s)" in log.read_text()
+    assert "Traceback" not in log.read_text()  # torchrun's shutdown tracebacks are not shown
     assert node_job.leftovers() == ([], [])
     # the nodes had their grace period: rank 0 saved a checkpoint on the way out
     assert list((node_job.directory / "out" / "checkpoints").glob("ckpt-*.pt"))
@@ -436,10 +437,14 @@ def test_compose_reads_the_file(
     else:
         assert [{k: d[k] for k in sorted(d)} for d in got] == devices
     assert train["shm_size"] in ("64g", "2g", 68719476736, 2147483648)
-    assert train["ulimits"] == {
-        "memlock": {"soft": -1, "hard": -1},
-        "stack": {"soft": 67108864, "hard": 67108864},
-    }
+    # memlock -1 is kept unless this engine, with the image there to try, refuses it
+    # (docker compose up would fail here); the file says which
+    stack = {"stack": {"soft": 67108864, "hard": 67108864}}
+    if "memlock" in train["ulimits"]:
+        assert train["ulimits"] == {"memlock": {"soft": -1, "hard": -1}, **stack}
+    else:
+        assert train["ulimits"] == stack
+        assert "No memlock ulimit: the engine here cannot raise it" in path.read_text()
     volumes = {v["target"]: v for v in train["volumes"]}
     assert volumes["/data"]["source"] == str(tmp_path) and volumes["/data"]["read_only"] is True
     assert volumes["/output"]["source"] == str(tmp_path / "out")

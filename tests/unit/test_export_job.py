@@ -53,7 +53,7 @@ def test_cpu_profile_runs_one_process_without_gpus(cpu: BuildPlan) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"nodes": 0}, "--nodes must be at least 1 (got 0)"),
+        ({"nodes": 0}, "--nodes 0 is out of bounds: between 1 and"),
         ({"gpus": "9"}, "9 GPUs per node asked for, but profile gpu-h100x8 has fewer"),
         ({"gpus": "device=0,1,2,3,4,5,6,7,8"}, "hardware.gpus is 8"),
         ({"nproc_per_node": 9}, "--nproc-per-node 9 is more than the 8 GPUs per node"),
@@ -62,7 +62,7 @@ def test_cpu_profile_runs_one_process_without_gpus(cpu: BuildPlan) -> None:
         ({"time_limit": "1:2:3:4"}, "--time '1:2:3:4' is not a time limit"),
         ({"name": "Bad_Name"}, "--name 'Bad_Name' is not a job name"),
         ({"trainer_args": ("python", "x.py")}, "ARGS after -- must be trainer flags"),
-        ({"rdzv_port": 80}, "--rdzv-port must be between 1024 and 65535"),
+        ({"rdzv_port": 80}, "--rdzv-port 80 is out of bounds: between 1,024 and 65,535"),
     ],
 )
 def test_bad_requests_are_one_clear_error(h100x8: BuildPlan, kwargs: dict, message: str) -> None:
@@ -189,8 +189,8 @@ def test_a_digest_is_kept(cpu: BuildPlan, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["export", "slurm", "cpu", "--nodes", "0"], "--nodes must be at least 1 (got 0)"),
-        (["export", "k8s", "cpu", "--nodes", "0"], "--nodes must be at least 1 (got 0)"),
+        (["export", "slurm", "cpu", "--nodes", "0"], "--nodes 0 is out of bounds: between 1 and"),
+        (["export", "k8s", "cpu", "--nodes", "0"], "--nodes 0 is out of bounds: between 1 and"),
         (
             ["export", "slurm", "gpu-h100x8", "--gpus-per-node", "16"],
             "16 GPUs per node asked for, but profile gpu-h100x8 has fewer: hardware.gpus is 8",
@@ -199,7 +199,7 @@ def test_a_digest_is_kept(cpu: BuildPlan, tmp_path: Path) -> None:
         (["export", "compose", "gpu-l4", "--gpus", "2"], "hardware.gpus is 1"),
         (["export", "slurm", "cpu", "--image", "not a ref"], "not an image reference"),
         (["export", "k8s", "cpu", "--image", "x@sha256:12"], "not an image reference"),
-        (["run", "cpu", "--nodes", "0"], "--nodes must be at least 1 (got 0)"),
+        (["run", "cpu", "--nodes", "0"], "--nodes 0 is out of bounds: between 1 and"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_1(argv: list[str], message: str) -> None:

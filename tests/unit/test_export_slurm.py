@@ -57,10 +57,14 @@ def directives(script: str) -> dict[str, str]:
     return found
 
 
+# the docker runtime's node script: one single-quoted word (no heredoc)
+NODE_SCRIPT = re.compile(r"^node_script=('(?:[^']|'\"'\"')*')$", re.M)
+
+
 def commands(script: str) -> list[list[str]]:
     """Each command of the script as shell words (continuation lines joined; variables
     left as written)."""
-    joined = script.replace("\\\n", " ")
+    joined = NODE_SCRIPT.sub("node_script=NODE_SCRIPT", script).replace("\\\n", " ")
     return [shlex.split(line) for line in joined.splitlines() if line and not line.startswith("#")]
 
 
@@ -164,9 +168,12 @@ def test_apptainer_without_gpus_has_no_nv(tmp_path: Path) -> None:
 
 
 def node_script(script: str) -> str:
-    match = re.search(r"<<'AIBUILD_NODE'\n(.*?)\nAIBUILD_NODE\n", script, re.S)
+    """The docker runtime's node script: one single-quoted word assigned to node_script
+    (no heredoc), read back as the shell reads it."""
+    match = NODE_SCRIPT.search(script)
     assert match, script
-    return match.group(1)
+    (text,) = shlex.split(match.group(1))
+    return text
 
 
 def test_docker(tmp_path: Path) -> None:

@@ -77,11 +77,11 @@ def test_requirements_txt_as_pip_reads_it() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "says"),
     [
-        ("numpy\n-r other.txt\n", 2, "pip options ('-r')"),
-        ("numpy==1.0 --hash=sha256:00\n", 1, "pip options ('--hash"),
-        ("-e .\n", 1, "pip options ('-e')"),
-        ("ok\nnumpy >>= 2\n", 2, "is not a PEP 508 requirement"),
-        ("a\nb\n\nc d\n", 4, "is not a PEP 508 requirement"),
+        ("numpy\n-r other.txt\n", 2, "pip options are not supported"),
+        ("numpy==1.0 --hash=sha256:00\n", 1, "pip options are not supported"),
+        ("-e .\n", 1, "pip options are not supported"),
+        ("ok\nnumpy >>= 2\n", 2, "not a PEP 508 requirement"),
+        ("a\nb\n\nc d\n", 4, "not a PEP 508 requirement"),
     ],
 )
 def test_a_requirements_file_that_does_not_parse_names_its_line(
@@ -90,6 +90,8 @@ def test_a_requirements_file_that_does_not_parse_names_its_line(
     with pytest.raises(RequirementsError) as caught:
         parse_requirements_txt(text, "req.txt")
     assert str(caught.value).startswith(f"req.txt:{line}: ") and says in str(caught.value)
+    # the file is not the profile's own: its lines are never quoted back
+    assert not any(part in str(caught.value) for part in ("other.txt", "sha256", ">>=", "c d"))
 
 
 def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
@@ -215,7 +217,7 @@ def test_a_missing_project_path_is_one_line(tmp_path: Path) -> None:
 def test_a_requirements_file_that_does_not_parse_is_one_line(tmp_path: Path) -> None:
     profile = project(tmp_path, "project:\n  requirements: r.txt\n", {"r.txt": "numpy\nnu mpy\n"})
     line = one_clean_line(invoke("check", str(profile)))
-    assert "r.txt:2: 'nu mpy' is not a PEP 508 requirement" in line
+    assert "r.txt:2: not a PEP 508 requirement" in line and "nu mpy" not in line
     profile = project(tmp_path, "project:\n  requirements: missing.txt\n")
     assert "missing.txt does not exist" in one_clean_line(invoke("check", str(profile)))
 
@@ -241,15 +243,15 @@ def test_bad_project_values(tmp_path: Path, section: str, key: str) -> None:
 
 
 def test_project_path_is_relative_to_the_file_that_sets_it(tmp_path: Path) -> None:
-    (tmp_path / "code").mkdir()
-    (tmp_path / "code" / "train.py").write_text("")
-    (tmp_path / "team").mkdir()
-    (tmp_path / "team" / "base.yaml").write_text("extends: cpu\nproject:\n  path: ../code\n")
+    (tmp_path / "team" / "code").mkdir(parents=True)
+    (tmp_path / "team" / "code" / "train.py").write_text("")
+    (tmp_path / "team" / "base.yaml").write_text("extends: cpu\nproject:\n  path: code\n")
     (tmp_path / "team" / "sub").mkdir()
     child = tmp_path / "team" / "sub" / "exp.yaml"
     child.write_text("extends: ../base.yaml\nproject:\n  command: python train.py\n")
     plan = plan_for(str(child))
-    assert plan.project is not None and plan.project.path == str((tmp_path / "code").resolve())
+    want = str((tmp_path / "team" / "code").resolve())
+    assert plan.project is not None and plan.project.path == want
 
 
 def test_git_source_labels_without_credentials(tmp_path: Path) -> None:
