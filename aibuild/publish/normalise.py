@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aibuild import labels
-from aibuild.engine import engine_errors
+from aibuild.engine import engine_errors, save_image
 from aibuild.errors import PublishError
 from aibuild.logs import Log, silent
-from aibuild.oci.archive import HashingWriter, disk_errors, load_image, save_image
+from aibuild.oci.archive import HashingWriter, disk_errors, load_image
 from aibuild.oci.media import CHUNK, EPOCH_MAX, rfc3339
 from aibuild.oci.reference import parse_reference
 
@@ -108,6 +108,10 @@ def _normalised_info(member: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
     info.mtime = min(int(member.mtime), epoch)
     info.pax_headers = {k: v for k, v in member.pax_headers.items() if k.startswith(XATTR_PREFIXES)}
     return info
+
+
+def _short(digests: Sequence[str]) -> str:
+    return "[" + ", ".join(d.removeprefix("sha256:")[:12] for d in digests) + "]"
 
 
 def normalise_layer(src: Path, dst: Path, epoch: int) -> LayerReport:
@@ -244,7 +248,7 @@ def normalised_tag(image: str, tags: Sequence[str], image_id: str, epoch: int) -
 class NormaliseResult:
     """A normalised image: its new ID, what changed, how long it took."""
 
-    image_id: str
+    image_id: str  # the engine's ID (config digest, or manifest digest: containerd store)
     source_id: str
     tags: list[str]
     source_date_epoch: int
@@ -252,10 +256,12 @@ class NormaliseResult:
     base_layers: int
     layers: list[LayerReport]
     seconds: float
+    config_digest: str = ""  # the same on every engine
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image_id": self.image_id,
+            "config_digest": self.config_digest,
             "source_id": self.source_id,
             "tags": self.tags,
             "source_date_epoch": self.source_date_epoch,
@@ -320,7 +326,10 @@ def normalise_image(
         work = Path(workdir or tmp)
         saved = save_image(client, source_id, work / "saved")
         if saved.diff_ids != layers:
-            raise PublishError(f"docker save of {image} did not give the layers it reports")
+            raise PublishError(
+                f"docker save of {image} gave layers {_short(saved.diff_ids)}, not the "
+                f"layers {_short(layers)} its config lists"
+            )
         reports: list[LayerReport] = []
         new_layers: list[tuple[str, Path | None]] = [(d, None) for d in layers[:count]]
         for index in range(count, len(layers)):
@@ -337,7 +346,7 @@ def normalise_image(
         )
         image_id = load_image(client, config, new_layers, keep_tags, work)
         if cache is not None:
-            cache.add_config(config)
+            cache.add_config(config, image_id)
             cache.add_layers({d: path or saved.layers[i] for i, (d, path) in enumerate(new_layers)})
     seconds = round(time.monotonic() - started, 3)
     log(f"normalised {image} -> {image_id[:19]} in {seconds:.1f}s")
@@ -350,4 +359,5 @@ def normalise_image(
         base_layers=count,
         layers=reports,
         seconds=seconds,
+        config_digest="sha256:" + hashlib.sha256(config).hexdigest(),
     )
