@@ -171,6 +171,13 @@ class EngineFacts:
         digests (classic store)."""
         return self.store == "containerd"
 
+    @property
+    def load_needs_every_layer(self) -> bool:
+        """Whether ``docker load`` wants every layer in the archive, even those it holds
+        (the containerd store resolves layers in the archive only; the classic store
+        skips a layer it has by diff ID)."""
+        return self.store == "containerd"
+
     def to_dict(self) -> dict[str, str]:
         return {
             "version": self.version,
@@ -197,8 +204,11 @@ def image_store(info: Mapping[str, Any]) -> str:
 def engine_facts(client: docker.DockerClient) -> EngineFacts:
     """The engine's version, API version and image store (EngineError when it fails)."""
     with engine_errors("describing itself (docker version, docker info)"):
-        version = client.version()
-        info = client.info()
+        return facts_from(client.version(), client.info())
+
+
+def facts_from(version: Mapping[str, Any], info: Mapping[str, Any]) -> EngineFacts:
+    """EngineFacts from ``docker version`` and ``docker info`` answers."""
     return EngineFacts(
         version=str(version.get("Version") or info.get("ServerVersion") or "unknown"),
         api_version=str(version.get("ApiVersion") or "unknown"),
@@ -206,6 +216,52 @@ def engine_facts(client: docker.DockerClient) -> EngineFacts:
         driver=str(info.get("Driver") or ""),
         os=str(info.get("OperatingSystem") or ""),
     )
+
+
+@dataclass(frozen=True)
+class EngineLimit:
+    """A feature known not to work (or to work worse) on an engine: what, and the fix."""
+
+    problem: str
+    fix: str
+
+
+# Docker releases whose support ended (docs.docker.com/engine/release-notes): they
+# still work with aibuild, but users are told.
+END_OF_LIFE = ("17.", "18.", "19.", "20.10", "23.0", "24.0", "25.0")
+MIN_API = (1, 41)  # Docker 20.10: the oldest engine aibuild is tested on
+
+
+def engine_limits(facts: EngineFacts) -> list[EngineLimit]:
+    """What is known not to work, or not to be tested, on this engine (docs/engines.md)."""
+    limits: list[EngineLimit] = []
+    if facts.version.startswith(END_OF_LIFE):
+        limits.append(
+            EngineLimit(
+                f"Docker {facts.version} has reached end of life",
+                "upgrade to a supported Docker Engine (aibuild is tested on 20.10 and 26.1)",
+            )
+        )
+    try:
+        api = tuple(int(part) for part in facts.api_version.split(".")[:2])
+    except ValueError:
+        api = MIN_API
+    if api < MIN_API:
+        limits.append(
+            EngineLimit(
+                f"API {facts.api_version} is older than {'.'.join(map(str, MIN_API))} "
+                "(Docker 20.10), the oldest aibuild is tested on",
+                "upgrade the Docker Engine",
+            )
+        )
+    if "podman" in facts.version.lower() or "podman" in facts.os.lower():
+        limits.append(
+            EngineLimit(
+                "Podman's Docker-compatible API is not tested with aibuild",
+                "use Docker Engine (see docs/engines.md)",
+            )
+        )
+    return limits
 
 
 def push_digest(message: Mapping[str, Any]) -> str | None:

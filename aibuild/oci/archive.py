@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from aibuild.engine import (
     engine_errors,
+    engine_facts,
     load_archive,
     save_image,
 )
@@ -253,12 +254,16 @@ def disk_errors(what: str) -> Iterator[None]:
 def load_image(
     client: docker.DockerClient,
     config: bytes,
-    layers: Sequence[tuple[str, Path | None]],
+    layers: Sequence[tuple[str, Path]],
     tags: Sequence[str],
     workdir: Path,
+    *,
+    present: int = 0,
 ) -> str:
-    """``docker load`` a config and layers; a layer whose path is None is already in the
-    engine (the base) and is not sent. Returns the engine's ID of the loaded image (the
+    """``docker load`` a config and layers (diff ID, uncompressed tar). The first
+    ``present`` layers are already in the engine (the base): an engine that finds a
+    layer by its diff ID (the classic store) is not sent them; the containerd store
+    wants every layer in the archive. Returns the engine's ID of the loaded image (the
     config digest on the classic store, a manifest digest on the containerd store)."""
 
     image_id = "sha256:" + hashlib.sha256(config).hexdigest()
@@ -278,9 +283,9 @@ def load_image(
             tar.addfile(info, io.BytesIO(data))
 
         add_bytes(manifest[0]["Config"], config)  # type: ignore[arg-type]
-        for diff_id, path in layers:
-            if path is not None:
-                tar.add(str(path), arcname=f"{diff_id.removeprefix('sha256:')}/layer.tar")
+        skip = 0 if engine_facts(client).load_needs_every_layer else present
+        for diff_id, path in layers[skip:]:
+            tar.add(str(path), arcname=f"{diff_id.removeprefix('sha256:')}/layer.tar")
         add_bytes("manifest.json", json.dumps(manifest).encode())
     loaded = load_archive(client, archive)
     engine_id = next(iter(loaded), "")

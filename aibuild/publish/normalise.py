@@ -331,7 +331,7 @@ def normalise_image(
                 f"layers {_short(layers)} its config lists"
             )
         reports: list[LayerReport] = []
-        new_layers: list[tuple[str, Path | None]] = [(d, None) for d in layers[:count]]
+        new_layers = [(d, saved.layers[i]) for i, d in enumerate(layers[:count])]
         for index in range(count, len(layers)):
             out = work / f"layer-{index}.tar"
             report = normalise_layer(saved.layers[index], out, source_date_epoch)
@@ -344,10 +344,10 @@ def normalise_image(
         config = normalise_config(
             saved.config, [d for d, _ in new_layers], source_date_epoch, extra_labels
         )
-        image_id = load_image(client, config, new_layers, keep_tags, work)
+        image_id = load_image(client, config, new_layers, keep_tags, work, present=count)
         if cache is not None:
             cache.add_config(config, image_id)
-            cache.add_layers({d: path or saved.layers[i] for i, (d, path) in enumerate(new_layers)})
+            cache.add_layers(dict(new_layers))
     seconds = round(time.monotonic() - started, 3)
     log(f"normalised {image} -> {image_id[:19]} in {seconds:.1f}s")
     return NormaliseResult(
