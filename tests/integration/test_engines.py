@@ -84,3 +84,25 @@ def test_cpu_reproducible_build_gives_one_digest_on_every_engine(
             if engine != first
         }
         pytest.fail(f"digests differ: {pushed}; config fields unlike {first}'s: {report}")
+
+
+def test_doctor_names_each_engines_version_api_and_image_store(
+    engine_hosts: dict[str, str], aibuild_cli: Any, tmp_path: Path
+) -> None:
+    expected = {
+        "docker20.10": ("20.10", "classic"),
+        "docker26-classic": ("26.", "classic"),
+        "docker26-containerd": ("26.", "containerd"),
+    }
+    for engine, host in engine_hosts.items():
+        doctor = aibuild_cli("doctor", "--json", cwd=tmp_path, env={"DOCKER_HOST": host})
+        assert "Traceback" not in doctor.stderr
+        report = json.loads(doctor.stdout)
+        version, store = expected[engine]
+        assert report["engine"]["version"].startswith(version), report["engine"]
+        assert report["engine"]["image_store"] == store
+        assert report["engine"]["api_version"]
+        checks = {c["name"]: c for c in report["checks"]}
+        assert checks["image store"]["detail"].startswith(store)
+        end_of_life = [c for c in report["checks"] if "end of life" in c["detail"]]
+        assert bool(end_of_life) == (engine == "docker20.10")
