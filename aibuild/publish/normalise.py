@@ -106,6 +106,10 @@ def _normalised_info(member: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
     info.linkname = member.linkname
     info.devmajor, info.devminor = member.devmajor, member.devminor
     info.mtime = min(int(member.mtime), epoch)
+    if _is_whiteout(member.name):
+        # Docker 20.10 and the classic store write whiteouts 0600, the containerd
+        # store 0000; the mode of a whiteout means nothing.
+        info.mode = 0
     info.pax_headers = {k: v for k, v in member.pax_headers.items() if k.startswith(XATTR_PREFIXES)}
     return info
 
@@ -114,8 +118,67 @@ def _short(digests: Sequence[str]) -> str:
     return "[" + ", ".join(d.removeprefix("sha256:")[:12] for d in digests) + "]"
 
 
-def normalise_layer(src: Path, dst: Path, epoch: int) -> LayerReport:
-    """Rewrite one uncompressed layer tar per the rules above; returns its new diff ID."""
+def _is_whiteout(name: str) -> bool:
+    return name.rsplit("/", 1)[-1].startswith(".wh.")
+
+
+# What a file is, mtime aside: (type, mode, uid, gid, size, content sha256, link, xattrs).
+Signature = tuple[bytes, int, int, int, int, str, str, str]
+
+
+def _signature(member: tarfile.TarInfo, tar: tarfile.TarFile) -> Signature | None:
+    """The signature of a regular file or symlink (None for other entries)."""
+    if not (member.isreg() or member.issym()):
+        return None
+    sha = hashlib.sha256()
+    if member.isreg():
+        handle = tar.extractfile(member)
+        assert handle is not None
+        while chunk := handle.read(CHUNK):
+            sha.update(chunk)
+    xattrs = ",".join(
+        f"{k}={v}" for k, v in sorted(member.pax_headers.items()) if k.startswith(XATTR_PREFIXES)
+    )
+    return (
+        member.type, member.mode, member.uid, member.gid, member.size if member.isreg() else 0,
+        sha.hexdigest(), member.linkname, xattrs,
+    )  # fmt: skip
+
+
+def apply_layer(files: dict[str, Signature], layer: Path) -> None:
+    """Update ``files`` (path -> signature of what a container sees) with a layer on top:
+    its whiteouts delete, its regular files and symlinks replace."""
+    with tarfile.open(layer, "r:") as tar:
+        for member in tar:
+            name = member.name.rstrip("/")
+            head, _, base = name.rpartition("/")
+            if base == ".wh..wh..opq":
+                prefix = f"{head}/"
+                for path in [p for p in files if p.startswith(prefix)]:
+                    del files[path]
+                continue
+            if base.startswith(".wh."):
+                gone = f"{head}/{base[4:]}" if head else base[4:]
+                files.pop(gone, None)
+                for path in [p for p in files if p.startswith(gone + "/")]:
+                    del files[path]
+                continue
+            signature = _signature(member, tar)
+            if signature is None:
+                files.pop(name, None)
+            else:
+                files[name] = signature
+
+
+def normalise_layer(
+    src: Path, dst: Path, epoch: int, below: Mapping[str, Signature] | None = None
+) -> LayerReport:
+    """Rewrite one uncompressed layer tar per the rules above; returns its new diff ID.
+
+    ``below``: what the layers under this one hold (``apply_layer``). A regular file or
+    symlink that is the same as below in everything but its mtime is left out: the
+    classic store's diff includes a file a build step only touched (useradd's
+    ``/etc/.pwd.lock``), the containerd store's leaves it out."""
     source_sha = hashlib.sha256()
     with src.open("rb") as handle:
         while chunk := handle.read(CHUNK):
@@ -134,6 +197,14 @@ def normalise_layer(src: Path, dst: Path, epoch: int) -> LayerReport:
                     reason = "timestamp-based byte-code"
             if reason is not None:
                 dropped.add(member.name)
+        linked = {m.linkname for m in members if m.islnk()}
+        if below:
+            for member in members:
+                name = member.name.rstrip("/")
+                if name in dropped or name in linked or name not in below:
+                    continue
+                if _signature(member, tar) == below[name]:
+                    dropped.add(member.name)
         # A hard link to a dropped file goes with it.
         dropped |= {m.name for m in members if m.islnk() and m.linkname in dropped}
         report.dropped = sorted(dropped)
@@ -182,6 +253,10 @@ def normalise_config(
     config["config"] = inner
     inner.pop("Image", None)
     inner.pop("Hostname", None)
+    # The classic store writes every field (``"Tty": false``, ``"Cmd": null``), the
+    # containerd store leaves the empty ones out: they mean the same.
+    for key in [k for k, v in inner.items() if v is None or v is False or v == ""]:
+        del inner[key]
     merged = dict(inner.get("Labels") or {})
     merged.update(extra_labels or {})
     merged[labels.REPRODUCIBLE] = str(epoch)
@@ -332,9 +407,13 @@ def normalise_image(
             )
         reports: list[LayerReport] = []
         new_layers = [(d, saved.layers[i]) for i, d in enumerate(layers[:count])]
+        below: dict[str, Signature] = {}
+        for index in range(count):
+            apply_layer(below, saved.layers[index])
         for index in range(count, len(layers)):
             out = work / f"layer-{index}.tar"
-            report = normalise_layer(saved.layers[index], out, source_date_epoch)
+            report = normalise_layer(saved.layers[index], out, source_date_epoch, below)
+            apply_layer(below, out)
             reports.append(report)
             new_layers.append((report.diff_id, out))
             log(

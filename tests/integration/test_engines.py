@@ -48,7 +48,8 @@ def test_cpu_reproducible_build_gives_one_digest_on_every_engine(
     pushed: dict[str, str] = {}
     repos: dict[str, str] = {}
     for engine, host in engine_hosts.items():
-        repos[engine] = f"engines/{unique_name}-{engine.replace('.', '-')}"
+        # One image name everywhere: it is in the image (its profile.yaml and label).
+        repos[engine] = f"engines/{unique_name}"
         source = (
             "--base-image", base_image, "--wheelhouse", str(wheelhouse), "--template-dir",
             str(templates), *CPU_SETS, "--set", f"image.name={registry.repo(repos[engine])}",
