@@ -118,6 +118,11 @@ def _short(digests: Sequence[str]) -> str:
     return "[" + ", ".join(d.removeprefix("sha256:")[:12] for d in digests) + "]"
 
 
+def _path(name: str) -> str:
+    """A layer entry's path as one spelling (``./etc/x`` in an imported base is ``etc/x``)."""
+    return name.removeprefix("./").rstrip("/")
+
+
 def _is_whiteout(name: str) -> bool:
     return name.rsplit("/", 1)[-1].startswith(".wh.")
 
@@ -140,7 +145,8 @@ def _signature(member: tarfile.TarInfo, tar: tarfile.TarFile) -> Signature | Non
         f"{k}={v}" for k, v in sorted(member.pax_headers.items()) if k.startswith(XATTR_PREFIXES)
     )
     return (
-        member.type, member.mode, member.uid, member.gid, member.size if member.isreg() else 0,
+        member.type, member.mode & 0o7777, member.uid, member.gid,
+        member.size if member.isreg() else 0,
         sha.hexdigest(), member.linkname, xattrs,
     )  # fmt: skip
 
@@ -150,7 +156,7 @@ def apply_layer(files: dict[str, Signature], layer: Path) -> None:
     its whiteouts delete, its regular files and symlinks replace."""
     with tarfile.open(layer, "r:") as tar:
         for member in tar:
-            name = member.name.rstrip("/")
+            name = _path(member.name)
             head, _, base = name.rpartition("/")
             if base == ".wh..wh..opq":
                 prefix = f"{head}/"
@@ -200,8 +206,8 @@ def normalise_layer(
         linked = {m.linkname for m in members if m.islnk()}
         if below:
             for member in members:
-                name = member.name.rstrip("/")
-                if name in dropped or name in linked or name not in below:
+                name = _path(member.name)
+                if member.name in dropped or name in linked or name not in below:
                     continue
                 if _signature(member, tar) == below[name]:
                     dropped.add(member.name)
