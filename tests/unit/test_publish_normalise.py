@@ -13,6 +13,8 @@ from aibuild.oci.archive import gzip_deterministic
 from aibuild.oci.media import rfc3339
 from aibuild.publish.diff import FileEntry, compare_files, flatten
 from aibuild.publish.normalise import (
+    Signature,
+    apply_layer,
     drop_reason,
     is_timestamp_pyc,
     normalise_config,
@@ -226,3 +228,68 @@ def test_sbom_cyclonedx_document() -> None:
     )
     assert sbom_bytes(doc) == sbom_bytes(same)
     assert split_pins(["a==1", "b @ x", "c==2"], "==") == [("a", "1"), ("c", "2")]
+
+
+def test_classic_and_containerd_store_layers_normalise_to_one_diff_id(tmp_path: Path) -> None:
+    """What the two image stores' diffs of one build step differ in (seen on Docker 20.10,
+    26 classic and 26 containerd): the classic diff carries a file the step only touched
+    (useradd's /etc/.pwd.lock, with S_IFREG in its mode field) and writes whiteouts 0600;
+    the containerd diff leaves the touched file out and writes whiteouts 0000."""
+    base = _layer(
+        tmp_path / "base.tar",
+        [
+            (_info("./etc/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("./etc/.pwd.lock", mode=0o600, mtime=100), b""),
+            (_info("./etc/issue.net", mode=0o644, mtime=100), b"Debian\n"),
+            (_info("./etc/passwd", mode=0o644, mtime=100), b"root:x:0:0\n"),
+        ],
+    )
+    changed = [
+        (_info("etc/", tarfile.DIRTYPE, mode=0o755), None),
+        (_info("etc/passwd", mode=0o644), b"root:x:0:0\naibuild:x:1000:1000\n"),
+    ]
+    classic = _layer(
+        tmp_path / "classic.tar",
+        [
+            *changed,
+            (_info("etc/.pwd.lock", mode=0o100600), b""),  # touched, not changed
+            (_info("etc/.wh.issue.net", mode=0o600), b""),
+        ],
+    )
+    containerd = _layer(
+        tmp_path / "containerd.tar",
+        [(_info("etc/.wh.issue.net", mode=0), b""), *reversed(changed)],
+    )
+    below: dict[str, Signature] = {}
+    apply_layer(below, base)
+    assert "etc/.pwd.lock" in below and "etc/issue.net" in below
+    a = normalise_layer(classic, tmp_path / "a.tar", EPOCH, below)
+    b = normalise_layer(containerd, tmp_path / "b.tar", EPOCH, below)
+    assert a.diff_id == b.diff_id
+    assert a.dropped == ["etc/.pwd.lock"] and b.dropped == []
+    whiteout = {m.name: m for m in _entries(tmp_path / "a.tar")}["etc/.wh.issue.net"]
+    assert whiteout.mode == 0
+    # Without the layers below, the touched file stays: nothing is dropped blindly.
+    assert normalise_layer(classic, tmp_path / "c.tar", EPOCH).dropped == []
+    # A whiteout removes what it names from what the next layer sees.
+    apply_layer(below, tmp_path / "a.tar")
+    assert "etc/issue.net" not in below
+    assert below["etc/passwd"][5] != apply_signature_of(base, "./etc/passwd")
+
+
+def apply_signature_of(layer: Path, name: str) -> str:
+    files: dict[str, Signature] = {}
+    apply_layer(files, layer)
+    return files[name.removeprefix("./")][5]
+
+
+def test_empty_config_fields_are_dropped_like_the_containerd_store_does() -> None:
+    classic = {
+        "config": {"Tty": False, "Cmd": None, "Domainname": "", "User": "1000", "StopSignal": 0},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }
+    containerd = {"config": {"User": "1000", "StopSignal": 0}, "rootfs": classic["rootfs"]}
+    a = normalise_config(json.dumps(classic).encode(), [], EPOCH)
+    b = normalise_config(json.dumps(containerd).encode(), [], EPOCH)
+    assert a == b
+    assert json.loads(a)["config"]["StopSignal"] == 0  # zero is a value, not an absence
