@@ -103,7 +103,8 @@ def _normalised_info(member: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
     info.uid, info.gid = member.uid, member.gid
     info.uname = info.gname = ""
     info.size = member.size if member.isreg() else 0
-    info.linkname = member.linkname
+    # Only links have targets (Docker 20.10 leaves stale link names on whiteouts).
+    info.linkname = member.linkname if member.issym() or member.islnk() else ""
     info.devmajor, info.devminor = member.devmajor, member.devminor
     info.mtime = min(int(member.mtime), epoch)
     if _is_whiteout(member.name):
@@ -214,6 +215,27 @@ def normalise_layer(
         # A hard link to a dropped file goes with it.
         dropped |= {m.name for m in members if m.islnk() and m.linkname in dropped}
         report.dropped = sorted(dropped)
+        # Hard links: which name of a group is the file and which are links differs by
+        # engine (Docker 20.10 and the classic store: the first name found; the
+        # containerd store: another). Here the smallest name is the file.
+        canonical: dict[str, str] = {}
+        roots: dict[str, tarfile.TarInfo] = {}
+        groups: dict[str, list[str]] = {}
+        for member in members:
+            if not member.islnk() or member.name in dropped:
+                continue
+            root = member
+            for _ in range(8):
+                if not root.islnk() or root.linkname not in by_name:
+                    break
+                root = by_name[root.linkname]
+            if root.isreg() and root.name not in dropped:
+                groups.setdefault(root.name, [root.name]).append(member.name)
+        for root_name, names in groups.items():
+            first = min(names)
+            for name in names:
+                canonical[name] = first
+                roots[name] = by_name[root_name]
         written: set[str] = set()
         with dst.open("wb") as out:
             writer = HashingWriter(out)
@@ -224,6 +246,9 @@ def normalise_layer(
                 def emit(member: tarfile.TarInfo) -> None:
                     if member.name in written or member.name in dropped:
                         return
+                    if member.name in canonical:
+                        emit_linked(member.name)
+                        return
                     if member.islnk() and member.linkname in by_name:
                         emit(by_name[member.linkname])  # the target first
                     written.add(member.name)
@@ -233,6 +258,21 @@ def normalise_layer(
                     if member.isreg():
                         result.addfile(info, tar.extractfile(member))
                     else:
+                        result.addfile(info)
+
+                def emit_linked(name: str) -> None:
+                    first, root = canonical[name], roots[name]
+                    if first not in written and first != name:
+                        emit_linked(first)
+                    written.add(name)
+                    info = _normalised_info(root, epoch)
+                    info.name = name
+                    report.entries += 1
+                    report.clamped += info.mtime != int(root.mtime)
+                    if name == first:
+                        result.addfile(info, tar.extractfile(root))
+                    else:
+                        info.type, info.linkname, info.size = tarfile.LNKTYPE, first, 0
                         result.addfile(info)
 
                 for member in sorted(members, key=lambda m: m.name):

@@ -84,19 +84,36 @@ def test_layer_sorted_clamped_names_blanked_metadata_kept(tmp_path: Path) -> Non
     assert twice.diff_id == report.diff_id
 
 
-def test_hardlink_target_is_written_before_the_link(tmp_path: Path) -> None:
-    src = _layer(
-        tmp_path / "src.tar",
+def test_hardlinks_the_smallest_name_is_the_file_the_others_link_to_it(tmp_path: Path) -> None:
+    """Docker 20.10 makes the first name found the file (z/target here), the containerd
+    store may pick another (a/link): normalised, both give one layer."""
+    classic = _layer(
+        tmp_path / "classic.tar",
         [
-            (_info("z/target"), b"data"),
-            (_info("a/link", tarfile.LNKTYPE, linkname="z/target"), None),
+            (_info("z/target", mode=0o755), b"data"),
+            (_info("a/link", tarfile.LNKTYPE, linkname="z/target", mode=0o755), None),
+            (_info("m/other", tarfile.LNKTYPE, linkname="z/target", mode=0o755), None),
         ],
     )
-    normalise_layer(src, tmp_path / "out.tar", EPOCH)
-    out = _entries(tmp_path / "out.tar")
-    assert [m.name for m in out] == ["z/target", "a/link"]
-    with tarfile.open(tmp_path / "out.tar") as tar:
-        handle = tar.extractfile("a/link")
+    containerd = _layer(
+        tmp_path / "containerd.tar",
+        [
+            (_info("m/other", mode=0o755), b"data"),
+            (_info("a/link", tarfile.LNKTYPE, linkname="m/other", mode=0o755), None),
+            (_info("z/target", tarfile.LNKTYPE, linkname="m/other", mode=0o755), None),
+        ],
+    )
+    a = normalise_layer(classic, tmp_path / "a.tar", EPOCH)
+    b = normalise_layer(containerd, tmp_path / "b.tar", EPOCH)
+    assert a.diff_id == b.diff_id
+    out = _entries(tmp_path / "a.tar")
+    assert [(m.name, m.islnk(), m.linkname) for m in out] == [
+        ("a/link", False, ""),
+        ("m/other", True, "a/link"),
+        ("z/target", True, "a/link"),
+    ]
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        handle = tar.extractfile("z/target")
         assert handle is not None and handle.read() == b"data"
 
 
