@@ -11,6 +11,10 @@ Layers above the base (the base layers are kept byte for byte):
 
 - entries sorted by path, a hard link's target always written before the link;
 - every mtime clamped to SOURCE_DATE_EPOCH (never raised: older package files keep theirs);
+- hard links: the smallest name of a group is the file, the others link to it;
+- whiteouts get mode 0; a regular file or symlink equal to the one below it (mtime
+  aside: a file a step only touched) is left out. These three make the classic and
+  the containerd image stores give the same layer (docs/engines.md);
 - owner names blanked (uid/gid kept), modes, whiteouts, device numbers and
   extended attributes (``SCHILY.xattr.*``) kept; other PAX records (atime,
   ctime, sub-second mtime) dropped;
@@ -24,7 +28,8 @@ Layers above the base (the base layers are kept byte for byte):
 The config: ``created`` and every history time set to SOURCE_DATE_EPOCH, the build
 container's fields (``container``, ``container_config``, ``config.Image``,
 ``config.Hostname``) and ``docker_version`` dropped, ``rootfs.diff_ids`` replaced,
-the label ``ai.aibuild.reproducible=<SOURCE_DATE_EPOCH>`` added, written as
+empty fields of ``config`` (false, null, "") dropped, the label
+``ai.aibuild.reproducible=<SOURCE_DATE_EPOCH>`` added, written as
 canonical JSON (sorted keys, no spaces). The image ID is the sha256 of that JSON.
 """
 
