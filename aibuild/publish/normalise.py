@@ -139,7 +139,7 @@ Signature = tuple[bytes, int, int, int, int, str, str, str]
 
 def _signature(member: tarfile.TarInfo, tar: tarfile.TarFile) -> Signature | None:
     """The signature of a regular file or symlink (None for other entries)."""
-    if not (member.isreg() or member.issym()):
+    if not (member.isreg() or member.issym() or member.isdir()):
         return None
     sha = hashlib.sha256()
     if member.isreg():
@@ -210,11 +210,30 @@ def normalise_layer(
             if reason is not None:
                 dropped.add(member.name)
         linked = {m.linkname for m in members if m.islnk()}
-        if below:
-            for member in members:
+        if below is not None:
+
+            def kept_parents() -> set[str]:
+                kept = [_path(m.name) for m in members if m.name not in dropped]
+                return {p.rsplit("/", i)[0] for p in kept for i in range(1, p.count("/") + 1)}
+
+            below_dirs = {p.rsplit("/", i)[0] for p in below for i in range(1, p.count("/") + 1)}
+            # Files first, then directories: a directory whose every changed entry is
+            # left out is itself unchanged.
+            parents_cache: list[set[str]] = []
+            for member in sorted(members, key=lambda m: m.isdir()):
                 name = _path(member.name)
+                head, _, base = name.rpartition("/")
+                if base == ".wh..wh..opq" and head not in below_dirs:
+                    # An opaque whiteout on a directory new in this layer hides nothing
+                    # (Docker 20.10 writes one, the containerd store does not).
+                    dropped.add(member.name)
+                    continue
                 if member.name in dropped or name in linked or name not in below:
                     continue
+                if member.isdir() and not parents_cache:
+                    parents_cache.append(kept_parents())  # the files are decided by now
+                if member.isdir() and name in parents_cache[0]:
+                    continue  # a directory whose entries changed stays
                 if _signature(member, tar) == below[name]:
                     dropped.add(member.name)
         # A hard link to a dropped file goes with it.
