@@ -310,3 +310,46 @@ def test_empty_config_fields_are_dropped_like_the_containerd_store_does() -> Non
     b = normalise_config(json.dumps(containerd).encode(), [], EPOCH)
     assert a == b
     assert json.loads(a)["config"]["StopSignal"] == 0  # zero is a value, not an absence
+
+
+def test_opaque_whiteout_on_a_new_directory_and_a_touched_directory_are_left_out(
+    tmp_path: Path,
+) -> None:
+    """Docker 20.10 marks a directory new in the layer opaque and carries a directory a
+    step only touched (/tmp); the containerd store writes neither."""
+    base = _layer(
+        tmp_path / "base.tar",
+        [
+            (_info("tmp/", tarfile.DIRTYPE, mode=0o1777, mtime=100), None),
+            (_info("etc/", tarfile.DIRTYPE, mode=0o755, mtime=100), None),
+            (_info("etc/old/a", mode=0o644, mtime=100), b"a"),
+        ],
+    )
+    below: dict[str, Signature] = {}
+    apply_layer(below, base)
+    classic = _layer(
+        tmp_path / "classic.tar",
+        [
+            (_info("tmp/", tarfile.DIRTYPE, mode=0o1777), None),
+            (_info("etc/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("etc/new/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("etc/new/.wh..wh..opq", mode=0), b""),
+            (_info("etc/new/x", mode=0o644), b"x"),
+            (_info("etc/old/.wh..wh..opq", mode=0), b""),  # hides a: kept
+        ],
+    )
+    containerd = _layer(
+        tmp_path / "containerd.tar",
+        [
+            (_info("etc/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("etc/new/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("etc/new/x", mode=0o644), b"x"),
+            (_info("etc/old/.wh..wh..opq", mode=0), b""),
+        ],
+    )
+    a = normalise_layer(classic, tmp_path / "a.tar", EPOCH, below)
+    b = normalise_layer(containerd, tmp_path / "b.tar", EPOCH, below)
+    assert a.diff_id == b.diff_id
+    names = [m.name for m in _entries(tmp_path / "a.tar")]
+    assert "etc/new/.wh..wh..opq" not in names and "tmp" not in names
+    assert "etc/old/.wh..wh..opq" in names and "etc" in names  # etc holds changes
