@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aibuild import knowledge as kb
 from aibuild import labels
-from aibuild.engine import engine_address, get_client
+from aibuild.engine import engine_address, engine_limits, facts_from, get_client
 from aibuild.errors import AibuildError
 from aibuild.run.gpus import NO_DRIVER_MARKER, GpuRequest
 
@@ -260,10 +260,12 @@ def _engine_checks(client: Any, plan: BuildPlan | None, report: Report) -> None:
 
     version = client.version()
     info = client.info()
+    facts = facts_from(version, info)
     report.engine = {
         "address": engine_address(),
         "version": version.get("Version"),
         "api_version": version.get("ApiVersion"),
+        "image_store": facts.store,
         "storage_driver": info.get("Driver"),
         "root_dir": info.get("DockerRootDir"),
         "runtimes": sorted((info.get("Runtimes") or {}).keys()),
@@ -277,6 +279,15 @@ def _engine_checks(client: Any, plan: BuildPlan | None, report: Report) -> None:
             f"{engine_address()}",
         )
     )
+    store_detail = (
+        "containerd (io.containerd.snapshotter.v1): image IDs are manifest digests, "
+        "docker save writes an OCI layout"
+        if facts.store == "containerd"
+        else "classic (graph driver): image IDs are config digests"
+    )
+    report.checks.append(Check("image store", OK, store_detail))
+    for limit in engine_limits(facts):
+        report.checks.append(Check("engine support", WARN, limit.problem, limit.fix))
     driver = info.get("Driver") or "unknown"
     report.checks.append(
         Check(

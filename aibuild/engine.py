@@ -8,11 +8,19 @@ says how to start one.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import json
 import os
-from collections.abc import Iterator
+import re
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from aibuild.errors import EngineError
 
@@ -126,3 +134,474 @@ def api_message(exc: Any) -> str:
     if explanation:
         return str(explanation).strip()
     return str(exc).strip()
+
+
+# ------------------------------------------------------------------ engine differences
+# Everything below reads what the engine returns instead of asking which engine it is:
+# the image store (classic graph drivers or containerd's), the ``docker save`` layout,
+# what an image ID is, where a push reports its digest, and how a load names its image.
+
+CONTAINERD_SNAPSHOTTER = "io.containerd.snapshotter.v1"
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+_PUSH_DIGEST = re.compile(r"\bdigest: (sha256:[0-9a-f]{64})\b")
+_LOADED_ID = "Loaded image ID: "
+_LOADED_NAME = "Loaded image: "
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What an engine says about itself: versions and its image store.
+
+    ``store`` is "containerd" when images live in containerd's content store (docker
+    info's DriverStatus ``driver-type`` is ``io.containerd.snapshotter.v1``; the default
+    of fresh Docker 29 installs), else "classic" (a graph driver such as overlay2).
+    """
+
+    version: str
+    api_version: str
+    store: str
+    driver: str
+    os: str = ""
+
+    @property
+    def id_is_manifest_digest(self) -> bool:
+        """Whether image IDs are manifest digests (containerd store) rather than config
+        digests (classic store)."""
+        return self.store == "containerd"
+
+    @property
+    def load_needs_every_layer(self) -> bool:
+        """Whether ``docker load`` wants every layer in the archive, even those it holds
+        (the containerd store resolves layers in the archive only; the classic store
+        skips a layer it has by diff ID)."""
+        return self.store == "containerd"
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "version": self.version,
+            "api_version": self.api_version,
+            "image_store": self.store,
+            "storage_driver": self.driver,
+            "os": self.os,
+        }
+
+
+def image_store(info: Mapping[str, Any]) -> str:
+    """ "containerd" or "classic", from ``docker info``."""
+    for pair in info.get("DriverStatus") or []:
+        if (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and pair[0] == "driver-type"
+            and str(pair[1]).startswith(CONTAINERD_SNAPSHOTTER)
+        ):
+            return "containerd"
+    return "classic"
+
+
+def engine_facts(client: docker.DockerClient) -> EngineFacts:
+    """The engine's version, API version and image store (EngineError when it fails)."""
+    with engine_errors("describing itself (docker version, docker info)"):
+        return facts_from(client.version(), client.info())
+
+
+def facts_from(version: Mapping[str, Any], info: Mapping[str, Any]) -> EngineFacts:
+    """EngineFacts from ``docker version`` and ``docker info`` answers."""
+    return EngineFacts(
+        version=str(version.get("Version") or info.get("ServerVersion") or "unknown"),
+        api_version=str(version.get("ApiVersion") or "unknown"),
+        store=image_store(info),
+        driver=str(info.get("Driver") or ""),
+        os=str(info.get("OperatingSystem") or ""),
+    )
+
+
+@dataclass(frozen=True)
+class EngineLimit:
+    """A feature known not to work (or to work worse) on an engine: what, and the fix."""
+
+    problem: str
+    fix: str
+
+
+# Docker releases whose support ended (docs.docker.com/engine/release-notes): they
+# still work with aibuild, but users are told.
+END_OF_LIFE = ("17.", "18.", "19.", "20.10", "23.0", "24.0", "25.0")
+MIN_API = (1, 41)  # Docker 20.10: the oldest engine aibuild is tested on
+
+
+def engine_limits(facts: EngineFacts) -> list[EngineLimit]:
+    """What is known not to work, or not to be tested, on this engine (docs/engines.md)."""
+    limits: list[EngineLimit] = []
+    if facts.version.startswith(END_OF_LIFE):
+        limits.append(
+            EngineLimit(
+                f"Docker {facts.version} has reached end of life",
+                "upgrade to a supported Docker Engine (aibuild is tested on 20.10 and 26.1)",
+            )
+        )
+    try:
+        api = tuple(int(part) for part in facts.api_version.split(".")[:2])
+    except ValueError:
+        api = MIN_API
+    if api < MIN_API:
+        limits.append(
+            EngineLimit(
+                f"API {facts.api_version} is older than {'.'.join(map(str, MIN_API))} "
+                "(Docker 20.10), the oldest aibuild is tested on",
+                "upgrade the Docker Engine",
+            )
+        )
+    if "podman" in facts.version.lower() or "podman" in facts.os.lower():
+        limits.append(
+            EngineLimit(
+                "Podman's Docker-compatible API is not tested with aibuild",
+                "use Docker Engine (see docs/engines.md)",
+            )
+        )
+    return limits
+
+
+def push_digest(message: Mapping[str, Any]) -> str | None:
+    """The manifest digest a ``docker push`` stream message reports, if it reports one.
+
+    The classic store sends it twice (an ``aux`` record and a status line), the
+    containerd store only as the status line ``TAG: digest: sha256:... size: N``.
+    """
+    aux = message.get("aux")
+    if isinstance(aux, Mapping) and aux.get("Digest"):
+        return str(aux["Digest"])
+    status = message.get("status")
+    if isinstance(status, str):
+        found = _PUSH_DIGEST.search(status)
+        if found:
+            return found.group(1)
+    return None
+
+
+def loaded_images(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """(image IDs, names) a ``docker load`` stream reports. The classic store reports an
+    untagged image by config digest, the containerd store by manifest digest; both
+    report a tagged one by name only."""
+    ids: list[str] = []
+    names: list[str] = []
+    for message in messages:
+        text = str(message.get("stream") or "").strip()
+        if text.startswith(_LOADED_ID):
+            ids.append(text[len(_LOADED_ID) :].strip())
+        elif text.startswith(_LOADED_NAME):
+            names.append(text[len(_LOADED_NAME) :].strip())
+    return ids, names
+
+
+def load_archive(client: docker.DockerClient, archive: Path) -> list[str]:
+    """``docker load`` a tar; the engine's IDs of the images it loaded.
+
+    EngineError names the engine's refusal. Names are resolved to IDs, so callers get
+    an ID they can pass back to this engine whatever its store.
+    """
+    import docker as docker_module
+
+    with engine_errors(f"loading {archive.name}"), archive.open("rb") as handle:
+        messages: list[dict[str, Any]] = []
+        for message in client.api.load_image(handle):
+            if "error" in message or "errorDetail" in message:
+                detail = message.get("errorDetail") or {}
+                raise EngineError(
+                    f"the engine refused the image archive: "
+                    f"{message.get('error') or detail.get('message')}"
+                )
+            messages.append(message)
+        ids, names = loaded_images(messages)
+        for name in names:
+            try:
+                ids.append(str(client.images.get(name).id))
+            except docker_module.errors.ImageNotFound:
+                raise EngineError(f"the engine reported loading {name}, then lacks it") from None
+    return list(dict.fromkeys(ids))
+
+
+def wait_removed(client: docker.DockerClient, container_id: str) -> Callable[[], int]:
+    """Register a wait for the container's removal before it starts (as ``docker run``
+    does: with AutoRemove the container is gone right after it exits, and a wait sent
+    then finds nothing). The engine answers with headers at once; the body (the exit
+    code) comes once the container has exited and been removed. Returns a function that
+    blocks until then. docker-py's ``wait`` cannot do this (it reads the body at once),
+    so this is the one raw request aibuild sends, kept here."""
+    api = client.api
+    response = api._post(
+        api._url("/containers/{0}/wait", container_id),
+        params={"condition": "removed"},
+        stream=True,
+        timeout=None,
+    )
+    api._raise_for_status(response)
+
+    def exit_code() -> int:
+        body = json.loads(response.content or b"{}")
+        return int(body.get("StatusCode", 1))
+
+    return exit_code
+
+
+# ------------------------------------------------------------------------ docker save
+
+
+class ChunkReader(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks (docker-py's ``save()`` stream)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+@dataclass
+class SavedImage:
+    """An image exported with ``docker save`` into a directory.
+
+    ``layers`` are the uncompressed layer tars in order, ``diff_ids`` their sha256;
+    ``manifest_digest`` is the digest of the engine's manifest when the archive is an
+    OCI layout (containerd store), else "".
+    """
+
+    config: bytes
+    layers: list[Path]
+    diff_ids: list[str]
+    workdir: Path
+    manifest_digest: str = ""
+    layout: str = "legacy"  # "legacy" (manifest.json) | "oci" (index.json)
+
+    @property
+    def image_id(self) -> str:
+        """The config digest (the classic store's image ID)."""
+        return "sha256:" + hashlib.sha256(self.config).hexdigest()
+
+    def is_image(self, engine_id: str) -> bool:
+        """Whether ``engine_id`` (config or manifest digest) names this image."""
+        return engine_id in {self.image_id, self.manifest_digest} - {""}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: Path  # the file on disk (absent when ``keep`` said no)
+    diff_id: str  # sha256 of the uncompressed bytes
+    compression: str  # "", "gzip" or "zstd"
+
+
+class SaveError(EngineError):
+    """A ``docker save`` archive that does not hold what it says."""
+
+
+def decompressed(source: IO[bytes], name: str) -> IO[bytes]:
+    """``source`` read through gzip when it is gzip-compressed (a containerd-store
+    layer); SaveError for zstd."""
+    peek = io.BufferedReader(source, _CHUNK)  # type: ignore[type-var]
+    head = peek.peek(4)[:4]
+    if head.startswith(ZSTD_MAGIC):
+        raise SaveError(
+            f"the engine exported {name} zstd-compressed; aibuild reads gzip and "
+            "uncompressed layers (the engine's default): rebuild without zstd compression"
+        )
+    if head.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=peek, mode="rb")  # type: ignore[return-value]
+    return peek
+
+
+def _copy_member(source: IO[bytes], out: IO[bytes], name: str) -> tuple[str, str]:
+    """Copy a member, decompressing a gzip (or refusing a zstd) blob on the way:
+    (sha256 of what was written, compression)."""
+    head = source.read(4)
+    digest = hashlib.sha256()
+    if head.startswith(ZSTD_MAGIC):
+        raise SaveError(
+            f"the engine exported {name} zstd-compressed; aibuild reads gzip and "
+            "uncompressed layers (the engine's default): rebuild without zstd compression"
+        )
+    if head.startswith(GZIP_MAGIC):
+        inflate = zlib.decompressobj(wbits=31)
+        data = head
+        while data:
+            while data:
+                plain = inflate.decompress(data)
+                digest.update(plain)
+                out.write(plain)
+                data = inflate.unused_data
+                if data:  # a second gzip member follows
+                    inflate = zlib.decompressobj(wbits=31)
+            data = source.read(_CHUNK)
+        tail = inflate.flush()
+        digest.update(tail)
+        out.write(tail)
+        if not inflate.eof:
+            raise SaveError(f"the engine's export of {name} ends in the middle of its gzip data")
+        return "sha256:" + digest.hexdigest(), "gzip"
+    data = head
+    while data:
+        digest.update(data)
+        out.write(data)
+        data = source.read(_CHUNK)
+    return "sha256:" + digest.hexdigest(), ""
+
+
+def read_saved(
+    stream: IO[bytes],
+    workdir: Path,
+    *,
+    what: str,
+    keep: Callable[[str], bool] | None = None,
+) -> SavedImage:
+    """Read a ``docker save`` archive (one image) from ``stream`` into ``workdir``.
+
+    Both layouts: the legacy one (``manifest.json`` naming the config and
+    ``ID/layer.tar`` files, or symlinks to blobs since Docker 25) and the OCI image
+    layout (``index.json`` -> manifest -> ``blobs/sha256/...``) that the containerd
+    store writes, where layers may be gzip-compressed: they are decompressed, so
+    ``diff_ids`` are always of the uncompressed tars. ``keep(diff_id)`` false deletes
+    a file as soon as it is hashed. A file the layout names that the archive lacks is
+    a SaveError naming it.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, _Entry] = {}
+    links: dict[str, str] = {}
+    small: dict[str, bytes] = {}  # JSON documents, kept in memory
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for n, member in enumerate(tar):
+            if member.issym() or member.islnk():
+                base = os.path.dirname(member.name) if member.issym() else ""
+                links[member.name] = os.path.normpath(os.path.join(base, member.linkname))
+                continue
+            if not member.isfile():
+                continue
+            source = tar.extractfile(member)
+            assert source is not None
+            if member.name in ("manifest.json", "index.json", "oci-layout", "repositories"):
+                small[member.name] = source.read()
+                continue
+            path = workdir / f"entry-{n}"
+            with path.open("wb") as out:
+                diff_id, compression = _copy_member(source, out, member.name)
+            if member.size < 64 * 1024 and not compression:
+                small[member.name] = path.read_bytes()
+            if keep is not None and member.size > 1024 and not keep(diff_id):
+                path.unlink()
+            files[member.name] = _Entry(path, diff_id, compression)
+
+    def resolve(name: str) -> _Entry:
+        seen = name
+        for _ in range(8):
+            if name in files:
+                return files[name]
+            if name not in links:
+                break
+            name = links[name]
+        raise SaveError(f"the export of {what} names {seen}, which the archive does not hold")
+
+    def document(name: str) -> Any:
+        try:
+            return json.loads(_content(name, small, files, links, resolve))
+        except ValueError:
+            raise SaveError(f"the export of {what}: {name} is not JSON") from None
+
+    manifest_digest = ""
+    layout = "legacy"
+    if "index.json" in small:
+        layout = "oci"
+        descriptor = _pick_manifest(document("index.json"), files, links, what)
+        manifest_digest = str(descriptor["digest"])
+        manifest = document(_blob_name(manifest_digest))
+        while "manifests" in manifest:  # an index inside: one platform of it
+            descriptor = _pick_manifest(manifest, files, links, what)
+            manifest_digest = str(descriptor["digest"])
+            manifest = document(_blob_name(manifest_digest))
+        config_name = _blob_name(str(manifest["config"]["digest"]))
+        layer_names = [_blob_name(str(layer["digest"])) for layer in manifest.get("layers") or []]
+    elif "manifest.json" in small:
+        entries = json.loads(small["manifest.json"])
+        if not entries:
+            raise SaveError(f"the export of {what} has an empty manifest.json")
+        config_name = str(entries[0]["Config"])
+        layer_names = [str(name) for name in entries[0]["Layers"]]
+    else:
+        raise SaveError(f"the export of {what} holds neither manifest.json nor index.json")
+    resolve(config_name)
+    layers = [resolve(name) for name in layer_names]
+    return SavedImage(
+        config=_content(config_name, small, files, links, resolve),
+        layers=[e.path for e in layers],
+        diff_ids=[e.diff_id for e in layers],
+        workdir=workdir,
+        manifest_digest=manifest_digest,
+        layout=layout,
+    )
+
+
+def _content(
+    name: str,
+    small: Mapping[str, bytes],
+    files: Mapping[str, _Entry],
+    links: Mapping[str, str],
+    resolve: Callable[[str], _Entry],
+) -> bytes:
+    """The bytes of a small document (kept in memory, under its name or a link's)."""
+    for _ in range(8):
+        if name in small:
+            return small[name]
+        if name not in links:
+            break
+        name = links[name]
+    return resolve(name).path.read_bytes()
+
+
+def _blob_name(digest: str) -> str:
+    algorithm, _, hexdigest = digest.partition(":")
+    return f"blobs/{algorithm}/{hexdigest}"
+
+
+def _pick_manifest(
+    index: Mapping[str, Any], files: Mapping[str, Any], links: Mapping[str, str], what: str
+) -> Mapping[str, Any]:
+    """The image manifest an OCI index points at: the first whose blob the archive holds,
+    attestation manifests (``vnd.docker.reference.type``) left aside."""
+    candidates = [
+        d
+        for d in index.get("manifests") or []
+        if (d.get("annotations") or {}).get("vnd.docker.reference.type") != "attestation-manifest"
+    ]
+    for descriptor in candidates:
+        name = _blob_name(str(descriptor.get("digest", "")))
+        if name in files or name in links:
+            return descriptor  # type: ignore[no-any-return]
+    raise SaveError(f"the export of {what} holds no manifest its index.json names")
+
+
+def save_image(
+    client: docker.DockerClient,
+    image: str,
+    workdir: Path,
+    *,
+    keep: Callable[[str], bool] | None = None,
+) -> SavedImage:
+    """``docker save`` ``image`` into ``workdir`` (see ``read_saved``)."""
+    with engine_errors(f"exporting {image}"):
+        stream = client.images.get(image).save(named=False)
+        reader = io.BufferedReader(ChunkReader(stream), buffer_size=_CHUNK)
+        try:
+            return read_saved(reader, workdir, what=image, keep=keep)
+        except tarfile.TarError as exc:
+            raise SaveError(f"the export of {image} is not a readable tar: {exc}") from None

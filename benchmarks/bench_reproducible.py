@@ -68,6 +68,79 @@ def timed(what: str, timings: dict[str, float], func: Any, *args: Any, **kwargs:
     return result
 
 
+ENGINE_VARS = {
+    "docker20.10": "DOCKER_HOST",
+    "docker26-classic": "AIBUILD_TEST_CLASSIC26_DOCKER_HOST",
+    "docker26-containerd": "AIBUILD_TEST_CONTAINERD26_DOCKER_HOST",
+}
+TORCH_FREE = '{% extends "aibuild/Dockerfile.j2" %}\n{% block torch %}{% endblock %}\n'
+
+
+def engines_main(args: argparse.Namespace, defaults: dict[str, str]) -> int:
+    """The cpu profile built reproducibly on each engine: one registry digest expected."""
+    import subprocess
+
+    path = ROOT / ".aibuild-test-env"
+    hosts = {}
+    for name, var in ENGINE_VARS.items():
+        value = defaults.get(var) or ""
+        if var == "DOCKER_HOST" and path.is_file():
+            for line in path.read_text().splitlines():
+                if line.startswith("export DOCKER_HOST="):
+                    value = line.partition("=")[2]
+        if value:
+            hosts[name] = value
+    run_id = uuid.uuid4().hex[:8]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="aibuild-bench-engines-") as tmp:
+        extra: list[str] = []
+        if args.without_torch:
+            (Path(tmp) / "templates").mkdir()
+            (Path(tmp) / "templates" / "Dockerfile.j2").write_text(TORCH_FREE)
+            extra = ["--template-dir", str(Path(tmp) / "templates")]
+        for engine, host in hosts.items():
+            work = Path(tmp) / engine
+            work.mkdir()
+            repo = f"{args.registry}/aibuild-bench/engines-{run_id}-{engine.replace('.', '-')}"
+            command = [
+                sys.executable, "-m", "aibuild", "image", "cpu",
+                "--base-image", args.base_image, "--wheelhouse", str(args.wheelhouse),
+                *[w for s in SETS[:2] for w in ("--set", s)], "--set", f"image.name={repo}",
+                *extra, "--reproducible", "--no-cache", "--push", "--json",
+            ]  # fmt: skip
+            env = {
+                **os.environ,
+                "DOCKER_HOST": host,
+                "SOURCE_DATE_EPOCH": str(EPOCH),
+                "AIBUILD_CACHE_DIR": str(work / "cache"),
+                "AIBUILD_BUILD_NETWORK": args.network or "",
+                "PYTHONPATH": str(ROOT),
+            }
+            started = time.monotonic()
+            done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+            seconds = time.monotonic() - started
+            if done.returncode != 0:
+                rows.append((engine, "FAILED: " + done.stderr.strip().splitlines()[-1], seconds))
+                continue
+            result = json.loads(done.stdout)
+            rows.append((engine, result["pushed"][0].rpartition("@")[2], seconds))
+            client = get_client(host)
+            client.api.remove_image(result["final_image_id"], force=True)
+            client.close()
+    print(f"{'engine':<22}{'registry digest':<74}{'seconds':>8}")
+    for engine, digest, seconds in rows:
+        print(f"{engine:<22}{digest:<74}{seconds:>8.1f}")
+    same = len({d for _, d, _ in rows}) == 1 and not rows[0][1].startswith("FAILED")
+    print("one digest on every engine" if same else "the digests DIFFER")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                [dict(zip(("engine", "digest", "seconds"), r, strict=True)) for r in rows], indent=1
+            )
+        )
+    return 0 if same else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = env_file_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,9 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="cold builds")
     parser.add_argument("--twice", action="store_true", help="two reproducible builds")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--engines",
+        action="store_true",
+        help="build --reproducible --no-cache --push on each engine of .aibuild-test-env "
+        "(20.10, 26 classic, 26 containerd) and print the digests side by side",
+    )
+    parser.add_argument(
+        "--without-torch", action="store_true", help="with --engines: leave the torch step out"
+    )
     args = parser.parse_args(argv)
     if not args.registry:
         parser.error("--registry is needed (or AIBUILD_TEST_REGISTRY)")
+    if args.engines:
+        return engines_main(args, defaults)
 
     client = get_client()
     options = RenderOptions(

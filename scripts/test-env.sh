@@ -7,7 +7,8 @@
 #   1. the main Docker engine, with the fake NVIDIA hook (scripts/ensure-docker.sh)
 #   2. the offline base image aibuild-test/bookworm:12 (scripts/bootstrap-base.sh)
 #   3. which network builds/containers reach Debian's mirror and PyPI through
-#   4. a second engine without the hook, holding the base image too
+#   4. a second engine without the hook, holding the base image too; then Docker 26.1
+#      with the classic and with the containerd image store (scripts/docker-modern.sh)
 #   5. the wheelhouses (scripts/make-wheelhouse.sh): the images' packages, and the same
 #      plus JupyterLab for images with dev.jupyter: true
 #   6. the registries: plain :5000, auth :5001 (scripts/registry.sh)
@@ -116,6 +117,27 @@ load_into_nohook() {
 }
 step nohook-engine load_into_nohook
 
+# 4b. the engines users run today: Docker 26.1 with the classic store and with the
+# containerd image store (the default of fresh Docker 29 installs), beside the system's,
+# each on its own socket, data-root and bridge (scripts/docker-modern.sh), with the base
+# image loaded. `make test-engines` runs the engine tiers on them. AIBUILD_TEST_ENGINES=0
+# skips them (the variables are then left empty and test-engines fails saying so).
+modern_engines() {
+    local store host
+    for store in classic containerd; do
+        host=$(bash "$scripts/docker-modern.sh" up "$store") || return 1
+        host=${host#DOCKER_HOST=}
+        if ! docker -H "$host" image inspect "$base_image" >/dev/null 2>&1; then
+            docker save "$base_image" | docker -H "$host" load >/dev/null || return 1
+        fi
+        if [[ $store == classic ]]; then classic_host=$host; else containerd_host=$host; fi
+    done
+}
+classic_host="" containerd_host=""
+if [[ ${AIBUILD_TEST_ENGINES:-1} != 0 ]]; then
+    step modern-engines modern_engines
+fi
+
 # 5. wheelhouses
 wheelhouse=${AIBUILD_TEST_WHEELHOUSE:-$AIBUILD_TEST_CACHE/wheelhouse}
 step wheelhouse bash "$scripts/make-wheelhouse.sh" "$wheelhouse"
@@ -152,6 +174,8 @@ tmp=$(mktemp "$env_file.XXXXXX")
     vars=(
         DOCKER_HOST "$DOCKER_HOST"
         AIBUILD_TEST_NOHOOK_DOCKER_HOST "$nohook_host"
+        AIBUILD_TEST_CLASSIC26_DOCKER_HOST "$classic_host"
+        AIBUILD_TEST_CONTAINERD26_DOCKER_HOST "$containerd_host"
         AIBUILD_TEST_BASE_IMAGE "$base_image"
         AIBUILD_TEST_BUILD_NETWORK "$build_network"
         AIBUILD_TEST_STORAGE_DRIVER "$storage_driver"

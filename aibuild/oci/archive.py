@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -10,14 +11,19 @@ import os
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from aibuild.engine import api_message, engine_errors
+from aibuild.engine import (
+    engine_errors,
+    engine_facts,
+    load_archive,
+    save_image,
+)
 from aibuild.errors import PublishError
 from aibuild.logs import Log, silent
 from aibuild.oci.media import CHUNK, CONFIG_V1, LAYER_GZIP, MANIFEST_V2
@@ -95,6 +101,9 @@ class BlobCache:
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
         self.index = self.root / f"gzip{GZIP_LEVEL}"
+        # engine image ID -> config digest, for engines whose image IDs are manifest
+        # digests (the containerd store): their config is found without an export.
+        self.ids = self.root / "image-ids"
 
     def path(self, digest: str) -> Path:
         return self.blobs / digest.removeprefix("sha256:")
@@ -111,10 +120,15 @@ class BlobCache:
         return Blob(digest, path.stat().st_size, LAYER_GZIP, path)
 
     def config(self, image_id: str) -> Blob | None:
-        path = self.path(image_id)
-        return Blob(image_id, path.stat().st_size, CONFIG_V1, path) if path.is_file() else None
+        """The config blob of a local image, by its engine ID (config or manifest digest)."""
+        alias = self.ids / image_id.removeprefix("sha256:")
+        digest = alias.read_text(encoding="ascii").strip() if alias.is_file() else image_id
+        path = self.path(digest)
+        return Blob(digest, path.stat().st_size, CONFIG_V1, path) if path.is_file() else None
 
-    def add_config(self, data: bytes) -> Blob:
+    def add_config(self, data: bytes, image_id: str | None = None) -> Blob:
+        """Store a config; ``image_id``, the engine's ID for it when that is not the
+        config digest, is remembered for ``config``."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.path(digest)
         if not path.is_file():
@@ -122,6 +136,11 @@ class BlobCache:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(data)
             tmp.replace(path)
+        if image_id and image_id != digest:
+            self.ids.mkdir(parents=True, exist_ok=True)
+            alias_tmp = self.ids / f".{image_id.removeprefix('sha256:')}.tmp"
+            alias_tmp.write_text(digest, encoding="ascii")
+            alias_tmp.replace(self.ids / image_id.removeprefix("sha256:"))
         return Blob(digest, len(data), CONFIG_V1, path)
 
     def add_layers(self, layers: Mapping[str, Path]) -> None:
@@ -148,112 +167,6 @@ class BlobCache:
         entry_tmp.replace(self.index / diff_id.removeprefix("sha256:"))
         path = self.path(digest)
         return Blob(digest, path.stat().st_size, LAYER_GZIP, path)
-
-
-class ChunkReader(io.RawIOBase):
-    """A read-only file over an iterator of byte chunks (docker-py's ``save()`` stream)."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(target), len(self._buffer))
-        target[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
-        return n
-
-
-@dataclass
-class SavedImage:
-    """An image exported with ``docker save`` into a directory.
-
-    ``layers`` are the uncompressed layer tars in order, ``diff_ids`` their sha256.
-    """
-
-    config: bytes
-    layers: list[Path]
-    diff_ids: list[str]
-    workdir: Path
-
-    @property
-    def image_id(self) -> str:
-        return "sha256:" + hashlib.sha256(self.config).hexdigest()
-
-
-def save_image(
-    client: docker.DockerClient,
-    image: str,
-    workdir: Path,
-    *,
-    keep: Callable[[str], bool] | None = None,
-) -> SavedImage:
-    """``docker save`` ``image`` into ``workdir``: its config bytes and its layer tars.
-
-    Reads the legacy and the OCI layout of ``docker save`` alike (the manifest names
-    the config and layer files, OCI layouts by symlink). ``keep(diff_id)`` false
-    deletes a layer file as soon as it is hashed (its path is then absent).
-    """
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, tuple[Path, str]] = {}
-    links: dict[str, str] = {}
-    manifest: list[dict[str, Any]] = []
-    with engine_errors(f"exporting {image}"):
-        stream = client.images.get(image).save(named=False)
-        reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK)
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
-            for n, member in enumerate(tar):
-                if member.issym():
-                    target = os.path.normpath(
-                        os.path.join(os.path.dirname(member.name), member.linkname)
-                    )
-                    links[member.name] = target
-                    continue
-                if not member.isfile():
-                    continue
-                source = tar.extractfile(member)
-                assert source is not None
-                if member.name == "manifest.json":
-                    manifest = json.loads(source.read())
-                    continue
-                path = workdir / f"entry-{n}"
-                digest = hashlib.sha256()
-                with path.open("wb") as out:
-                    while chunk := source.read(CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-                diff_id = "sha256:" + digest.hexdigest()
-                if keep is not None and member.size > 1024 and not keep(diff_id):
-                    path.unlink()
-                files[member.name] = (path, diff_id)
-    if not manifest:
-        raise PublishError(f"docker save of {image} gave no manifest.json")
-
-    def resolve(name: str) -> tuple[Path, str]:
-        for _ in range(8):
-            if name in files:
-                return files[name]
-            name = links.get(name, name)
-        raise PublishError(f"docker save of {image}: {name} is missing from the archive")
-
-    entry = manifest[0]
-    config_path, _ = resolve(entry["Config"])
-    layers = [resolve(name) for name in entry["Layers"]]
-    return SavedImage(
-        config=config_path.read_bytes(),
-        layers=[p for p, _ in layers],
-        diff_ids=[d for _, d in layers],
-        workdir=workdir,
-    )
 
 
 def image_blobs(
@@ -286,9 +199,17 @@ def image_blobs(
     ):
         wanted = {*missing, image_id}
         saved = save_image(client, image_id, Path(tmp), keep=lambda d: d in wanted)
-        if saved.image_id != image_id:
-            raise PublishError(f"docker save of {image} gave config {saved.image_id}")
-        config = cache.add_config(saved.config)
+        if not saved.is_image(image_id):
+            raise PublishError(
+                f"docker save of {image} gave another image (config {saved.image_id}, "
+                f"manifest {saved.manifest_digest or 'none'}), not {image_id}"
+            )
+        if saved.diff_ids != diff_ids:
+            raise PublishError(
+                f"docker save of {image} gave {len(saved.diff_ids)} layer(s) that differ "
+                f"from the {len(diff_ids)} its config lists"
+            )
+        config = cache.add_config(saved.config, image_id)
         todo = {d: p for d, p in zip(saved.diff_ids, saved.layers, strict=True) if d in missing}
         started = time.monotonic()
         cache.add_layers(todo)
@@ -316,26 +237,34 @@ def manifest_bytes(config: Blob, layers: Iterable[Blob]) -> bytes:
 
 @contextmanager
 def disk_errors(what: str) -> Iterator[None]:
-    """A local file error (a full disk, most often: an export is as large as the image)
-    as one clear line instead of a traceback."""
+    """A local file error as one clear line instead of a traceback; only a full disk
+    (or quota) gets the hint about space (an export is as large as the image)."""
     try:
         yield
     except OSError as exc:
-        raise PublishError(
-            f"{what} failed: {exc.strerror or exc} ({exc.filename or tempfile.gettempdir()}); "
-            "it needs about twice the image's size free in the temporary directory (TMPDIR)"
-        ) from None
+        where = exc.filename or tempfile.gettempdir()
+        hint = ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = (
+                "; it needs about twice the image's size free in the temporary directory (TMPDIR)"
+            )
+        raise PublishError(f"{what} failed: {exc.strerror or exc} ({where}){hint}") from None
 
 
 def load_image(
     client: docker.DockerClient,
     config: bytes,
-    layers: Sequence[tuple[str, Path | None]],
+    layers: Sequence[tuple[str, Path]],
     tags: Sequence[str],
     workdir: Path,
+    *,
+    present: int = 0,
 ) -> str:
-    """``docker load`` a config and layers; a layer whose path is None is already in the
-    engine (the base) and is not sent. Returns the loaded image ID."""
+    """``docker load`` a config and layers (diff ID, uncompressed tar). The first
+    ``present`` layers are already in the engine (the base): an engine that finds a
+    layer by its diff ID (the classic store) is not sent them; the containerd store
+    wants every layer in the archive. Returns the engine's ID of the loaded image (the
+    config digest on the classic store, a manifest digest on the containerd store)."""
 
     image_id = "sha256:" + hashlib.sha256(config).hexdigest()
     archive = workdir / "load.tar"
@@ -354,20 +283,17 @@ def load_image(
             tar.addfile(info, io.BytesIO(data))
 
         add_bytes(manifest[0]["Config"], config)  # type: ignore[arg-type]
-        for diff_id, path in layers:
-            if path is not None:
-                tar.add(str(path), arcname=f"{diff_id.removeprefix('sha256:')}/layer.tar")
+        skip = 0 if engine_facts(client).load_needs_every_layer else present
+        for diff_id, path in layers[skip:]:
+            tar.add(str(path), arcname=f"{diff_id.removeprefix('sha256:')}/layer.tar")
         add_bytes("manifest.json", json.dumps(manifest).encode())
-    import docker as docker_module
-
-    with engine_errors("loading the normalised image"), archive.open("rb") as handle:
-        try:
-            client.images.load(handle)
-        except docker_module.errors.ImageLoadError as exc:
-            raise PublishError(f"the engine refused the normalised image: {exc}") from None
-        except docker_module.errors.APIError as exc:
-            raise PublishError(
-                f"the engine refused the normalised image: {api_message(exc)}"
-            ) from None
-        client.images.get(image_id)  # it is there, under exactly this ID
-    return image_id
+    loaded = load_archive(client, archive)
+    engine_id = next(iter(loaded), "")
+    with engine_errors("inspecting the normalised image"):
+        found = client.images.get(engine_id or image_id)
+        # The engine's ID is the config digest (classic store) or the digest of the
+        # manifest it wrote for the image (containerd store): either way its config
+        # must be the one sent.
+        if found.attrs.get("RootFS", {}).get("Layers") != [d for d, _ in layers]:
+            raise PublishError(f"the engine loaded {found.id} with other layers than sent")
+    return str(found.id)

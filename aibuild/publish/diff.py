@@ -13,6 +13,7 @@ and compared on three levels:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -21,9 +22,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from aibuild.engine import engine_errors
+from aibuild.engine import ChunkReader, decompressed, engine_errors
 from aibuild.errors import PublishError
-from aibuild.oci.archive import ChunkReader
 from aibuild.oci.media import CHUNK
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -131,13 +131,15 @@ def _read_layer(source: IO[bytes]) -> tuple[str, dict[str, FileEntry] | None]:
 
 
 def snapshot(client: docker.DockerClient, image: str) -> Snapshot:
-    """Export ``image`` and list every file of every layer (streamed)."""
+    """Export ``image`` and list every file of every layer (streamed). Either layout of
+    ``docker save`` (see ``aibuild.engine.read_saved``); gzip layers are listed through
+    their uncompressed bytes, so layers are keyed by diff ID on every engine."""
 
     with engine_errors(f"exporting {image}"):
         found = client.images.get(image)
         diff_ids: list[str] = list(found.attrs["RootFS"]["Layers"])
         listings: dict[str, dict[str, FileEntry]] = {}
-        config: dict[str, Any] | None = None
+        documents: dict[str, Any] = {}  # sha256 of the bytes -> parsed JSON
         stream = io.BufferedReader(ChunkReader(found.save(named=False)), CHUNK)
         with tarfile.open(fileobj=stream, mode="r|") as outer:
             for member in outer:
@@ -145,20 +147,40 @@ def snapshot(client: docker.DockerClient, image: str) -> Snapshot:
                     continue
                 handle = outer.extractfile(member)
                 assert handle is not None
-                source: IO[bytes] = handle
-                if member.size < _SMALL:  # the config, metadata, or a small layer
-                    data = handle.read()
-                    if "sha256:" + hashlib.sha256(data).hexdigest() == found.id:
-                        config = json.loads(data)
+                source: IO[bytes] = decompressed(handle, member.name)
+                if member.size < _SMALL:  # a config, metadata, or a small layer
+                    data = source.read()
+                    with contextlib.suppress(ValueError):
+                        documents["sha256:" + hashlib.sha256(data).hexdigest()] = json.loads(data)
                         continue
                     source = io.BytesIO(data)
                 digest, files = _read_layer(source)
                 if files is not None:
                     listings[digest] = files
+    config = _config_document(documents, found.id)
     if config is None:
-        raise PublishError(f"the export of {image} holds no config with its ID {found.id}")
+        raise PublishError(f"the export of {image} holds no config for its ID {found.id}")
     layers = [Layer(d, listings.get(d, {})) for d in diff_ids]
     return Snapshot(image, found.id, config, layers)
+
+
+def _config_document(documents: Mapping[str, Any], image_id: str) -> dict[str, Any] | None:
+    """The image config among an export's JSON documents: the one with the image ID as
+    its digest (classic store), or the one that manifest names (containerd store)."""
+    document = documents.get(image_id)
+    for _ in range(4):
+        if not isinstance(document, dict):
+            return None
+        if "rootfs" in document:
+            return document
+        if isinstance(document.get("config"), dict):
+            document = documents.get(str(document["config"].get("digest")))
+        elif isinstance(document.get("manifests"), list):  # an index: its first image
+            found = [documents.get(str(m.get("digest"))) for m in document["manifests"]]
+            document = next((d for d in found if isinstance(d, dict)), None)
+        else:
+            return None
+    return None
 
 
 def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

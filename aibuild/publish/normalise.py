@@ -11,6 +11,10 @@ Layers above the base (the base layers are kept byte for byte):
 
 - entries sorted by path, a hard link's target always written before the link;
 - every mtime clamped to SOURCE_DATE_EPOCH (never raised: older package files keep theirs);
+- hard links: the smallest name of a group is the file, the others link to it;
+- whiteouts get mode 0; a regular file or symlink equal to the one below it (mtime
+  aside: a file a step only touched) is left out. These three make the classic and
+  the containerd image stores give the same layer (docs/engines.md);
 - owner names blanked (uid/gid kept), modes, whiteouts, device numbers and
   extended attributes (``SCHILY.xattr.*``) kept; other PAX records (atime,
   ctime, sub-second mtime) dropped;
@@ -24,7 +28,8 @@ Layers above the base (the base layers are kept byte for byte):
 The config: ``created`` and every history time set to SOURCE_DATE_EPOCH, the build
 container's fields (``container``, ``container_config``, ``config.Image``,
 ``config.Hostname``) and ``docker_version`` dropped, ``rootfs.diff_ids`` replaced,
-the label ``ai.aibuild.reproducible=<SOURCE_DATE_EPOCH>`` added, written as
+empty fields of ``config`` (false, null, "") dropped, the label
+``ai.aibuild.reproducible=<SOURCE_DATE_EPOCH>`` added, written as
 canonical JSON (sorted keys, no spaces). The image ID is the sha256 of that JSON.
 """
 
@@ -42,10 +47,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aibuild import labels
-from aibuild.engine import engine_errors
+from aibuild.engine import engine_errors, save_image
 from aibuild.errors import PublishError
 from aibuild.logs import Log, silent
-from aibuild.oci.archive import HashingWriter, disk_errors, load_image, save_image
+from aibuild.oci.archive import HashingWriter, disk_errors, load_image
 from aibuild.oci.media import CHUNK, EPOCH_MAX, rfc3339
 from aibuild.oci.reference import parse_reference
 
@@ -103,15 +108,89 @@ def _normalised_info(member: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
     info.uid, info.gid = member.uid, member.gid
     info.uname = info.gname = ""
     info.size = member.size if member.isreg() else 0
-    info.linkname = member.linkname
+    # Only links have targets (Docker 20.10 leaves stale link names on whiteouts).
+    info.linkname = member.linkname if member.issym() or member.islnk() else ""
     info.devmajor, info.devminor = member.devmajor, member.devminor
     info.mtime = min(int(member.mtime), epoch)
+    if _is_whiteout(member.name):
+        # Docker 20.10 and the classic store write whiteouts 0600, the containerd
+        # store 0000; the mode of a whiteout means nothing.
+        info.mode = 0
     info.pax_headers = {k: v for k, v in member.pax_headers.items() if k.startswith(XATTR_PREFIXES)}
     return info
 
 
-def normalise_layer(src: Path, dst: Path, epoch: int) -> LayerReport:
-    """Rewrite one uncompressed layer tar per the rules above; returns its new diff ID."""
+def _short(digests: Sequence[str]) -> str:
+    return "[" + ", ".join(d.removeprefix("sha256:")[:12] for d in digests) + "]"
+
+
+def _path(name: str) -> str:
+    """A layer entry's path as one spelling (``./etc/x`` in an imported base is ``etc/x``)."""
+    return name.removeprefix("./").rstrip("/")
+
+
+def _is_whiteout(name: str) -> bool:
+    return name.rsplit("/", 1)[-1].startswith(".wh.")
+
+
+# What a file is, mtime aside: (type, mode, uid, gid, size, content sha256, link, xattrs).
+Signature = tuple[bytes, int, int, int, int, str, str, str]
+
+
+def _signature(member: tarfile.TarInfo, tar: tarfile.TarFile) -> Signature | None:
+    """The signature of a regular file or symlink (None for other entries)."""
+    if not (member.isreg() or member.issym() or member.isdir()):
+        return None
+    sha = hashlib.sha256()
+    if member.isreg():
+        handle = tar.extractfile(member)
+        assert handle is not None
+        while chunk := handle.read(CHUNK):
+            sha.update(chunk)
+    xattrs = ",".join(
+        f"{k}={v}" for k, v in sorted(member.pax_headers.items()) if k.startswith(XATTR_PREFIXES)
+    )
+    return (
+        member.type, member.mode & 0o7777, member.uid, member.gid,
+        member.size if member.isreg() else 0,
+        sha.hexdigest(), member.linkname, xattrs,
+    )  # fmt: skip
+
+
+def apply_layer(files: dict[str, Signature], layer: Path) -> None:
+    """Update ``files`` (path -> signature of what a container sees) with a layer on top:
+    its whiteouts delete, its regular files and symlinks replace."""
+    with tarfile.open(layer, "r:") as tar:
+        for member in tar:
+            name = _path(member.name)
+            head, _, base = name.rpartition("/")
+            if base == ".wh..wh..opq":
+                prefix = f"{head}/"
+                for path in [p for p in files if p.startswith(prefix)]:
+                    del files[path]
+                continue
+            if base.startswith(".wh."):
+                gone = f"{head}/{base[4:]}" if head else base[4:]
+                files.pop(gone, None)
+                for path in [p for p in files if p.startswith(gone + "/")]:
+                    del files[path]
+                continue
+            signature = _signature(member, tar)
+            if signature is None:
+                files.pop(name, None)
+            else:
+                files[name] = signature
+
+
+def normalise_layer(
+    src: Path, dst: Path, epoch: int, below: Mapping[str, Signature] | None = None
+) -> LayerReport:
+    """Rewrite one uncompressed layer tar per the rules above; returns its new diff ID.
+
+    ``below``: what the layers under this one hold (``apply_layer``). A regular file or
+    symlink that is the same as below in everything but its mtime is left out: the
+    classic store's diff includes a file a build step only touched (useradd's
+    ``/etc/.pwd.lock``), the containerd store's leaves it out."""
     source_sha = hashlib.sha256()
     with src.open("rb") as handle:
         while chunk := handle.read(CHUNK):
@@ -130,9 +209,57 @@ def normalise_layer(src: Path, dst: Path, epoch: int) -> LayerReport:
                     reason = "timestamp-based byte-code"
             if reason is not None:
                 dropped.add(member.name)
+        linked = {m.linkname for m in members if m.islnk()}
+        if below is not None:
+
+            def kept_parents() -> set[str]:
+                kept = [_path(m.name) for m in members if m.name not in dropped]
+                return {p.rsplit("/", i)[0] for p in kept for i in range(1, p.count("/") + 1)}
+
+            below_dirs = {p.rsplit("/", i)[0] for p in below for i in range(1, p.count("/") + 1)}
+            # Files first, then directories: a directory whose every changed entry is
+            # left out is itself unchanged.
+            parents_cache: list[set[str]] = []
+            for member in sorted(members, key=lambda m: m.isdir()):
+                name = _path(member.name)
+                head, _, base = name.rpartition("/")
+                if base == ".wh..wh..opq" and head not in below_dirs:
+                    # An opaque whiteout on a directory new in this layer hides nothing
+                    # (Docker 20.10 writes one, the containerd store does not).
+                    dropped.add(member.name)
+                    continue
+                if member.name in dropped or name in linked or name not in below:
+                    continue
+                if member.isdir() and not parents_cache:
+                    parents_cache.append(kept_parents())  # the files are decided by now
+                if member.isdir() and name in parents_cache[0]:
+                    continue  # a directory whose entries changed stays
+                if _signature(member, tar) == below[name]:
+                    dropped.add(member.name)
         # A hard link to a dropped file goes with it.
         dropped |= {m.name for m in members if m.islnk() and m.linkname in dropped}
         report.dropped = sorted(dropped)
+        # Hard links: which name of a group is the file and which are links differs by
+        # engine (Docker 20.10 and the classic store: the first name found; the
+        # containerd store: another). Here the smallest name is the file.
+        canonical: dict[str, str] = {}
+        roots: dict[str, tarfile.TarInfo] = {}
+        groups: dict[str, list[str]] = {}
+        for member in members:
+            if not member.islnk() or member.name in dropped:
+                continue
+            root = member
+            for _ in range(8):
+                if not root.islnk() or root.linkname not in by_name:
+                    break
+                root = by_name[root.linkname]
+            if root.isreg() and root.name not in dropped:
+                groups.setdefault(root.name, [root.name]).append(member.name)
+        for root_name, names in groups.items():
+            first = min(names)
+            for name in names:
+                canonical[name] = first
+                roots[name] = by_name[root_name]
         written: set[str] = set()
         with dst.open("wb") as out:
             writer = HashingWriter(out)
@@ -143,6 +270,9 @@ def normalise_layer(src: Path, dst: Path, epoch: int) -> LayerReport:
                 def emit(member: tarfile.TarInfo) -> None:
                     if member.name in written or member.name in dropped:
                         return
+                    if member.name in canonical:
+                        emit_linked(member.name)
+                        return
                     if member.islnk() and member.linkname in by_name:
                         emit(by_name[member.linkname])  # the target first
                     written.add(member.name)
@@ -152,6 +282,21 @@ def normalise_layer(src: Path, dst: Path, epoch: int) -> LayerReport:
                     if member.isreg():
                         result.addfile(info, tar.extractfile(member))
                     else:
+                        result.addfile(info)
+
+                def emit_linked(name: str) -> None:
+                    first, root = canonical[name], roots[name]
+                    if first not in written and first != name:
+                        emit_linked(first)
+                    written.add(name)
+                    info = _normalised_info(root, epoch)
+                    info.name = name
+                    report.entries += 1
+                    report.clamped += info.mtime != int(root.mtime)
+                    if name == first:
+                        result.addfile(info, tar.extractfile(root))
+                    else:
+                        info.type, info.linkname, info.size = tarfile.LNKTYPE, first, 0
                         result.addfile(info)
 
                 for member in sorted(members, key=lambda m: m.name):
@@ -178,6 +323,10 @@ def normalise_config(
     config["config"] = inner
     inner.pop("Image", None)
     inner.pop("Hostname", None)
+    # The classic store writes every field (``"Tty": false``, ``"Cmd": null``), the
+    # containerd store leaves the empty ones out: they mean the same.
+    for key in [k for k, v in inner.items() if v is None or v is False or v == ""]:
+        del inner[key]
     merged = dict(inner.get("Labels") or {})
     merged.update(extra_labels or {})
     merged[labels.REPRODUCIBLE] = str(epoch)
@@ -244,7 +393,7 @@ def normalised_tag(image: str, tags: Sequence[str], image_id: str, epoch: int) -
 class NormaliseResult:
     """A normalised image: its new ID, what changed, how long it took."""
 
-    image_id: str
+    image_id: str  # the engine's ID (config digest, or manifest digest: containerd store)
     source_id: str
     tags: list[str]
     source_date_epoch: int
@@ -252,10 +401,12 @@ class NormaliseResult:
     base_layers: int
     layers: list[LayerReport]
     seconds: float
+    config_digest: str = ""  # the same on every engine
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image_id": self.image_id,
+            "config_digest": self.config_digest,
             "source_id": self.source_id,
             "tags": self.tags,
             "source_date_epoch": self.source_date_epoch,
@@ -320,12 +471,19 @@ def normalise_image(
         work = Path(workdir or tmp)
         saved = save_image(client, source_id, work / "saved")
         if saved.diff_ids != layers:
-            raise PublishError(f"docker save of {image} did not give the layers it reports")
+            raise PublishError(
+                f"docker save of {image} gave layers {_short(saved.diff_ids)}, not the "
+                f"layers {_short(layers)} its config lists"
+            )
         reports: list[LayerReport] = []
-        new_layers: list[tuple[str, Path | None]] = [(d, None) for d in layers[:count]]
+        new_layers = [(d, saved.layers[i]) for i, d in enumerate(layers[:count])]
+        below: dict[str, Signature] = {}
+        for index in range(count):
+            apply_layer(below, saved.layers[index])
         for index in range(count, len(layers)):
             out = work / f"layer-{index}.tar"
-            report = normalise_layer(saved.layers[index], out, source_date_epoch)
+            report = normalise_layer(saved.layers[index], out, source_date_epoch, below)
+            apply_layer(below, out)
             reports.append(report)
             new_layers.append((report.diff_id, out))
             log(
@@ -335,10 +493,10 @@ def normalise_image(
         config = normalise_config(
             saved.config, [d for d, _ in new_layers], source_date_epoch, extra_labels
         )
-        image_id = load_image(client, config, new_layers, keep_tags, work)
+        image_id = load_image(client, config, new_layers, keep_tags, work, present=count)
         if cache is not None:
-            cache.add_config(config)
-            cache.add_layers({d: path or saved.layers[i] for i, (d, path) in enumerate(new_layers)})
+            cache.add_config(config, image_id)
+            cache.add_layers(dict(new_layers))
     seconds = round(time.monotonic() - started, 3)
     log(f"normalised {image} -> {image_id[:19]} in {seconds:.1f}s")
     return NormaliseResult(
@@ -350,4 +508,5 @@ def normalise_image(
         base_layers=count,
         layers=reports,
         seconds=seconds,
+        config_digest="sha256:" + hashlib.sha256(config).hexdigest(),
     )

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aibuild import labels
-from aibuild.engine import api_message, engine_errors
+from aibuild.engine import api_message, engine_errors, push_digest
 from aibuild.errors import PublishError, one_line
 from aibuild.logs import Log, silent
 from aibuild.oci.archive import Blob, BlobCache, image_blobs, manifest_bytes
@@ -335,9 +335,7 @@ def _engine_push_once(
                 if "error" in chunk or "errorDetail" in chunk:
                     detail = chunk.get("errorDetail") or {}
                     return "", str(chunk.get("error") or detail.get("message")), _counts(seen)
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and aux.get("Digest"):
-                    digest = str(aux["Digest"])
+                digest = push_digest(chunk) or digest
                 layer, status = chunk.get("id"), chunk.get("status")
                 if layer and status and status != seen.get(layer) and status not in _NOISE:
                     seen[layer] = status

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -35,7 +34,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from aibuild import kv, labels
 from aibuild.contract import DATA_DIR, ENV_DATA, ENV_OUTPUT, OUTPUT_DIR, TRAIN_ENTRYPOINT
-from aibuild.engine import api_message, client_session, engine_address, engine_errors
+from aibuild.engine import (
+    api_message,
+    client_session,
+    engine_address,
+    engine_errors,
+    wait_removed,
+)
 from aibuild.errors import RunError
 from aibuild.image.record import latest_record
 from aibuild.profile.load import is_profile_ref
@@ -541,25 +546,8 @@ def _without_memlock(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _exit_waiter(client: Any, container_id: str) -> Callable[[], int]:
-    """Ask the engine for the container's exit code before it starts, as ``docker run``
-    does: with AutoRemove the container is gone right after it exits, and a wait sent
-    then finds nothing. The engine registers the wait, then answers with headers at
-    once; the body (the exit code) comes once the container has exited and been
-    removed. Returns a function that blocks until then."""
-    api = client.api
-    response = api._post(
-        api._url("/containers/{0}/wait", container_id),
-        params={"condition": "removed"},  # AutoRemove: the answer comes once it is gone
-        stream=True,
-        timeout=None,
-    )
-    api._raise_for_status(response)
-
-    def exit_code() -> int:
-        body = json.loads(response.content or b"{}")
-        return int(body.get("StatusCode", 1))
-
-    return exit_code
+    """The exit code, waited for from before the start (``engine.wait_removed``)."""
+    return wait_removed(client, container_id)
 
 
 def attach_output(client: Any, container_id: str) -> Any:

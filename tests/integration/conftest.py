@@ -13,6 +13,7 @@ Fixtures:
   docker_client         docker.DockerClient for it (session)
   nohook_docker_host    a second engine without the NVIDIA runtime: --gpus fails there
   nohook_docker_client  docker.DockerClient for it (session)
+  engine_hosts          {name: DOCKER_HOST} of Docker 20.10, 26 classic, 26 containerd
   base_image            offline Debian bookworm minbase image (no python3)
   build_network         network_mode for builds and containers that need the
                         network ("bridge" here; "host" where NAT does not work)
@@ -40,6 +41,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import urllib.error
@@ -153,6 +155,29 @@ def nohook_docker_client(nohook_docker_host: str) -> Iterator[docker.DockerClien
     client = _client(nohook_docker_host, "the engine without the NVIDIA hook")
     yield client
     client.close()
+
+
+# The engines every engine-facing tier is meant to pass on (make test-engines runs the
+# tiers with DOCKER_HOST set to each Docker 26 engine in turn; the "engines" tests use
+# all three at once). Names as docs/engines.md writes them.
+ENGINE_VARS = {
+    "docker20.10": "DOCKER_HOST",
+    "docker26-classic": "AIBUILD_TEST_CLASSIC26_DOCKER_HOST",
+    "docker26-containerd": "AIBUILD_TEST_CONTAINERD26_DOCKER_HOST",
+}
+
+
+@pytest.fixture(scope="session")
+def engine_hosts(test_env: TestEnv) -> dict[str, str]:
+    """{engine name: DOCKER_HOST} for Docker 20.10 (the system's; the default
+    DOCKER_HOST of .aibuild-test-env, whatever DOCKER_HOST this run overrides it with)
+    and the two Docker 26 engines scripts/test-env.sh starts."""
+    hosts = {name: test_env.require(var) for name, var in ENGINE_VARS.items()}
+    if ENV_FILE.is_file():  # the system engine, even when DOCKER_HOST points elsewhere
+        hosts["docker20.10"] = _parse_env_file(ENV_FILE).get("DOCKER_HOST") or hosts["docker20.10"]
+    for name, host in hosts.items():
+        _client(host, f"the {name} engine").close()
+    return hosts
 
 
 @pytest.fixture(scope="session")
@@ -458,6 +483,20 @@ def docker_cleanup(docker_client: docker.DockerClient, unique_name: str) -> Iter
 @pytest.fixture
 def unique_name() -> str:
     return f"aibuild-test-{uuid.uuid4().hex[:10]}"
+
+
+# ------------------------------------------------------------------------ signals
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a child a test stops with a signal: the stop signals at their
+    default disposition. A shell starts background jobs with SIGINT and SIGQUIT ignored
+    (and nohup ignores SIGHUP); a child inherits that, so without this a test run from
+    a background script sends a Ctrl-C that never arrives."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
 
 
 # --------------------------------------------------------------------------- the cpu image

@@ -31,7 +31,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.integration.conftest import run_aibuild
+from tests.integration.conftest import default_signals, run_aibuild
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "mnist"
@@ -398,6 +398,7 @@ def test_jupyter(example: Example, tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,  # stopped with SIGINT: not ignored by inheritance
     )
     try:
         assert proc.stdout is not None

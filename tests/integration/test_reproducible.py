@@ -207,6 +207,7 @@ def _aibuild(
     cache: Path | None = None,
     source: Path | None = None,
     epoch: int | None = None,
+    docker_host: str | None = None,
 ) -> Any:
     """The real CLI in a subprocess (from ``source`` when given); its own blob cache
     (``cache``, default under cwd); SOURCE_DATE_EPOCH only when ``epoch`` is given."""
@@ -217,6 +218,8 @@ def _aibuild(
     if source is not None:
         env["PYTHONPATH"] = str(source)
     env["AIBUILD_CACHE_DIR"] = str(cache or cwd / "blob-cache")
+    if docker_host:
+        env["DOCKER_HOST"] = docker_host
     return subprocess.run(
         [sys.executable, "-m", "aibuild", *args],
         cwd=cwd,

@@ -20,6 +20,8 @@ from typing import Any
 import docker
 import pytest
 
+from tests.integration.conftest import default_signals
+
 CPU_SETS = ("--set", "software.torch=2.13.0", "--set", "software.python=3.11")
 CPU_REF = "aibuild:cpu-torch2.13.0-cpu"
 
@@ -167,6 +169,7 @@ def _start_and_wait_running(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,  # stopped with SIGINT: not ignored by inheritance
     )
     key, value = next(iter(label.items()))
     deadline = time.monotonic() + 60
@@ -212,6 +215,7 @@ def test_a_stop_signal_sends_sigterm_and_removes_the_container(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,  # stopped with SIGINT: not ignored by inheritance
     )
     assert proc.stdout is not None
     first = proc.stdout.readline()  # the trap is installed once this arrives

@@ -13,6 +13,8 @@ from aibuild.oci.archive import gzip_deterministic
 from aibuild.oci.media import rfc3339
 from aibuild.publish.diff import FileEntry, compare_files, flatten
 from aibuild.publish.normalise import (
+    Signature,
+    apply_layer,
     drop_reason,
     is_timestamp_pyc,
     normalise_config,
@@ -82,19 +84,36 @@ def test_layer_sorted_clamped_names_blanked_metadata_kept(tmp_path: Path) -> Non
     assert twice.diff_id == report.diff_id
 
 
-def test_hardlink_target_is_written_before_the_link(tmp_path: Path) -> None:
-    src = _layer(
-        tmp_path / "src.tar",
+def test_hardlinks_the_smallest_name_is_the_file_the_others_link_to_it(tmp_path: Path) -> None:
+    """Docker 20.10 makes the first name found the file (z/target here), the containerd
+    store may pick another (a/link): normalised, both give one layer."""
+    classic = _layer(
+        tmp_path / "classic.tar",
         [
-            (_info("z/target"), b"data"),
-            (_info("a/link", tarfile.LNKTYPE, linkname="z/target"), None),
+            (_info("z/target", mode=0o755), b"data"),
+            (_info("a/link", tarfile.LNKTYPE, linkname="z/target", mode=0o755), None),
+            (_info("m/other", tarfile.LNKTYPE, linkname="z/target", mode=0o755), None),
         ],
     )
-    normalise_layer(src, tmp_path / "out.tar", EPOCH)
-    out = _entries(tmp_path / "out.tar")
-    assert [m.name for m in out] == ["z/target", "a/link"]
-    with tarfile.open(tmp_path / "out.tar") as tar:
-        handle = tar.extractfile("a/link")
+    containerd = _layer(
+        tmp_path / "containerd.tar",
+        [
+            (_info("m/other", mode=0o755), b"data"),
+            (_info("a/link", tarfile.LNKTYPE, linkname="m/other", mode=0o755), None),
+            (_info("z/target", tarfile.LNKTYPE, linkname="m/other", mode=0o755), None),
+        ],
+    )
+    a = normalise_layer(classic, tmp_path / "a.tar", EPOCH)
+    b = normalise_layer(containerd, tmp_path / "b.tar", EPOCH)
+    assert a.diff_id == b.diff_id
+    out = _entries(tmp_path / "a.tar")
+    assert [(m.name, m.islnk(), m.linkname) for m in out] == [
+        ("a/link", False, ""),
+        ("m/other", True, "a/link"),
+        ("z/target", True, "a/link"),
+    ]
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        handle = tar.extractfile("z/target")
         assert handle is not None and handle.read() == b"data"
 
 
@@ -226,3 +245,111 @@ def test_sbom_cyclonedx_document() -> None:
     )
     assert sbom_bytes(doc) == sbom_bytes(same)
     assert split_pins(["a==1", "b @ x", "c==2"], "==") == [("a", "1"), ("c", "2")]
+
+
+def test_classic_and_containerd_store_layers_normalise_to_one_diff_id(tmp_path: Path) -> None:
+    """What the two image stores' diffs of one build step differ in (seen on Docker 20.10,
+    26 classic and 26 containerd): the classic diff carries a file the step only touched
+    (useradd's /etc/.pwd.lock, with S_IFREG in its mode field) and writes whiteouts 0600;
+    the containerd diff leaves the touched file out and writes whiteouts 0000."""
+    base = _layer(
+        tmp_path / "base.tar",
+        [
+            (_info("./etc/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("./etc/.pwd.lock", mode=0o600, mtime=100), b""),
+            (_info("./etc/issue.net", mode=0o644, mtime=100), b"Debian\n"),
+            (_info("./etc/passwd", mode=0o644, mtime=100), b"root:x:0:0\n"),
+        ],
+    )
+    changed = [
+        (_info("etc/", tarfile.DIRTYPE, mode=0o755), None),
+        (_info("etc/passwd", mode=0o644), b"root:x:0:0\naibuild:x:1000:1000\n"),
+    ]
+    classic = _layer(
+        tmp_path / "classic.tar",
+        [
+            *changed,
+            (_info("etc/.pwd.lock", mode=0o100600), b""),  # touched, not changed
+            (_info("etc/.wh.issue.net", mode=0o600), b""),
+        ],
+    )
+    containerd = _layer(
+        tmp_path / "containerd.tar",
+        [(_info("etc/.wh.issue.net", mode=0), b""), *reversed(changed)],
+    )
+    below: dict[str, Signature] = {}
+    apply_layer(below, base)
+    assert "etc/.pwd.lock" in below and "etc/issue.net" in below
+    a = normalise_layer(classic, tmp_path / "a.tar", EPOCH, below)
+    b = normalise_layer(containerd, tmp_path / "b.tar", EPOCH, below)
+    assert a.diff_id == b.diff_id
+    assert a.dropped == ["etc/.pwd.lock"] and b.dropped == []
+    whiteout = {m.name: m for m in _entries(tmp_path / "a.tar")}["etc/.wh.issue.net"]
+    assert whiteout.mode == 0
+    # Without the layers below, the touched file stays: nothing is dropped blindly.
+    assert normalise_layer(classic, tmp_path / "c.tar", EPOCH).dropped == []
+    # A whiteout removes what it names from what the next layer sees.
+    apply_layer(below, tmp_path / "a.tar")
+    assert "etc/issue.net" not in below
+    assert below["etc/passwd"][5] != apply_signature_of(base, "./etc/passwd")
+
+
+def apply_signature_of(layer: Path, name: str) -> str:
+    files: dict[str, Signature] = {}
+    apply_layer(files, layer)
+    return files[name.removeprefix("./")][5]
+
+
+def test_empty_config_fields_are_dropped_like_the_containerd_store_does() -> None:
+    classic = {
+        "config": {"Tty": False, "Cmd": None, "Domainname": "", "User": "1000", "StopSignal": 0},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }
+    containerd = {"config": {"User": "1000", "StopSignal": 0}, "rootfs": classic["rootfs"]}
+    a = normalise_config(json.dumps(classic).encode(), [], EPOCH)
+    b = normalise_config(json.dumps(containerd).encode(), [], EPOCH)
+    assert a == b
+    assert json.loads(a)["config"]["StopSignal"] == 0  # zero is a value, not an absence
+
+
+def test_opaque_whiteout_on_a_new_directory_and_a_touched_directory_are_left_out(
+    tmp_path: Path,
+) -> None:
+    """Docker 20.10 marks a directory new in the layer opaque and carries a directory a
+    step only touched (/tmp); the containerd store writes neither."""
+    base = _layer(
+        tmp_path / "base.tar",
+        [
+            (_info("tmp/", tarfile.DIRTYPE, mode=0o1777, mtime=100), None),
+            (_info("etc/", tarfile.DIRTYPE, mode=0o755, mtime=100), None),
+            (_info("etc/old/a", mode=0o644, mtime=100), b"a"),
+        ],
+    )
+    below: dict[str, Signature] = {}
+    apply_layer(below, base)
+    classic = _layer(
+        tmp_path / "classic.tar",
+        [
+            (_info("tmp/", tarfile.DIRTYPE, mode=0o1777), None),
+            (_info("etc/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("etc/new/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("etc/new/.wh..wh..opq", mode=0), b""),
+            (_info("etc/new/x", mode=0o644), b"x"),
+            (_info("etc/old/.wh..wh..opq", mode=0), b""),  # hides a: kept
+        ],
+    )
+    containerd = _layer(
+        tmp_path / "containerd.tar",
+        [
+            (_info("etc/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("etc/new/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("etc/new/x", mode=0o644), b"x"),
+            (_info("etc/old/.wh..wh..opq", mode=0), b""),
+        ],
+    )
+    a = normalise_layer(classic, tmp_path / "a.tar", EPOCH, below)
+    b = normalise_layer(containerd, tmp_path / "b.tar", EPOCH, below)
+    assert a.diff_id == b.diff_id
+    names = [m.name for m in _entries(tmp_path / "a.tar")]
+    assert "etc/new/.wh..wh..opq" not in names and "tmp" not in names
+    assert "etc/old/.wh..wh..opq" in names and "etc" in names  # etc holds changes
