@@ -159,9 +159,7 @@ def _requires(wheel: Path) -> list[str]:
     """A wheel's ``Requires-Dist`` lines, read from its METADATA."""
     try:
         with zipfile.ZipFile(wheel) as archive:
-            meta = next(
-                (n for n in archive.namelist() if n.endswith(".dist-info/METADATA")), None
-            )
+            meta = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA")), None)
             if meta is None:
                 return []
             text = archive.read(meta).decode("utf-8", "replace")
@@ -227,7 +225,9 @@ def resolve_wheelhouse(
                 w
                 for w in wheels.get(name, [])
                 if req.specifier.contains(w.version, prereleases=True)
-                and all(c.specifier.contains(w.version, prereleases=True) for c in limits.get(name, []))
+                and all(
+                    c.specifier.contains(w.version, prereleases=True) for c in limits.get(name, [])
+                )
             ]
             if not fits:
                 return None
@@ -235,17 +235,14 @@ def resolve_wheelhouse(
             chosen[name] = (wheel, f"{why} ({req})")
             added.append(name)
             queue.extend(
-                (r, f"{name} {wheel.version}")
-                for r in _dependencies(wheel.path, env, req.extras)
+                (r, f"{name} {wheel.version}") for r in _dependencies(wheel.path, env, req.extras)
             )
         closures[label] = tuple(added)
     pins = {n: Pin(n, str(w.version), w.size) for n, (w, _) in chosen.items()}
     return Resolution(pins, closures)
 
 
-def _dependencies(
-    wheel: Path, env: Mapping[str, str], extras: Iterable[str]
-) -> list[Requirement]:
+def _dependencies(wheel: Path, env: Mapping[str, str], extras: Iterable[str]) -> list[Requirement]:
     found = []
     for line in _requires(wheel):
         try:
@@ -296,13 +293,17 @@ def group_pins(
         groups.append(LayerGroup("torch", "torch", tuple(torch), True))
     torch_deps = take(torch_closure)
     if torch_deps:
-        groups.append(LayerGroup("torch-deps", "torch's other dependencies", tuple(torch_deps), False))
+        groups.append(
+            LayerGroup("torch-deps", "torch's other dependencies", tuple(torch_deps), False)
+        )
     large = sorted(
         (p for p in left.values() if p.size >= LARGE_BYTES), key=lambda p: (-p.size, p.name)
     )[:LARGE_MAX]
     for pin in sorted(large, key=lambda p: p.name):
         take([pin.name])
-        groups.append(LayerGroup(f"large-{pin.name}", f"{pin.name} (a large package)", (pin,), False))
+        groups.append(
+            LayerGroup(f"large-{pin.name}", f"{pin.name} (a large package)", (pin,), False)
+        )
     for key, title, names in (
         ("runtime", "the aibuild runtime's packages", runtime),
         ("profile", "the profile's other packages", profile),
@@ -332,9 +333,7 @@ def check_groups(groups: Sequence[LayerGroup]) -> None:
                 )
             owner[name] = group.key
     if len(groups) > MAX_GROUPS:
-        raise RenderError(
-            f"the venv's layer plan has {len(groups)} layers, more than {MAX_GROUPS}"
-        )
+        raise RenderError(f"the venv's layer plan has {len(groups)} layers, more than {MAX_GROUPS}")
 
 
 def lock_pins(constraints: Sequence[str]) -> dict[str, Pin]:

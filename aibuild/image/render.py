@@ -177,7 +177,9 @@ def _layer_installs(
     for number, group in enumerate(groups, 1):
         sources = torch_flags if group.torch_index else index_flags
         pins = [p.requirement for p in group.pins]
-        install = " ".join([UV, "pip", "install", *(shell_quote(a) for a in [*flags, *sources, *pins])])
+        install = " ".join(
+            [UV, "pip", "install", *(shell_quote(a) for a in [*flags, *sources, *pins])]
+        )
         steps = [fetch, f"touch {mark}", install, compile_new, f"rm -rf {BUILD_DIR}/uv"]
         if number == len(groups):
             steps.append("/opt/venv/bin/python -m pip check > /dev/null")
