@@ -453,6 +453,14 @@ FIELDS: tuple[Field, ...] = (
         "Explicit tag instead of the scheme.",
         _pattern(reference.TAG_RE, "a Docker tag"),
     ),
+    Field(
+        "image.compression",
+        "str",
+        "gzip",
+        "Layer compression when aibuild pushes: gzip (every engine pulls it) or zstd (faster "
+        "to compress and to pull; Docker 23 or newer). `--compression` overrides it.",
+        choices=("gzip", "zstd"),
+    ),
 )
 
 BY_PATH = {f.path: f for f in FIELDS}
