@@ -159,7 +159,8 @@ def _layer_installs(
     """(comment, RUN command) for each of the venv's layer groups: ``uv pip install
     --no-deps`` of the group's exact pins, then bytecode for the files this RUN wrote (and
     only those: recompiling earlier layers' files would copy them into this layer). The
-    last one checks that the venv is complete (``pip check``) and removes the build scratch."""
+    step after them checks that the venv is complete (``pip check``) and removes the build
+    scratch."""
     flags = ["--no-cache", "--python", "/opt/venv/bin/python", "--no-deps"]
     if constraints:
         flags += ["-c", f"{BUILD_DIR}/constraints.txt"]
@@ -181,14 +182,14 @@ def _layer_installs(
             [UV, "pip", "install", *(shell_quote(a) for a in [*flags, *sources, *pins])]
         )
         steps = [fetch, f"touch {mark}", install, compile_new, f"rm -rf {BUILD_DIR}/uv"]
-        if number == len(groups):
-            steps.append("/opt/venv/bin/python -m pip check > /dev/null")
-            if clean_build_dir:
-                steps.append(f"rm -rf {BUILD_DIR}")
         names = ", ".join(f"{p.name} {p.version}" for p in group.pins[:4])
         more = f" and {len(group.pins) - 4} more" if len(group.pins) > 4 else ""
         comment = f"venv layer {number}/{len(groups)}: {group.title}: {names}{more}"
         found.append((comment, " \\\n && ".join(steps)))
+    if groups:  # a step of its own: no group's layer depends on being the last one
+        check = ["/opt/venv/bin/python -m pip check > /dev/null"]
+        check += [f"rm -rf {BUILD_DIR}"] if clean_build_dir else []
+        found.append(("the venv is complete (pip check)", " \\\n && ".join(check)))
     return found
 
 
