@@ -38,7 +38,8 @@ def upload_blobs(
     workers: int = UPLOAD_WORKERS,
     log: Log = silent,
 ) -> UploadCounts:
-    """Upload ``blobs`` (layers, then the config) that the registry lacks, ``workers`` at
+    """Upload ``blobs`` (the layers in order, then the config) that the registry lacks,
+    ``workers`` at
     a time; ``new_client()`` makes an authenticated client for one worker. The first
     failure ends the upload (a PublishError from the client), after the uploads already
     running finish or fail within the deadline."""
@@ -51,6 +52,9 @@ def upload_blobs(
     total = sum(b.size for b in blobs)
     meter = Meter("upload", total, log)
     state = {"pushed": 0, "existing": 0, "sent": 0}
+
+    labels = {b.digest: f"layer {i}/{len(blobs) - 1}" for i, b in enumerate(blobs[:-1], 1)}
+    labels[blobs[-1].digest] = "config"
 
     def one(blob: Blob) -> None:
         with lock:
@@ -69,6 +73,7 @@ def upload_blobs(
                 sent[0] += n
                 meter.add(n)
 
+            log(f"{short}: pushing {labels.get(blob.digest, 'blob')} ({size_text(blob.size)})")
             try:
                 client.upload_blob(blob.digest, blob.path, on_bytes)
             finally:
