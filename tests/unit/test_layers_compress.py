@@ -139,9 +139,15 @@ def _wheel(directory: Path, name: str, version: str, requires: list[str], tag: s
     path = directory / f"{dist}-{tag}.whl"
     meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
     meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr(f"{dist}.dist-info/METADATA", meta)
-        archive.writestr(f"{name.replace('-', '_')}/__init__.py", f"# {version}\n")
+    module = f"{name.replace('-', '_')}/__init__.py"
+    wheel = f"Wheel-Version: 1.0\nGenerator: aibuild-tests\nRoot-Is-Purelib: true\nTag: {tag}\n"
+    files = [f"{dist}.dist-info/METADATA", f"{dist}.dist-info/WHEEL", module]
+    record = "".join(f"{f},,\n" for f in files) + f"{dist}.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as archive:  # an installable wheel: uv installs it
+        archive.writestr(module, f"# {version}\n")
+        archive.writestr(files[0], meta)
+        archive.writestr(files[1], wheel)
+        archive.writestr(f"{dist}.dist-info/RECORD", record)
 
 
 def _fake_wheelhouse(directory: Path, torch_local: str) -> Path:
