@@ -590,16 +590,26 @@ def _pick_manifest(
     raise SaveError(f"the export of {what} holds no manifest its index.json names")
 
 
+def _counted(chunks: Iterable[bytes], progress: Callable[[int], None]) -> Iterator[bytes]:
+    for chunk in chunks:
+        progress(len(chunk))
+        yield chunk
+
+
 def save_image(
     client: docker.DockerClient,
     image: str,
     workdir: Path,
     *,
     keep: Callable[[str], bool] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> SavedImage:
-    """``docker save`` ``image`` into ``workdir`` (see ``read_saved``)."""
+    """``docker save`` ``image`` into ``workdir`` (see ``read_saved``); ``progress(n)`` is
+    told of every ``n`` bytes the engine sends."""
     with engine_errors(f"exporting {image}"):
         stream = client.images.get(image).save(named=False)
+        if progress is not None:
+            stream = _counted(stream, progress)
         reader = io.BufferedReader(ChunkReader(stream), buffer_size=_CHUNK)
         try:
             return read_saved(reader, workdir, what=image, keep=keep)

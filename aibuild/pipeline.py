@@ -82,6 +82,7 @@ class PublishSettings:
     password: str | None = field(default=None, repr=False)
     retries: int = 8
     timeout: float | None = None  # seconds per push; None: $AIBUILD_PUSH_TIMEOUT or 1800
+    compression: str | None = None  # gzip | zstd; None: the profile's image.compression, gzip
 
 
 @dataclass(frozen=True)
@@ -350,6 +351,7 @@ def push_to(
             retry=RetryPolicy(attempts=settings.retries),
             bound=bound,
             log=log,
+            compression=settings.compression or "gzip",
         )
         records = find_records(found.id, record_dir)
         for record in records[:1]:
@@ -418,6 +420,8 @@ def make_image(
                 epoch, _ = lockfile.choose_epoch(lockfile.profile_file(ref))
             options = replace(options, reproducible=True, source_date_epoch=epoch)
         built = build_plan(engine, plan, options, request.build, facts=facts, reporter=reporter)
+        if publishing.compression is None:
+            publishing = replace(publishing, compression=plan.image_compression)
         result = ImageResult(built, built.image_id)
         if lock is not None:
             drift = lockfile.check_os_packages(lock, built.os_packages)
@@ -435,7 +439,9 @@ def make_image(
                 extra_labels=lockfile.source_labels(lockfile.profile_file(ref)),
                 wheelhouse=Path(wheelhouse) if wheelhouse else None,
                 # Pushing next: gzip the layers while they are at hand, not after a second export.
-                cache=BlobCache() if publishing.push else None,
+                cache=BlobCache(compression=publishing.compression or "gzip")
+                if publishing.push
+                else None,
                 log=log,
             )
             result.image_id = result.normalised.image_id
@@ -489,6 +495,8 @@ def push_image(
     if is_profile_ref(target):
         plan = plan_for(target)
         image = own_name = plan.image_ref
+        if settings.compression is None:
+            settings = replace(settings, compression=plan.image_compression)
     if not destinations:
         _registry_target(own_name)
     with client_session(client) as engine:

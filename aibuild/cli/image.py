@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from aibuild.cli.options import (
+    compression_option,
     extra_index_option,
     find_links_option,
     json_option,
@@ -86,6 +87,7 @@ def _build_args(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
 )
 @username_option
 @password_stdin_option
+@compression_option
 @timeout_option
 def image(
     profile: str,
@@ -104,6 +106,7 @@ def image(
     username: str | None,
     password_stdin: bool,
     timeout: float | None,
+    compression: str | None,
     **render: Any,
 ) -> None:
     """Render PROFILE's build context and build its image (then normalise and push it).
@@ -134,6 +137,7 @@ def image(
             username=username,
             password=read_password(username, password_stdin),  # now, not after the build
             timeout=timeout,
+            compression=compression,
         ),
     )
     result = make_image(

@@ -138,6 +138,14 @@ def read_password(username: str | None, password_stdin: bool) -> str | None:
     return None
 
 
+compression_option = click.option(
+    "--compression",
+    type=click.Choice(["gzip", "zstd"]),
+    default=None,
+    help="Layer compression of aibuild's own push (direct): gzip (default; every engine "
+    "pulls it) or zstd (OCI +zstd layers: Docker 23 or newer). Default: the profile's "
+    "image.compression, else gzip.",
+)
 timeout_option = click.option(
     "--timeout",
     type=float,
@@ -151,8 +159,29 @@ def stderr_log(quiet: bool) -> Callable[[str], None]:
     """A progress callback that writes lines to stderr: with ``quiet``, only the lines that
     start with ``warning:`` (what the user must know, such as a record left as it was)."""
 
+    from aibuild.oci.meter import PROGRESS
+
+    live = sys.stderr.isatty()
+    shown = [0.0]  # when the last progress line was printed (in a pipe)
+    drawn = [False]  # whether a progress line is drawn in place (on a terminal)
+
     def log(text: str) -> None:
-        if not quiet or text.startswith("warning:"):
-            click.echo(text, err=True)
+        if quiet and not text.startswith("warning:"):
+            return
+        if text.startswith(PROGRESS):  # a meter's line: in place on a terminal, else every 5 s
+            import time
+
+            now = time.monotonic()
+            if live:
+                click.echo("\r\033[K" + text.removeprefix(PROGRESS), err=True, nl=False)
+                drawn[0] = True
+            elif now - shown[0] >= 5.0:
+                shown[0] = now
+                click.echo(text.removeprefix(PROGRESS), err=True)
+            return
+        if drawn[0]:
+            click.echo("\r\033[K", err=True, nl=False)
+            drawn[0] = False
+        click.echo(text, err=True)
 
     return log

@@ -11,6 +11,7 @@ import click
 
 from aibuild.bounds import BOUNDS
 from aibuild.cli.options import (
+    compression_option,
     epoch_option,
     json_option,
     password_stdin_option,
@@ -53,6 +54,7 @@ from aibuild.cli.options import (
 @username_option
 @password_stdin_option
 @retries_option
+@compression_option
 @timeout_option
 @click.option("-q", "--quiet", is_flag=True, help="Print only the pinned reference.")
 @json_option
@@ -67,6 +69,7 @@ def push(
     password_stdin: bool,
     retries: int,
     timeout: float | None,
+    compression: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -85,6 +88,7 @@ def push(
         password=read_password(username, password_stdin),
         retries=retries,
         timeout=timeout,
+        compression=compression,
     )
     log = stderr_log(quiet or as_json)
     results = push_image(

@@ -27,6 +27,7 @@ from aibuild._resources import package_dir, templates_dir
 from aibuild.contract import TRAIN_ENTRYPOINT
 from aibuild.errors import RenderError
 from aibuild.image.context import copy_project
+from aibuild.image.layers import LayerGroup, plan_venv_layers
 from aibuild.profile.plan import BuildPlan, RenderOptions
 from aibuild.profile.resolve import dev_requirements, image_requirements
 
@@ -144,6 +145,52 @@ def _uv(args: list[str], index_flags: list[str]) -> str:
     )
     install = " ".join([UV, "pip", "install", *(shell_quote(a) for a in args)])
     return f"{fetch} \\\n && {install} \\\n && rm -rf {BUILD_DIR}/uv"
+
+
+def _layer_installs(
+    groups: list[LayerGroup],
+    *,
+    index_flags: list[str],
+    torch_flags: list[str],
+    constraints: bool,
+    reproducible: bool,
+    clean_build_dir: bool,
+) -> list[tuple[str, str]]:
+    """(comment, RUN command) for each of the venv's layer groups: ``uv pip install
+    --no-deps`` of the group's exact pins, then bytecode for the files this RUN wrote (and
+    only those: recompiling earlier layers' files would copy them into this layer). The
+    step after them checks that the venv is complete (``pip check``) and removes the build
+    scratch."""
+    flags = ["--no-cache", "--python", "/opt/venv/bin/python", "--no-deps"]
+    if constraints:
+        flags += ["-c", f"{BUILD_DIR}/constraints.txt"]
+    mark = f"{BUILD_DIR}/uv/.start"
+    mode = " --invalidation-mode unchecked-hash" if reproducible else ""
+    compile_new = (
+        f"(find /opt/venv -name '*.py' -cnewer {mark} "
+        f"| /opt/venv/bin/python -m compileall -q -j 0{mode} -i - > /dev/null || true)"
+    )
+    fetch = _pip_install(
+        ["-q", "--no-cache-dir", "--no-compile", "--target", f"{BUILD_DIR}/uv", *index_flags,
+         UV_REQUIREMENT]
+    )  # fmt: skip
+    found = []
+    for number, group in enumerate(groups, 1):
+        sources = torch_flags if group.torch_index else index_flags
+        pins = [p.requirement for p in group.pins]
+        install = " ".join(
+            [UV, "pip", "install", *(shell_quote(a) for a in [*flags, *sources, *pins])]
+        )
+        steps = [fetch, f"touch {mark}", install, compile_new, f"rm -rf {BUILD_DIR}/uv"]
+        names = ", ".join(f"{p.name} {p.version}" for p in group.pins[:4])
+        more = f" and {len(group.pins) - 4} more" if len(group.pins) > 4 else ""
+        comment = f"venv layer {number}/{len(groups)}: {group.title}: {names}{more}"
+        found.append((comment, " \\\n && ".join(steps)))
+    if groups:  # a step of its own: no group's layer depends on being the last one
+        check = ["/opt/venv/bin/python -m pip check > /dev/null"]
+        check += [f"rm -rf {BUILD_DIR}"] if clean_build_dir else []
+        found.append(("the venv is complete (pip check)", " \\\n && ".join(check)))
+    return found
 
 
 def install_sources(plan: BuildPlan, options: RenderOptions) -> tuple[list[str], list[str]]:
@@ -277,6 +324,16 @@ def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
     remove_users = ["ubuntu"] if plan.os == "ubuntu24.04" else []
     project = plan.project
     dev_copies, dev_install = _dev_install(plan, options, two, uv_flags, index_flags)
+    groups = plan_venv_layers(plan, options) or []
+    layers = _layer_installs(
+        groups,
+        index_flags=index_flags,
+        torch_flags=torch_flags,
+        constraints=bool(options.constraints),
+        reproducible=options.reproducible,
+        clean_build_dir=not two,
+    )
+    torch_count = sum(1 for g in groups if g.torch_index)
     return {
         "version": __version__,
         "plan": plan,
@@ -297,6 +354,8 @@ def template_context(plan: BuildPlan, options: RenderOptions) -> dict[str, Any]:
         "torch_install": _uv([*uv_flags, *torch_flags, f"torch=={plan.torch}"], index_flags),
         "requirements_install": _uv([*uv_flags, *index_flags, "-r", requirements], index_flags),
         "constraints_file": bool(options.constraints),
+        "torch_layers": layers[:torch_count],
+        "package_layers": layers[torch_count:],
         "image_env": image_env,
         "path_extra": "/usr/local/nvidia/bin:" if plan.require_cuda else "",
         "site_packages": f"/opt/venv/lib/python{plan.python}/site-packages",

@@ -1,18 +1,16 @@
-"""Exported images (docker save / docker load) and the blob cache of deterministic gzip layers."""
+"""Exported images (docker save / docker load) and the blob cache of deterministic
+compressed layers (gzip or zstd: ``aibuild.oci.compress``)."""
 
 from __future__ import annotations
 
 import errno
-import gzip
 import hashlib
 import io
 import json
 import os
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +24,23 @@ from aibuild.engine import (
 )
 from aibuild.errors import PublishError
 from aibuild.logs import Log, silent
-from aibuild.oci.media import CHUNK, CONFIG_V1, LAYER_GZIP, MANIFEST_V2
+from aibuild.oci import compress
+from aibuild.oci.media import (
+    CONFIG_OCI,
+    CONFIG_V1,
+    LAYER_GZIP,
+    MANIFEST_OCI,
+    MANIFEST_V2,
+)
+from aibuild.oci.meter import Meter
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker
 
 
 # Fixed gzip settings: the compressed bytes (and so the registry digest) depend
-# only on the layer's bytes and zlib's algorithm for this level.
-GZIP_LEVEL = 6
+# only on the layer's bytes and the pinned zlib-ng wheel's algorithm for this level.
+GZIP_LEVEL = compress.GZIP_LEVEL
 ENV_CACHE = "AIBUILD_CACHE_DIR"
 
 
@@ -65,14 +71,10 @@ class HashingWriter(io.RawIOBase):
         return "sha256:" + self.sha.hexdigest()
 
 
-def gzip_deterministic(src: Path, dst: Path, level: int = GZIP_LEVEL) -> str:
-    """gzip ``src`` into ``dst`` with a fixed header (mtime 0, no name); its sha256 digest."""
-    with src.open("rb") as raw, dst.open("wb") as out:
-        tee = HashingWriter(out)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=tee, compresslevel=level, mtime=0) as gz:
-            while chunk := raw.read(CHUNK):
-                gz.write(chunk)
-    return tee.digest
+def gzip_deterministic(src: Path, dst: Path) -> str:
+    """gzip ``src`` into ``dst`` with a fixed header (mtime 0, no name) by the pinned
+    zlib-ng, never the host's zlib; its sha256 digest."""
+    return compress.compress_file(src, dst, compress.GZIP)
 
 
 @dataclass(frozen=True)
@@ -86,21 +88,25 @@ class Blob:
 
 
 class BlobCache:
-    """Compressed layers and configs on disk, keyed by digest; diff ID -> gzip digest index.
+    """Compressed layers and configs on disk, keyed by digest; diff ID -> compressed digest
+    index, one per codec (compression, level and library version: ``Codec.key``).
 
     Location: ``$AIBUILD_CACHE_DIR``, else ``$XDG_CACHE_HOME/aibuild``, else
     ``~/.cache/aibuild``. Deterministic compression makes entries valid forever;
     delete the directory to reclaim the space.
     """
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, compression: str = compress.GZIP) -> None:
         if root is None:
             env = os.environ.get(ENV_CACHE)
             xdg = os.environ.get("XDG_CACHE_HOME")
             root = Path(env) if env else Path(xdg or Path.home() / ".cache") / "aibuild"
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
-        self.index = self.root / f"gzip{GZIP_LEVEL}"
+        self.codec = compress.codec(compression)
+        self.compression = compression
+        self.index = self.root / "index" / self.codec.key
+        self.progress: compress.Progress = lambda _: None  # input bytes compressed
         # engine image ID -> config digest, for engines whose image IDs are manifest
         # digests (the containerd store): their config is found without an export.
         self.ids = self.root / "image-ids"
@@ -117,7 +123,7 @@ class BlobCache:
         path = self.path(digest)
         if not path.is_file():
             return None
-        return Blob(digest, path.stat().st_size, LAYER_GZIP, path)
+        return Blob(digest, path.stat().st_size, self.codec.media_type, path)
 
     def config(self, image_id: str) -> Blob | None:
         """The config blob of a local image, by its engine ID (config or manifest digest)."""
@@ -143,30 +149,37 @@ class BlobCache:
             alias_tmp.replace(self.ids / image_id.removeprefix("sha256:"))
         return Blob(digest, len(data), CONFIG_V1, path)
 
-    def add_layers(self, layers: Mapping[str, Path]) -> None:
-        """``add_layer`` for each (diff ID, tar), in parallel (zlib releases the GIL)."""
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            list(pool.map(lambda item: self.add_layer(*item), layers.items()))
+    def add_layers(self, layers: Mapping[str, Path], cores: int | None = None) -> None:
+        """Compress each (diff ID, tar) not yet cached, in parallel up to the cores (the
+        codecs release the GIL; zstd's threads share the cores)."""
+        todo = {d: p for d, p in layers.items() if self.layer(d) is None}
+        if not todo:
+            return
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.index.mkdir(parents=True, exist_ok=True)
+        jobs: dict[str, tuple[Path, Path]] = {}
+        try:
+            for diff_id, tar in todo.items():
+                with tempfile.NamedTemporaryFile(dir=self.blobs, prefix=".c-", delete=False) as t:
+                    jobs[diff_id] = (tar, Path(t.name))
+            digests = compress.compress_layers(
+                jobs, self.compression, cores=cores, progress=self.progress
+            )
+            for diff_id, digest in digests.items():
+                jobs[diff_id][1].replace(self.path(digest))
+                entry_tmp = self.index / f".{diff_id.removeprefix('sha256:')}.tmp"
+                entry_tmp.write_text(digest, encoding="ascii")
+                entry_tmp.replace(self.index / diff_id.removeprefix("sha256:"))
+        finally:
+            for _, tmp_path in jobs.values():
+                tmp_path.unlink(missing_ok=True)
 
     def add_layer(self, diff_id: str, layer_tar: Path) -> Blob:
         """Compress an uncompressed layer tar into the cache (no-op when already there)."""
+        self.add_layers({diff_id: layer_tar})
         found = self.layer(diff_id)
-        if found is not None:
-            return found
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.index.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.blobs, prefix=".gz-", delete=False) as tmp:
-            tmp_path = Path(tmp.name)
-        try:
-            digest = gzip_deterministic(layer_tar, tmp_path)
-            tmp_path.replace(self.path(digest))
-        finally:
-            tmp_path.unlink(missing_ok=True)
-        entry_tmp = self.index / f".{diff_id.removeprefix('sha256:')}.tmp"
-        entry_tmp.write_text(digest, encoding="ascii")
-        entry_tmp.replace(self.index / diff_id.removeprefix("sha256:"))
-        path = self.path(digest)
-        return Blob(digest, path.stat().st_size, LAYER_GZIP, path)
+        assert found is not None
+        return found
 
 
 def image_blobs(
@@ -175,10 +188,12 @@ def image_blobs(
     cache: BlobCache | None = None,
     log: Log = silent,
 ) -> tuple[Blob, list[Blob]]:
-    """The config blob and deterministic gzip layer blobs of a local image.
+    """The config blob and deterministic compressed layer blobs (the cache's compression)
+    of a local image.
 
-    Exports the image only when the cache lacks one of them; compresses the
-    missing layers in parallel (zlib releases the GIL).
+    Exports the image only when the cache lacks one of them; compresses the missing
+    layers in parallel up to the cores. Export and compression report progress (bytes of
+    the total, rate, ETA) through ``log``.
     """
 
     cache = cache or BlobCache()
@@ -198,7 +213,11 @@ def image_blobs(
         tempfile.TemporaryDirectory(prefix="aibuild-save-", dir=_tmp_root(cache)) as tmp,
     ):
         wanted = {*missing, image_id}
-        saved = save_image(client, image_id, Path(tmp), keep=lambda d: d in wanted)
+        export = Meter("export", int(attrs.get("Size") or 0), log)
+        saved = save_image(
+            client, image_id, Path(tmp), keep=lambda d: d in wanted, progress=export.add
+        )
+        export.finish()
         if not saved.is_image(image_id):
             raise PublishError(
                 f"docker save of {image} gave another image (config {saved.image_id}, "
@@ -211,9 +230,16 @@ def image_blobs(
             )
         config = cache.add_config(saved.config, image_id)
         todo = {d: p for d, p in zip(saved.diff_ids, saved.layers, strict=True) if d in missing}
-        started = time.monotonic()
-        cache.add_layers(todo)
-        log(f"compressed {len(todo)} layer(s) in {time.monotonic() - started:.1f}s")
+        squeeze = Meter(
+            f"compress ({cache.compression})", sum(p.stat().st_size for p in todo.values()), log
+        )
+        cache.progress = squeeze.add
+        try:
+            cache.add_layers(todo)
+        finally:
+            cache.progress = lambda _: None
+        log(f"compressed {len(todo)} layer(s) with {cache.codec.library}")
+        squeeze.finish()
     blobs = [cache.layer(d) for d in diff_ids]
     assert all(blobs)
     return config, [b for b in blobs if b is not None]
@@ -224,12 +250,21 @@ def _tmp_root(cache: BlobCache) -> str:
     return str(cache.root)
 
 
+def manifest_media_type(layers: Iterable[Blob]) -> str:
+    """Docker's manifest v2 for gzip layers (what every engine reads); OCI's for others."""
+    return MANIFEST_V2 if all(b.media_type == LAYER_GZIP for b in layers) else MANIFEST_OCI
+
+
 def manifest_bytes(config: Blob, layers: Iterable[Blob]) -> bytes:
-    """The Docker image manifest v2 (schema 2), in canonical JSON (fixed key order)."""
+    """The image manifest in canonical JSON (fixed key order): Docker's manifest v2
+    (schema 2) for gzip layers, the OCI image manifest for zstd ones."""
+    layers = list(layers)
+    media_type = manifest_media_type(layers)
+    config_type = config.media_type if media_type == MANIFEST_V2 else CONFIG_OCI
     manifest = {
         "schemaVersion": 2,
-        "mediaType": MANIFEST_V2,
-        "config": {"mediaType": config.media_type, "size": config.size, "digest": config.digest},
+        "mediaType": media_type,
+        "config": {"mediaType": config_type, "size": config.size, "digest": config.digest},
         "layers": [{"mediaType": b.media_type, "size": b.size, "digest": b.digest} for b in layers],
     }
     return json.dumps(manifest, separators=(",", ":")).encode("utf-8")

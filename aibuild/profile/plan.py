@@ -109,6 +109,7 @@ class BuildPlan:
     run_ipc: str  # "private" | "host" (host: the host's IPC namespace, /dev/shm unbounded)
     image_name: str  # repository, e.g. "registry.example.com/team/train"
     image_tag: str  # e.g. "gpu-a100-torch2.5.1-cu124"
+    image_compression: str = "gzip"  # layer compression of aibuild's pushes (gzip | zstd)
     warnings: tuple[str, ...] = field(default=())
     # the user's own code (None: the image runs only the embedded trainer)
     project: ProjectPlan | None = None

@@ -439,6 +439,7 @@ class Resolver:
             run_ipc=str(self.run_cfg.get("ipc") or schema.default("run.ipc")),
             image_name=image_name,
             image_tag=image_tag,
+            image_compression=str(self.image_cfg.get("compression") or "gzip"),
             warnings=tuple(d.format() for d in self.diags if d.severity == "warning"),
             project=project,
             dev_jupyter=dev_jupyter,

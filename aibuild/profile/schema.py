@@ -518,6 +518,14 @@ FIELDS: tuple[Field, ...] = (
         _pattern(reference.TAG_RE, "a Docker tag"),
         default_doc="<profile>-torch<version>-<cuXYZ|cpu>",
     ),
+    Field(
+        "image.compression",
+        "str",
+        "gzip",
+        "Layer compression when aibuild pushes: gzip (every engine pulls it) or zstd (faster "
+        "to compress and to pull; Docker 23 or newer). `--compression` overrides it.",
+        choices=("gzip", "zstd"),
+    ),
 )
 
 BY_PATH = {f.path: f for f in FIELDS}

@@ -7,11 +7,11 @@ Two ways to push, one result (``name@sha256:DIGEST``):
   compressed digests from its history, so the registry digest depends on the
   engine and its past.
 - ``direct_push``: aibuild pushes through the registry HTTP API v2 itself. The
-  image is exported (``docker save``), each layer is gzipped deterministically
-  (mtime 0, no file name, level ``GZIP_LEVEL``) into a blob cache keyed by the
-  layer's diff ID, and the blobs, then the config, then the manifest last are
-  uploaded. The same image ID gives the same manifest digest on any machine with
-  the same zlib: this is how reproducible images are published.
+  image is exported (``docker save``), each layer is compressed deterministically
+  (gzip or zstd from pinned wheels: ``aibuild.oci.compress``) into a blob cache keyed
+  by the layer's diff ID and the codec, and the blobs are uploaded concurrently
+  (``aibuild.publish.upload``), then the manifest last. The same image ID gives the
+  same manifest digest on any machine: this is how reproducible images are published.
 
 Credentials come from, in order: ``--username`` + ``--password-stdin``; the
 environment (``AIBUILD_REGISTRY_USER``/``AIBUILD_REGISTRY_PASSWORD``); the
@@ -36,15 +36,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aibuild import labels
 from aibuild.engine import api_message, engine_errors, push_digest
 from aibuild.errors import PublishError, one_line
 from aibuild.logs import Log, silent
-from aibuild.oci.archive import Blob, BlobCache, image_blobs, manifest_bytes
+from aibuild.oci import compress
+from aibuild.oci.archive import BlobCache, image_blobs, manifest_bytes, manifest_media_type
 from aibuild.oci.credentials import Credentials
-from aibuild.oci.media import MANIFEST_V2
 from aibuild.oci.reference import Reference, parse_reference
 from aibuild.oci.registry import (
     COMMIT_TIMEOUT,
@@ -55,6 +55,7 @@ from aibuild.oci.registry import (
     retry_with_backoff,
     seconds_text,
 )
+from aibuild.publish.upload import upload_blobs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker
@@ -114,54 +115,44 @@ def direct_push(
     cache: BlobCache | None = None,
     bound: TimeBound | None = None,
     log: Log = silent,
+    compression: str = compress.GZIP,
 ) -> PushResult:
     """Push local ``image`` to ``target`` through the registry API; manifest last.
 
-    Layers the registry already has (HEAD) are skipped. If anything fails before
-    the manifest PUT, the tag is untouched: the registry holds only unreferenced blobs.
-    The whole push, export included, ends within ``bound``.
+    Layers are compressed with ``compression`` (the cache's, when a cache is given).
+    Blobs go up concurrently; those the registry already has (HEAD) are skipped. If
+    anything fails before the manifest PUT, the tag is untouched: the registry holds
+    only unreferenced blobs. The whole push, export included, ends within ``bound``.
     """
     started = time.monotonic()
     deadline = Deadline(bound)
     ref = push_target(target)
     assert ref.tag is not None
-    registry = RegistryClient(
-        ref.registry,
-        ref.repository,
-        credentials,
-        insecure=insecure,
-        retry=retry,
-        deadline=deadline,
-        log=log,
-    )
-    registry.authenticate()  # first: a wrong password or host fails before any export
+    cache = cache or BlobCache(compression=compression)
+
+    def new_client() -> RegistryClient:
+        registry = RegistryClient(
+            ref.registry,
+            ref.repository,
+            credentials,
+            insecure=insecure,
+            retry=retry,
+            deadline=deadline,
+            log=log,
+        )
+        registry.authenticate()
+        return registry
+
+    registry = new_client()  # first: a wrong password or host fails before any export
     with engine_errors(f"inspecting {image}"):
         image_id = str(client.images.get(image).id)
     config, layers = image_blobs(client, image_id, cache, log)
-    pushed = existing = 0
-    for index, blob in enumerate([*layers, config], start=1):
-        label = "config" if blob is config else f"layer {index}/{len(layers)}"
-        short = blob.digest.removeprefix("sha256:")[:12]
-        if registry.has_blob(blob.digest):
-            existing += 1
-            log(f"{short}: {label} already exists ({_size(blob.size)})")
-            continue
-        sent = [0, time.monotonic()]
-
-        def on_bytes(n: int, sent: list[Any] = sent, blob: Blob = blob, short: str = short) -> None:
-            sent[0] += n
-            now = time.monotonic()
-            if now - sent[1] > 2.0:
-                sent[1] = now
-                log(f"{short}: pushing {_size(sent[0])}/{_size(blob.size)}")
-
-        log(f"{short}: pushing {label} ({_size(blob.size)})")
-        registry.upload_blob(blob.digest, blob.path, on_bytes)
-        pushed += 1
-        log(f"{short}: pushed")
+    log(compress.engines_that_pull(cache.compression))
+    counts = upload_blobs(new_client, [*layers, config], log=log)
+    pushed, existing = counts.pushed, counts.existing
     manifest = manifest_bytes(config, layers)
     digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-    reported = registry.put_manifest(ref.tag, manifest, MANIFEST_V2)
+    reported = registry.put_manifest(ref.tag, manifest, manifest_media_type(layers))
     if reported and reported != digest:
         raise PublishError(
             one_line(
@@ -382,18 +373,27 @@ def push(
     cache: BlobCache | None = None,
     bound: TimeBound | None = None,
     log: Log = silent,
+    compression: str = compress.GZIP,
 ) -> PushResult:
     """Push ``image`` (a local name or ID) as ``target`` (default: ``image`` itself).
 
     ``method``: "direct" (aibuild's own deterministic push), "engine" (docker push),
     or "auto": direct for images aibuild normalised (label
-    ``ai.aibuild.reproducible``), where owning the digest is the point, else engine.
+    ``ai.aibuild.reproducible``), where owning the digest is the point, or when
+    ``compression`` is zstd (the engine pushes gzip only), else engine.
     """
     target = target or image
     if method not in ("auto", "direct", "engine"):
         raise PublishError(f"unknown push method {method!r} (auto, direct or engine)")
+    compress.codec(compression)  # an unknown name or a missing library: a clear error
+    if method == "engine" and compression != compress.GZIP:
+        raise PublishError(
+            f"--compression {compression} needs --method direct (or auto): the engine's "
+            "docker push writes gzip layers only"
+        )
     if method == "auto":
-        method = "direct" if is_reproducible(client, image) else "engine"
+        direct = compression != compress.GZIP or is_reproducible(client, image)
+        method = "direct" if direct else "engine"
     if method == "direct":
         return direct_push(
             client,
@@ -404,6 +404,7 @@ def push(
             cache=cache,
             bound=bound,
             log=log,
+            compression=compression,
         )
     return engine_push(
         client, image, target, credentials=credentials, retry=retry, bound=bound, log=log

@@ -83,7 +83,8 @@ class Run:
 
 def _progress(line: str) -> bool:
     words = ("retrying in", ": pushing", ": pushed", "already exists", "exporting", "compressed")
-    starts = ("normalis", "layer ", "digest recorded in")
+    starts = ("normalis", "layer ", "digest recorded in", "gzip layers:", "zstd layers:")
+    starts += ("export: ", "compress (", "upload: ")  # a meter's closing line
     return (
         any(w in line for w in words)
         or line.startswith(starts)
