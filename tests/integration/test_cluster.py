@@ -456,8 +456,13 @@ def test_compose_reads_the_file(
 
 
 def kubelet_expand(text: str, env: dict[str, str]) -> str:
-    """``$(VAR)`` as the kubelet expands it in env values and args."""
-    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), text)
+    """``$(VAR)`` and ``$$`` as the kubelet expands them in env values and args: one pass,
+    ``$$`` is a literal ``$``, an unknown ``$(VAR)`` stays as written."""
+    return re.sub(
+        r"\$\$|\$\((\w+)\)",
+        lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]),
+        text,
+    )
 
 
 def test_k8s_indexed_pods_meet_in_containers(
