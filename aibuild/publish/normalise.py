@@ -12,9 +12,11 @@ Layers above the base (the base layers are kept byte for byte):
 - entries sorted by path, a hard link's target always written before the link;
 - every mtime clamped to SOURCE_DATE_EPOCH (never raised: older package files keep theirs);
 - hard links: the smallest name of a group is the file, the others link to it;
-- whiteouts get mode 0; a regular file or symlink equal to the one below it (mtime
-  aside: a file a step only touched) is left out. These three make the classic and
-  the containerd image stores give the same layer (docs/engines.md);
+- whiteouts get mode 0 and the epoch as mtime; opaque whiteouts on a directory that
+  exists below become explicit whiteouts (the containerd store's form); a regular file
+  or symlink equal to the one below it (mtime aside: a file a step only touched), and a
+  directory only touched, are left out. These make the classic and the containerd
+  image stores give the same layer (docs/engines.md);
 - owner names blanked (uid/gid kept), modes, whiteouts, device numbers and
   extended attributes (``SCHILY.xattr.*``) kept; other PAX records (atime,
   ctime, sub-second mtime) dropped;
@@ -114,8 +116,10 @@ def _normalised_info(member: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
     info.mtime = min(int(member.mtime), epoch)
     if _is_whiteout(member.name):
         # Docker 20.10 and the classic store write whiteouts 0600, the containerd
-        # store 0000; the mode of a whiteout means nothing.
+        # store 0000, and their mtimes differ too (0, or the build's time): the mode and
+        # the mtime of a whiteout mean nothing.
         info.mode = 0
+        info.mtime = epoch
     info.pax_headers = {k: v for k, v in member.pax_headers.items() if k.startswith(XATTR_PREFIXES)}
     return info
 
@@ -182,6 +186,45 @@ def apply_layer(files: dict[str, Signature], layer: Path) -> None:
                 files[name] = signature
 
 
+def _explicit_whiteouts(
+    members: Sequence[tarfile.TarInfo], below: Mapping[str, Signature], below_dirs: set[str]
+) -> tuple[set[str], list[tarfile.TarInfo]]:
+    """Opaque whiteouts on directories that exist below, as explicit whiteouts.
+
+    A step that removes a directory and writes it again (uv replacing a package) gives, in
+    the classic store's diff, an opaque whiteout and the directory's new entries; the
+    containerd store compares trees and writes a whiteout for each path below that is
+    gone (the highest one of a removed subtree). The second form is the canonical one:
+    returns (the opaque whiteouts to drop, the whiteouts to add)."""
+    present: set[str] = set()
+    for member in members:
+        path = _path(member.name)
+        present.add(path)
+        present.update(path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1))
+    opaque: set[str] = set()
+    added: dict[str, tarfile.TarInfo] = {}
+    for member in members:
+        name = _path(member.name)
+        head, _, base = name.rpartition("/")
+        if base != ".wh..wh..opq" or head not in below_dirs:
+            continue
+        opaque.add(member.name)
+        lead = member.name[: member.name.index(name)]  # "./" where the layer writes it
+        for path in sorted({*below, *below_dirs}):
+            if not path.startswith(head + "/"):
+                continue
+            parts = path[len(head) + 1 :].split("/")
+            for depth in range(1, len(parts) + 1):
+                gone = f"{head}/{'/'.join(parts[:depth])}"
+                if gone not in present:
+                    parent, _, leaf = gone.rpartition("/")
+                    info = tarfile.TarInfo(f"{lead}{parent}/.wh.{leaf}")
+                    info.mtime, info.mode = int(member.mtime), 0
+                    added.setdefault(info.name, info)
+                    break
+    return opaque, list(added.values())
+
+
 def normalise_layer(
     src: Path, dst: Path, epoch: int, below: Mapping[str, Signature] | None = None
 ) -> LayerReport:
@@ -210,17 +253,24 @@ def normalise_layer(
             if reason is not None:
                 dropped.add(member.name)
         linked = {m.linkname for m in members if m.islnk()}
+        synthetic: set[str] = set()
         if below is not None:
-
-            def kept_parents() -> set[str]:
-                kept = [_path(m.name) for m in members if m.name not in dropped]
-                return {p.rsplit("/", i)[0] for p in kept for i in range(1, p.count("/") + 1)}
-
             below_dirs = {p.rsplit("/", i)[0] for p in below for i in range(1, p.count("/") + 1)}
-            # Files first, then directories: a directory whose every changed entry is
-            # left out is itself unchanged.
-            parents_cache: list[set[str]] = []
-            for member in sorted(members, key=lambda m: m.isdir()):
+            opaque, whiteouts = _explicit_whiteouts(members, below, below_dirs)
+            dropped |= opaque
+            synthetic = {w.name for w in whiteouts}
+            members = [*members, *whiteouts]
+            by_name.update((w.name, w) for w in whiteouts)
+            # Files first; then directories, deepest first: a directory stays when an entry
+            # under it stays, is new, or differs from below; one only touched goes (the
+            # classic store's diff lists /tmp when a step wrote and removed a file there,
+            # the containerd store's does not).
+            kept_under: set[str] = set()
+
+            def keep(path: str) -> None:
+                kept_under.update(path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1))
+
+            for member in sorted(members, key=lambda m: (m.isdir(), -_path(m.name).count("/"))):
                 name = _path(member.name)
                 head, _, base = name.rpartition("/")
                 if base == ".wh..wh..opq" and head not in below_dirs:
@@ -228,14 +278,20 @@ def normalise_layer(
                     # (Docker 20.10 writes one, the containerd store does not).
                     dropped.add(member.name)
                     continue
-                if member.name in dropped or name in linked or name not in below:
+                if member.name in dropped:
                     continue
-                if member.isdir() and not parents_cache:
-                    parents_cache.append(kept_parents())  # the files are decided by now
-                if member.isdir() and name in parents_cache[0]:
-                    continue  # a directory whose entries changed stays
-                if _signature(member, tar) == below[name]:
+                if member.isdir() and name in kept_under:
+                    keep(name)
+                    continue
+                if (
+                    name not in linked
+                    and name in below
+                    and member.name not in synthetic
+                    and _signature(member, tar) == below[name]
+                ):
                     dropped.add(member.name)
+                    continue
+                keep(name)
         # A hard link to a dropped file goes with it.
         dropped |= {m.name for m in members if m.islnk() and m.linkname in dropped}
         report.dropped = sorted(dropped)
@@ -279,7 +335,7 @@ def normalise_layer(
                     info = _normalised_info(member, epoch)
                     report.entries += 1
                     report.clamped += info.mtime != int(member.mtime)
-                    if member.isreg():
+                    if member.isreg() and member.name not in synthetic:
                         result.addfile(info, tar.extractfile(member))
                     else:
                         result.addfile(info)

@@ -352,4 +352,52 @@ def test_opaque_whiteout_on_a_new_directory_and_a_touched_directory_are_left_out
     assert a.diff_id == b.diff_id
     names = [m.name for m in _entries(tmp_path / "a.tar")]
     assert "etc/new/.wh..wh..opq" not in names and "tmp" not in names
-    assert "etc/old/.wh..wh..opq" in names and "etc" in names  # etc holds changes
+    # the opaque whiteout that hides a, as the explicit whiteout the containerd store writes
+    assert "etc/old/.wh.a" in names and "etc" in names  # etc holds changes
+
+
+def test_a_directory_written_again_gives_one_layer_on_both_stores(tmp_path: Path) -> None:
+    """uv replacing a package: the classic store's diff marks the directory opaque and
+    lists its new entries; the containerd store whiteouts each path that is gone (a removed
+    subtree once, at its top). A directory only touched, and one nested in it (the build
+    scratch's parent /tmp), is in the classic diff only. Both normalise to one layer."""
+    base = _layer(
+        tmp_path / "base.tar",
+        [
+            (_info("tmp/", tarfile.DIRTYPE, mode=0o1777, mtime=100), None),
+            (_info("tmp/build/", tarfile.DIRTYPE, mode=0o755, mtime=100), None),
+            (_info("pkg/", tarfile.DIRTYPE, mode=0o755, mtime=100), None),
+            (_info("pkg/keep.py", mode=0o644, mtime=100), b"same"),
+            (_info("pkg/old.py", mode=0o644, mtime=100), b"old"),
+            (_info("pkg/gone/", tarfile.DIRTYPE, mode=0o755, mtime=100), None),
+            (_info("pkg/gone/a.py", mode=0o644, mtime=100), b"a"),
+        ],
+    )
+    below: dict[str, Signature] = {}
+    apply_layer(below, base)
+    classic = _layer(
+        tmp_path / "classic.tar",
+        [
+            (_info("tmp/", tarfile.DIRTYPE, mode=0o1777), None),
+            (_info("tmp/build/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("pkg/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("pkg/.wh..wh..opq", mode=0), b""),
+            (_info("pkg/keep.py", mode=0o644), b"same"),
+            (_info("pkg/new.py", mode=0o644), b"new"),
+        ],
+    )
+    containerd = _layer(
+        tmp_path / "containerd.tar",
+        [
+            (_info("pkg/", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("pkg/.wh.gone", mode=0), b""),
+            (_info("pkg/.wh.old.py", mode=0), b""),
+            (_info("pkg/keep.py", mode=0o644), b"same"),
+            (_info("pkg/new.py", mode=0o644), b"new"),
+        ],
+    )
+    a = normalise_layer(classic, tmp_path / "a.tar", EPOCH, below)
+    b = normalise_layer(containerd, tmp_path / "b.tar", EPOCH, below)
+    names = [m.name for m in _entries(tmp_path / "a.tar")]
+    assert names == ["pkg", "pkg/.wh.gone", "pkg/.wh.old.py", "pkg/new.py"]
+    assert a.diff_id == b.diff_id
