@@ -1,4 +1,4 @@
-"""The build context tar is deterministic; build args and base facts (no engine needed)."""
+"""The build context tar is deterministic (no engine needed)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ from pathlib import Path
 import pytest
 
 from aibuild.errors import BuildError
-from aibuild.image.build import parse_build_args, proxy_build_args
 from aibuild.image.context import context_tar
-from aibuild.image.helpers import parse_inspection, parse_os_release
-from tests.unit.conftest import run_cli
 
 
 def make_context(root: Path) -> None:
@@ -63,53 +60,6 @@ def test_entries_sorted_normalised_and_ignored(tmp_path: Path) -> None:
 def test_no_dockerfile(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="no Dockerfile"):
         context_tar(tmp_path)
-
-
-def test_proxies_both_cases() -> None:
-    env = {"https_proxy": "http://proxy:3128", "NO_PROXY": "localhost", "HOME": "/root"}
-    assert proxy_build_args(env) == {
-        "HTTPS_PROXY": "http://proxy:3128",
-        "https_proxy": "http://proxy:3128",
-        "NO_PROXY": "localhost",
-        "no_proxy": "localhost",
-    }
-    assert proxy_build_args({}) == {}
-
-
-def test_build_args() -> None:
-    assert parse_build_args(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        parse_build_args(["novalue"])
-
-
-def test_bad_build_arg_is_a_usage_error() -> None:
-    result = run_cli(["image", "cpu", "--build-arg", "1X=2"])
-    assert result.exit_code == 2
-    assert "KEY=VALUE" in result.output
-
-
-def test_os_release() -> None:
-    debian = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
-    ubuntu = 'NAME="Ubuntu"\nID=ubuntu\nVERSION_ID="22.04"\n'
-    assert parse_os_release(debian) == "debian12"
-    assert parse_os_release(ubuntu) == "ubuntu22.04"
-    assert parse_os_release("ID=alpine\nVERSION_ID=3.20.0\n") is None
-    assert parse_os_release("") is None
-
-
-def test_inspection_output() -> None:
-    output = "## python\ntorch==2.13.0+cpu\nClick==8.5.1\n## os\nbash=5.2.15-2+b7\ndpkg=1.21.22\n"
-    python, system = parse_inspection(output)
-    assert python == ["Click==8.5.1", "torch==2.13.0+cpu"]
-    assert system == ["bash=5.2.15-2+b7", "dpkg=1.21.22"]
-
-
-def test_unreachable_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
-    result = run_cli(["image", "cpu"])
-    assert result.exit_code == 1
-    assert "cannot reach the Docker engine at tcp://127.0.0.1:1" in result.output
-    assert "Traceback" not in result.output
 
 
 def test_rendered_context_tars_identically(tmp_path: Path) -> None:
