@@ -22,13 +22,11 @@ from typing import Any
 
 import yaml
 from packaging.requirements import Requirement
-from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
-from packaging.version import Version
 
 from aibuild import knowledge as kb
 from aibuild import vcs
-from aibuild.errors import Diagnostic, ProfileError, did_you_mean
+from aibuild.errors import Diagnostic, ProfileError
 from aibuild.profile import project as projects
 from aibuild.profile import rules, schema
 from aibuild.profile.load import Profile, load_profile
@@ -130,83 +128,6 @@ class Resolver:
     def report(self, finding: rules.Finding) -> None:
         self.diags.append(self.p.diag(finding.severity, finding.message, finding.key))
 
-    # -- torch ---------------------------------------------------------------
-    def resolve_torch(self) -> tuple[str, kb.TorchRelease] | None:
-        spec = str(self.value("software.torch"))
-        known = sorted(kb.TORCH_PATCHES.values(), key=Version)
-        if spec[:1] in "<>=!~":
-            # A specifier picks the newest verified release it admits; a release the knowledge
-            # base does not know as released is taken only when nothing else matches.
-            admitted = [v for v in known if Version(v) in SpecifierSet(spec)]
-            verified = [v for v in admitted if not kb.torch_unverified(kb.torch_minor(v))]
-            matches = verified or admitted
-            if not matches:
-                self.error(
-                    f"no known torch release matches '{spec}'; known: {', '.join(known)}",
-                    "software.torch",
-                )
-                return None
-            version = matches[-1]
-        elif spec.count(".") == 1:
-            version = kb.TORCH_PATCHES.get(spec, "")
-            if not version:
-                self.error(
-                    f"torch {spec} is not in the knowledge base; known: {', '.join(known)}",
-                    "software.torch",
-                )
-                return None
-        else:
-            version = str(Version(spec))
-            if Version(version).local:
-                self.error(
-                    f"write torch without a local suffix ('{spec}'): the CUDA variant comes from "
-                    "software.cuda",
-                    "software.torch",
-                )
-                return None
-        minor = kb.torch_minor(version)
-        rel = kb.torch_releases().get(minor)
-        if rel is None:
-            self.error(
-                f"torch {minor} is not in the knowledge base; known releases: "
-                f"{', '.join(sorted(kb.torch_releases(), key=kb.vkey))}",
-                "software.torch",
-            )
-            return None
-        if kb.torch_unverified(minor):
-            self.warn(
-                f"torch {minor} is not verified as released (knowledge base: {rel.notes})",
-                "software.torch",
-            )
-        return version, rel
-
-    def check_python(self, python: str, torch: str, rel: kb.TorchRelease) -> None:
-        """Python must be within the release's range. For releases known only from
-        secondary sources, a Python newer than the recorded maximum is a warning (the
-        range may have grown); one older than the minimum stays an error."""
-        low, high = kb.vkey(rel.python_min), kb.vkey(rel.python_max)
-        if low <= kb.vkey(python) <= high:
-            return
-        fits = [
-            m
-            for m, r in kb.torch_releases().items()
-            if kb.vkey(r.python_min) <= kb.vkey(python) <= kb.vkey(r.python_max)
-        ]
-        hint = ""
-        if fits:
-            lo, hi = min(fits, key=kb.vkey), max(fits, key=kb.vkey)
-            hint = (
-                f", or torch {lo} to {hi} for Python {python}" if lo != hi else f", or torch {lo}"
-            )
-        nearest = rel.python_min if kb.vkey(python) < low else rel.python_max
-        message = (
-            f"torch {torch} supports Python {rel.python_min} to {rel.python_max}, not {python}; "
-            f"use python {nearest}{hint}"
-        )
-        (self.warn if rel.uncertain and kb.vkey(python) > high else self.error)(
-            message, "software.python"
-        )
-
     # -- CUDA ----------------------------------------------------------------
     def evaluate(
         self,
@@ -233,170 +154,101 @@ class Resolver:
 
     # -- the whole plan --------------------------------------------------------
     def resolve(self) -> BuildPlan | None:
+        """The plan: the profile rules, then the stack the CUDA rules admit, then the plan
+        assembled from those checked facts (None when a rule found an error)."""
         hw, sw = self.hw, self.sw
         accelerator = hw.get("accelerator") or (
             "nvidia" if hw.get("gpu") else schema.default("hardware.accelerator")
         )
         nvidia = accelerator == "nvidia"
-        os_name = self.o.base_os or self.value("software.os", nvidia)
-        if self.o.base_os and sw.get("os") and sw["os"] != self.o.base_os:
-            self.warn(
-                f"the base image is {self.o.base_os}, not "
-                f"{sw['os']}: building for {self.o.base_os}",
-                "software.os",
-            )
-        python = str(sw.get("python") or self.o.base_python or schema.default("software.python"))
-        torch_rel = self.resolve_torch()
-        if torch_rel is None:
-            return None
-        torch, rel = torch_rel
-        self.check_python(python, torch, rel)
-
-        explicit_base = self.o.base_image or sw.get("base_image")
-        self.check_cuda_source(nvidia, explicit_base)
-        stack = (
-            self.nvidia_stack(torch, rel, python, os_name, explicit_base)
-            if nvidia
-            else self.cpu_stack(python, os_name, explicit_base)
+        facts = rules.ProfileFacts(
+            hardware=hw,
+            software=sw,
+            nvidia=nvidia,
+            toolkit=self.toolkit,
+            python=str(sw.get("python") or self.o.base_python or schema.default("software.python")),
+            base_os=self.o.base_os,
+            explicit_base=self.o.base_image or sw.get("base_image"),
+            run_gpus=str(self.value("run.gpus", nvidia)),
         )
+        if not self.apply("profile", facts):
+            return None
+        os_name = self.o.base_os or self.value("software.os", nvidia)
+        stack = self.nvidia_stack(facts, os_name) if nvidia else self.cpu_stack(facts, os_name)
         if stack is None:
             return None
-        return self.assemble(stack, accelerator, os_name, python, torch, rel, explicit_base)
+        return self.assemble(facts, stack, accelerator, os_name)
 
-    def nvidia_stack(
-        self,
-        torch: str,
-        rel: kb.TorchRelease,
-        python: str,
-        os_name: str,
-        explicit_base: str | None,
-    ) -> Stack | None:
-        """The GPU, and the CUDA release that every rule admits for it, with its images."""
-        hw = self.hw
-        nvidia = True
-        driver = hw.get("driver")
+    def apply(self, stage: str, facts: rules.ProfileFacts) -> bool:
+        """Report STAGE's findings; False when a stopping rule ended the stage."""
+        findings, stopped = rules.apply(stage, facts)
+        for finding in findings:
+            self.report(finding)
+        return not stopped
+
+    def nvidia_stack(self, facts: rules.ProfileFacts, os_name: str) -> Stack | None:
+        """The GPU, and the CUDA release that every CUDA rule admits for it, with its
+        images."""
+        torch, rel = _picked(facts)
+        gpu = facts.gpu
+        assert gpu is not None  # the GPU rules stop first
+        gpu_count = self.value("hardware.gpus", nvidia=True)
         cudnn = bool(self.value("software.cudnn"))
-        gpu_count = hw.get("gpus")
-        if not hw.get("gpu"):
-            self.error(
-                "hardware.gpu is required when the accelerator is nvidia (e.g. gpu: A100)",
-                "hardware",
-            )
-            return None
-        gpu = kb.find_gpu(str(hw["gpu"]))
-        if gpu is None:
-            self.error(
-                f"unknown GPU '{hw['gpu']}'"
-                + did_you_mean(
-                    str(hw["gpu"]).lower().replace(" ", ""), kb.gpu_names(), listing="known"
-                ),
-                "hardware.gpu",
-            )
-            return None
-        if gpu.uncertain:
-            self.warn(
-                f"{gpu.name}'s compute capability {gpu.cc} "
-                f"rests on secondary sources ({gpu.sources})",
-                "hardware.gpu",
-            )
-        if gpu_count is None:
-            gpu_count = schema.default("hardware.gpus", nvidia)
-        elif gpu_count < 1:
-            self.error("an nvidia profile needs at least one GPU (gpus: 1)", "hardware.gpus")
+        driver = self.hw.get("driver")
         chosen = self.choose_cuda(torch, rel, gpu, os_name, cudnn, driver)
         if chosen is None:
             return None
-        cuda, full, builder, runtime, min_driver = (
+        builder, runtime = chosen.builder, chosen.runtime
+        if facts.explicit_base:
+            builder = runtime = facts.explicit_base
+        elif self.source == "wheels":
+            builder = runtime = self.slim_base(facts.python, os_name)
+        assert builder is not None and runtime is not None  # images_for found both
+        variant = "cu" + chosen.cuda.replace(".", "")
+        return Stack(
+            gpu,
+            int(gpu_count),
             chosen.cuda,
             chosen.full,
-            chosen.builder,
-            chosen.runtime,
+            builder,
+            runtime,
             chosen.min_driver,
-        )
-        arch_list = (gpu.cc,)
-        variant = "cu" + cuda.replace(".", "")
-        if explicit_base:
-            builder = runtime = explicit_base
-        elif self.source == "wheels":
-            builder = runtime = self.slim_base(python, os_name)
-        assert builder is not None and runtime is not None  # images_for found both
-        return Stack(
-            gpu, int(gpu_count), cuda, full, builder, runtime, min_driver, arch_list, variant, cudnn
+            (gpu.cc,),
+            variant,
+            cudnn,
         )
 
-    def cpu_stack(self, python: str, os_name: str, explicit_base: str | None) -> Stack:
-        """A cpu profile: no GPU keys, no CUDA; the slim OS base (or the given one)."""
-        hw, sw = self.hw, self.sw
-        for key in ("gpu", "driver"):
-            if hw.get(key):
-                self.error(
-                    f"hardware.{key} is set but the accelerator is cpu; remove it or set "
-                    "hardware.accelerator: nvidia",
-                    f"hardware.{key}",
-                )
-        if sw.get("cuda"):
-            self.error(
-                "software.cuda is set but the accelerator is cpu; remove it or set "
-                "hardware.accelerator: nvidia",
-                "software.cuda",
-            )
+    def cpu_stack(self, facts: rules.ProfileFacts, os_name: str) -> Stack:
+        """A cpu profile: no CUDA; the slim OS base (or the given one)."""
         gpu_count = self.value("hardware.gpus", nvidia=False)
-        variant = "cpu"
-        builder = runtime = explicit_base or self.slim_base(python, os_name)
-        return Stack(None, int(gpu_count), None, None, builder, runtime, None, (), variant, False)
+        base = facts.explicit_base or self.slim_base(facts.python, os_name)
+        return Stack(None, int(gpu_count), None, None, base, base, None, (), "cpu", False)
 
     def assemble(
-        self,
-        stack: Stack,
-        accelerator: str,
-        os_name: str,
-        python: str,
-        torch: str,
-        rel: kb.TorchRelease,
-        explicit_base: str | None,
+        self, facts: rules.ProfileFacts, stack: Stack, accelerator: str, os_name: str
     ) -> BuildPlan | None:
         """The frozen plan from the checked facts: the project, run defaults, the resolved
         profile and its hash."""
-        sw = self.sw
-        nvidia = accelerator == "nvidia"
-        driver = self.hw.get("driver")
-        gpu, gpu_count, cuda, full = stack.gpu, stack.gpu_count, stack.cuda, stack.full
-        builder, runtime, min_driver = stack.builder, stack.runtime, stack.min_driver
-        arch_list, variant, cudnn = stack.arch_list, stack.variant, stack.cudnn
-        python_install = self.python_install(
-            python, os_name, builder, explicit_base is not None, nvidia
-        )
-
+        torch, rel = _picked(facts)
+        nvidia, python, explicit_base = facts.nvidia, facts.python, facts.explicit_base
         project = self.resolve_project(torch)
-        dev_jupyter = bool(self.value("dev.jupyter"))
-        run_gpus = self.run_gpus(nvidia)
+        self.apply("plan", facts)
         if self.has_errors():
             return None
-        training = self.p.data.get("training") or {}
-        compile_deps = bool(training.get("compile"))
-        torch_index = (
-            None if nvidia and rel.pypi_cuda == cuda else f"{TORCH_INDEX}/{variant}"
-        )  # PyPI's own torch is that CUDA build: PyPI serves it
         name = self.p.name
-        pip_reqs = sorted({str(Requirement(r)) for r in sw.get("pip") or []}, key=str.lower)
-        apt = sorted(set(sw.get("apt") or []))
-        env = tuple(sorted((k, _env_value(v)) for k, v in (sw.get("env") or {}).items()))
-        image_name = self.image_cfg.get("name") or schema.default("image.name")
-        image_tag = self.image_tag(name, torch, variant, dev_jupyter)
+        dev_jupyter = bool(self.value("dev.jupyter"))
+        image_tag = self.image_tag(name, torch, stack.variant, dev_jupyter)
         if image_tag is None:
             return None
         resolved = self.resolved_profile(
             name,
             accelerator,
-            gpu,
-            gpu_count,
+            stack,
             os_name,
-            cuda,
-            cudnn,
             python,
             torch,
-            builder if explicit_base else None,
-            run_gpus,
+            stack.builder if explicit_base else None,
+            facts.run_gpus,
         )
         profile_yaml, profile_hash = _identity(resolved, project)
         return BuildPlan(
@@ -405,39 +257,21 @@ class Resolver:
             profile_hash=profile_hash,
             profile_yaml=profile_yaml,
             accelerator=accelerator,
-            gpu=gpu.name if gpu else None,
-            gpu_count=int(gpu_count),
-            compute_capability=gpu.cc if gpu else None,
-            arch_list=arch_list,
-            driver=str(driver) if driver else None,
-            min_driver=min_driver,
+            **self.stack_fields(stack, nvidia, explicit_base),
             os=os_name,
             os_family="debian" if os_name.startswith("debian") else "ubuntu",
-            cuda=cuda,
-            cuda_full=full,
-            cudnn=cudnn,
-            cuda_source=self.source if nvidia else None,
-            cuda_toolkit=self.toolkit and nvidia,
-            cuda_stack=self.describe_stack(nvidia, cuda, full, builder, runtime, explicit_base),
-            require_cuda=f"cuda>={cuda}" if nvidia and self.source == "wheels" else None,
-            compile_deps=compile_deps,
             python=python,
-            python_install=python_install,
-            torch=torch,
-            torch_variant=variant,
-            torch_index_url=torch_index,
-            base_image=builder,
-            runtime_image=runtime,
-            pip=tuple(pip_reqs),
-            apt=tuple(apt),
-            env=env,
-            training=tuple(sorted(training.items())),
-            run_gpus=run_gpus,
-            run_shm_size=str(
-                self.run_cfg.get("shm_size") or schema.default("run.shm_size", nvidia)
+            python_install=self.python_install(
+                python, os_name, stack.builder, explicit_base is not None, nvidia
             ),
-            run_ipc=str(self.run_cfg.get("ipc") or schema.default("run.ipc")),
-            image_name=image_name,
+            torch=torch,
+            torch_variant=stack.variant,
+            torch_index_url=(
+                None if nvidia and rel.pypi_cuda == stack.cuda else f"{TORCH_INDEX}/{stack.variant}"
+            ),  # PyPI's own torch is that CUDA build: PyPI serves it
+            **self.software_fields(),
+            **self.run_fields(facts),
+            image_name=self.image_cfg.get("name") or schema.default("image.name"),
             image_tag=image_tag,
             image_compression=str(self.image_cfg.get("compression") or "gzip"),
             warnings=tuple(d.format() for d in self.diags if d.severity == "warning"),
@@ -445,16 +279,47 @@ class Resolver:
             dev_jupyter=dev_jupyter,
         )
 
-    def run_gpus(self, nvidia: bool) -> str:
-        """``run.gpus``: the profile's, or all (nvidia) / none (cpu); a warning for GPUs
-        asked of a cpu image."""
-        run_gpus = str(self.value("run.gpus", nvidia))
-        if not nvidia and run_gpus != "none":
-            self.warn(
-                f"run.gpus is {run_gpus} but the accelerator is cpu; the image has no CUDA",
-                "run.gpus",
-            )
-        return run_gpus
+    def stack_fields(self, stack: Stack, nvidia: bool, explicit_base: str | None) -> dict[str, Any]:
+        """The plan's hardware and CUDA fields, from the checked stack."""
+        driver = self.hw.get("driver")
+        return {
+            "gpu": stack.gpu.name if stack.gpu else None,
+            "gpu_count": stack.gpu_count,
+            "compute_capability": stack.gpu.cc if stack.gpu else None,
+            "arch_list": stack.arch_list,
+            "driver": str(driver) if driver else None,
+            "min_driver": stack.min_driver,
+            "cuda": stack.cuda,
+            "cuda_full": stack.full,
+            "cudnn": stack.cudnn,
+            "cuda_source": self.source if nvidia else None,
+            "cuda_toolkit": self.toolkit and nvidia,
+            "cuda_stack": self.describe_stack(nvidia, stack, explicit_base),
+            "require_cuda": (f"cuda>={stack.cuda}" if nvidia and self.source == "wheels" else None),
+            "base_image": stack.builder,
+            "runtime_image": stack.runtime,
+        }
+
+    def software_fields(self) -> dict[str, Any]:
+        """The plan's packages, environment and training settings, sorted."""
+        sw = self.sw
+        training = self.p.data.get("training") or {}
+        return {
+            "compile_deps": bool(training.get("compile")),
+            "pip": tuple(sorted({str(Requirement(r)) for r in sw.get("pip") or []}, key=str.lower)),
+            "apt": tuple(sorted(set(sw.get("apt") or []))),
+            "env": tuple(sorted((k, _env_value(v)) for k, v in (sw.get("env") or {}).items())),
+            "training": tuple(sorted(training.items())),
+        }
+
+    def run_fields(self, facts: rules.ProfileFacts) -> dict[str, Any]:
+        """The plan's run defaults: GPUs, shared memory and IPC."""
+        shm_size = self.run_cfg.get("shm_size") or schema.default("run.shm_size", facts.nvidia)
+        return {
+            "run_gpus": facts.run_gpus,
+            "run_shm_size": str(shm_size),
+            "run_ipc": str(self.run_cfg.get("ipc") or schema.default("run.ipc")),
+        }
 
     def image_tag(self, name: str, torch: str, variant: str, dev_jupyter: bool) -> str | None:
         """``image.tag``, or the scheme's ``<profile>-torch<version>-<variant>``; None (an
@@ -564,47 +429,9 @@ class Resolver:
             return f"python:{python}-slim-{DEBIAN_CODENAMES[os_name]}"
         return f"ubuntu:{os_name.removeprefix('ubuntu')}"
 
-    def check_cuda_source(self, nvidia: bool, explicit_base: str | None) -> None:
-        """The CUDA source and the toolkit agree with each other and with the profile."""
-        asked = self.sw.get("cuda_source")
-        if not nvidia:
-            for key in ("cuda_source", "cuda_toolkit"):
-                if self.sw.get(key):
-                    self.error(
-                        f"software.{key} is set but the accelerator is cpu; remove it or set "
-                        "hardware.accelerator: nvidia",
-                        f"software.{key}",
-                    )
-            return
-        if self.toolkit and asked == "wheels":
-            self.error(
-                "software.cuda_toolkit needs nvcc, which only an nvidia/cuda devel stage has: "
-                "set software.cuda_source: image (or leave cuda_source out)",
-                "software.cuda_source",
-            )
-        if explicit_base and asked == "image":
-            self.error(
-                "software.cuda_source: image picks an nvidia/cuda base, but a base image is "
-                "given (software.base_image or --base-image): keep one of them",
-                "software.cuda_source",
-            )
-        if explicit_base and self.toolkit:
-            self.error(
-                "software.cuda_toolkit builds on an nvidia/cuda devel image, but a base image "
-                "is given (software.base_image or --base-image): keep one of them",
-                "software.cuda_toolkit",
-            )
-
-    def describe_stack(
-        self,
-        nvidia: bool,
-        cuda: str | None,
-        full: str | None,
-        builder: str,
-        runtime: str,
-        explicit_base: str | None,
-    ) -> str:
+    def describe_stack(self, nvidia: bool, stack: Stack, explicit_base: str | None) -> str:
         """Where the image's CUDA comes from, in one line (``check`` and the header)."""
+        cuda, full, builder, runtime = stack.cuda, stack.full, stack.builder, stack.runtime
         if not nvidia:
             return "no CUDA (cpu)"
         wheels = f"CUDA {cuda} from torch's wheels (nvidia-* packages, loaded via torch's RPATH)"
@@ -656,16 +483,15 @@ class Resolver:
         self,
         name: str,
         accelerator: str,
-        gpu: kb.Gpu | None,
-        gpus: int,
+        stack: Stack,
         os_name: str,
-        cuda: str | None,
-        cudnn: bool,
         python: str,
         torch: str,
         base: str | None,
         run_gpus: str,
     ) -> dict[str, Any]:
+        """The profile with what resolution picked filled in (the image's profile.yaml)."""
+        gpu, gpus, cuda, cudnn = stack.gpu, stack.gpu_count, stack.cuda, stack.cudnn
         data = json.loads(json.dumps(self.p.data, default=str))
         data["name"] = name
         hw = data.setdefault("hardware", {})
@@ -684,6 +510,13 @@ class Resolver:
 
     def has_errors(self) -> bool:
         return any(d.severity == "error" for d in self.diags)
+
+
+def _picked(facts: rules.ProfileFacts) -> tuple[str, kb.TorchRelease]:
+    """The torch release the profile rules admitted (``torch_known`` stops otherwise)."""
+    picked = facts.torch
+    assert not isinstance(picked, str)
+    return picked
 
 
 def _identity(resolved: dict[str, Any], project: ProjectPlan | None) -> tuple[str, str]:

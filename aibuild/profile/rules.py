@@ -1,19 +1,32 @@
 """The compatibility rules, one function each (hpccm's habit: one building block, one test).
 
-A CUDA rule reads the facts about one candidate CUDA release for the profile
-(``CudaFacts``) and returns its findings: errors and warnings, each at the key the
-user has to change. ``RULES`` lists every rule with its one-line summary, in the order
-the resolver applies them; ``rules_markdown()`` renders that table for the docs.
+A rule reads facts and returns its findings: errors and warnings, each at the key the
+user has to change. The rules run in three stages, each on its own facts:
+
+- ``profile``: the profile as given (``ProfileFacts``): the torch release, Python, the
+  accelerator's keys, the CUDA source and the GPU;
+- ``cuda``: one candidate CUDA release for the profile (``CudaFacts``); the resolver
+  runs them for every candidate and picks the newest that passes;
+- ``plan``: the run defaults picked for the plan (``ProfileFacts`` again).
+
+``RULES`` lists every rule with its one-line summary, in the order the resolver applies
+them; ``rules_markdown()`` renders that table for docs/compatibility.md.
 
 Facts marked uncertain in the knowledge base decide at most a warning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from aibuild import knowledge as kb
+from aibuild.errors import did_you_mean
 from aibuild.profile import schema
 
 
@@ -24,6 +37,36 @@ class Finding:
     severity: str  # "error" | "warning"
     message: str
     key: str = "software.cuda"
+
+
+@dataclass(frozen=True)
+class ProfileFacts:
+    """What the profile rules read: the profile's sections as given, and what the resolver
+    settled before any rule (the accelerator, the toolkit, Python, the build options)."""
+
+    hardware: Mapping[str, Any]
+    software: Mapping[str, Any]
+    nvidia: bool
+    toolkit: bool
+    python: str
+    base_os: str | None = None  # --base-os: the OS of the base image given to the build
+    explicit_base: str | None = None  # software.base_image or --base-image
+    run_gpus: str = "none"
+
+    @property
+    def torch_spec(self) -> str:
+        given = self.software.get("torch")
+        return str(schema.default("software.torch") if given is None else given)
+
+    @cached_property
+    def torch(self) -> tuple[str, kb.TorchRelease] | str:
+        """The torch release picked for software.torch, or why there is none."""
+        return pick_torch(self.torch_spec)
+
+    @cached_property
+    def gpu(self) -> kb.Gpu | None:
+        given = self.hardware.get("gpu")
+        return kb.find_gpu(str(given)) if given else None
 
 
 @dataclass(frozen=True)
@@ -155,11 +198,187 @@ def min_driver_for(f: CudaFacts, images: CudaImages | None) -> tuple[str | None,
     return kb.driver_for(images.full if images else f"{f.cuda}.0")
 
 
-# --------------------------------------------------------------------------- the rules
+def pick_torch(spec: str) -> tuple[str, kb.TorchRelease] | str:
+    """The torch version SPEC names and its release, or why there is none. A specifier
+    picks the newest verified release it admits; a release the knowledge base does not
+    know as released is taken only when nothing else matches."""
+    known = sorted(kb.TORCH_PATCHES.values(), key=Version)
+    if spec[:1] in "<>=!~":
+        admitted = [v for v in known if Version(v) in SpecifierSet(spec)]
+        verified = [v for v in admitted if not kb.torch_unverified(kb.torch_minor(v))]
+        matches = verified or admitted
+        if not matches:
+            return f"no known torch release matches '{spec}'; known: {', '.join(known)}"
+        version = matches[-1]
+    elif spec.count(".") == 1:
+        version = kb.TORCH_PATCHES.get(spec, "")
+        if not version:
+            return f"torch {spec} is not in the knowledge base; known: {', '.join(known)}"
+    else:
+        version = str(Version(spec))
+        if Version(version).local:
+            return (
+                f"write torch without a local suffix ('{spec}'): the CUDA variant comes from "
+                "software.cuda"
+            )
+    minor = kb.torch_minor(version)
+    rel = kb.torch_releases().get(minor)
+    if rel is None:
+        return (
+            f"torch {minor} is not in the knowledge base; known releases: "
+            f"{', '.join(sorted(kb.torch_releases(), key=kb.vkey))}"
+        )
+    return version, rel
+
+
+def _on_cpu(key: str) -> Finding:
+    return Finding(
+        "error",
+        f"{key} is set but the accelerator is cpu; remove it or set hardware.accelerator: nvidia",
+        key,
+    )
+
+
+# --------------------------------------------------------------------------- the profile rules
+
+
+def os_matches_base(f: ProfileFacts) -> list[Finding]:
+    """With a given base image's OS (--base-os), software.os names the same OS: a warning
+    (the image is built for the base's OS) when it does not."""
+    given = f.software.get("os")
+    if not f.base_os or not given or given == f.base_os:
+        return []
+    message = f"the base image is {f.base_os}, not {given}: building for {f.base_os}"
+    return [Finding("warning", message, "software.os")]
+
+
+def torch_known(f: ProfileFacts) -> list[Finding]:
+    """software.torch names a release in the knowledge base: an exact version without a
+    local suffix, X.Y, or a specifier that admits a known release (the newest verified
+    one is picked). A warning for a release not verified as released."""
+    picked = f.torch
+    if isinstance(picked, str):
+        return [Finding("error", picked, "software.torch")]
+    minor, rel = kb.torch_minor(picked[0]), picked[1]
+    if not kb.torch_unverified(minor):
+        return []
+    message = f"torch {minor} is not verified as released (knowledge base: {rel.notes})"
+    return [Finding("warning", message, "software.torch")]
+
+
+def python_in_torch_range(f: ProfileFacts) -> list[Finding]:
+    """software.python is within the torch release's Python range: an error below the
+    minimum; above the maximum an error, or a warning for a release known from secondary
+    sources (its range may have grown)."""
+    assert not isinstance(f.torch, str)  # torch_known stops first
+    (torch, rel), python = f.torch, f.python
+    low, high = kb.vkey(rel.python_min), kb.vkey(rel.python_max)
+    if low <= kb.vkey(python) <= high:
+        return []
+    fits = [
+        m
+        for m, r in kb.torch_releases().items()
+        if kb.vkey(r.python_min) <= kb.vkey(python) <= kb.vkey(r.python_max)
+    ]
+    hint = ""
+    if fits:
+        lo, hi = min(fits, key=kb.vkey), max(fits, key=kb.vkey)
+        hint = f", or torch {lo} to {hi} for Python {python}" if lo != hi else f", or torch {lo}"
+    nearest = rel.python_min if kb.vkey(python) < low else rel.python_max
+    message = (
+        f"torch {torch} supports Python {rel.python_min} to {rel.python_max}, not {python}; "
+        f"use python {nearest}{hint}"
+    )
+    warning = rel.uncertain and kb.vkey(python) > high
+    return [Finding("warning" if warning else "error", message, "software.python")]
+
+
+def cpu_has_no_gpu_keys(f: ProfileFacts) -> list[Finding]:
+    """A cpu profile sets none of software.cuda_source, software.cuda_toolkit,
+    hardware.gpu, hardware.driver and software.cuda: an error naming the key (it gets
+    CPU wheels from download.pytorch.org/whl/cpu and no CUDA base)."""
+    if f.nvidia:
+        return []
+    software = [k for k in ("cuda_source", "cuda_toolkit") if f.software.get(k)]
+    hardware = [k for k in ("gpu", "driver") if f.hardware.get(k)]
+    cuda = ["cuda"] if f.software.get("cuda") else []
+    return [
+        *(_on_cpu(f"software.{k}") for k in software),
+        *(_on_cpu(f"hardware.{k}") for k in hardware),
+        *(_on_cpu(f"software.{k}") for k in cuda),
+    ]
+
+
+def cuda_source_agrees(f: ProfileFacts) -> list[Finding]:
+    """software.cuda_toolkit needs cuda_source: image (nvcc is in nvidia/cuda's devel
+    images), and neither cuda_source: image nor cuda_toolkit goes with a given base image
+    (software.base_image or --base-image): an error naming the fix."""
+    if not f.nvidia:
+        return []
+    asked = f.software.get("cuda_source")
+    found = []
+    if f.toolkit and asked == "wheels":
+        message = (
+            "software.cuda_toolkit needs nvcc, which only an nvidia/cuda devel stage has: "
+            "set software.cuda_source: image (or leave cuda_source out)"
+        )
+        found.append(Finding("error", message, "software.cuda_source"))
+    if f.explicit_base and asked == "image":
+        message = (
+            "software.cuda_source: image picks an nvidia/cuda base, but a base image is "
+            "given (software.base_image or --base-image): keep one of them"
+        )
+        found.append(Finding("error", message, "software.cuda_source"))
+    if f.explicit_base and f.toolkit:
+        message = (
+            "software.cuda_toolkit builds on an nvidia/cuda devel image, but a base image "
+            "is given (software.base_image or --base-image): keep one of them"
+        )
+        found.append(Finding("error", message, "software.cuda_toolkit"))
+    return found
+
+
+def gpu_known(f: ProfileFacts) -> list[Finding]:
+    """An nvidia profile names its GPU (hardware.gpu), and the knowledge base knows its
+    compute capability: a warning when that rests on secondary sources."""
+    if not f.nvidia:
+        return []
+    given = f.hardware.get("gpu")
+    if not given:
+        message = "hardware.gpu is required when the accelerator is nvidia (e.g. gpu: A100)"
+        return [Finding("error", message, "hardware")]
+    gpu = f.gpu
+    if gpu is None:
+        hint = did_you_mean(str(given).lower().replace(" ", ""), kb.gpu_names(), listing="known")
+        return [Finding("error", f"unknown GPU '{given}'{hint}", "hardware.gpu")]
+    if not gpu.uncertain:
+        return []
+    message = f"{gpu.name}'s compute capability {gpu.cc} rests on secondary sources ({gpu.sources})"
+    return [Finding("warning", message, "hardware.gpu")]
+
+
+def gpu_count(f: ProfileFacts) -> list[Finding]:
+    """An nvidia profile has at least one GPU per node (hardware.gpus)."""
+    count = f.hardware.get("gpus")
+    if not f.nvidia or count is None or count >= 1:
+        return []
+    return [Finding("error", "an nvidia profile needs at least one GPU (gpus: 1)", "hardware.gpus")]
+
+
+def run_gpus_on_cpu(f: ProfileFacts) -> list[Finding]:
+    """A cpu image runs without GPUs: a warning when run.gpus asks for some."""
+    if f.nvidia or f.run_gpus == "none":
+        return []
+    message = f"run.gpus is {f.run_gpus} but the accelerator is cpu; the image has no CUDA"
+    return [Finding("warning", message, "run.gpus")]
+
+
+# --------------------------------------------------------------------------- the CUDA rules
 
 
 def cuda_known(f: CudaFacts) -> list[Finding]:
-    """The CUDA release is in the knowledge base."""
+    """software.cuda names a CUDA release the knowledge base knows: an error listing the
+    known ones."""
     if kb.targets_for(f.cuda) is not None:
         return []
     known = ", ".join(sorted(kb.cuda_targets(), key=kb.vkey))
@@ -167,8 +386,9 @@ def cuda_known(f: CudaFacts) -> list[Finding]:
 
 
 def toolkit_targets_gpu(f: CudaFacts) -> list[Finding]:
-    """The CUDA toolkit can target the GPU's compute capability (neither too new a GPU
-    for it nor one it dropped)."""
+    """The CUDA toolkit can target the GPU's compute capability, neither too new a GPU
+    for it (CUDA 12.4 cannot target sm_100) nor one it dropped (CUDA 13 cannot target
+    sm_50 to sm_72): an error naming a CUDA that can."""
     cc, minor, rel = f.gpu.cc, f.rel.minor, f.rel
     if toolkit_can_target(f.cuda, cc):
         return []
@@ -197,8 +417,9 @@ def toolkit_targets_gpu(f: CudaFacts) -> list[Finding]:
 
 
 def wheel_exists(f: CudaFacts) -> list[Finding]:
-    """The torch release has wheels for the CUDA release (a warning for a release known
-    only from secondary sources, within its recorded CUDA range)."""
+    """The torch release has wheels for the CUDA release: an error naming the ones it has
+    (a warning where the release rests on secondary sources and the CUDA is inside its
+    recorded range)."""
     rel = f.rel
     if f.cuda in rel.cuda:
         return []
@@ -211,7 +432,10 @@ def wheel_exists(f: CudaFacts) -> list[Finding]:
 
 
 def arch_coverage(f: CudaFacts) -> list[Finding]:
-    """The torch wheels' GPU architectures (SASS, or PTX that JITs) run on the GPU."""
+    """The torch+CUDA wheels' GPU architectures run on the GPU: SASS of the same major and
+    a lower-or-equal minor, an exact arch-specific target (9.0a), or PTX of a
+    lower-or-equal capability. An error naming a torch that has one (a warning when the
+    arch list is uncertain or not recorded)."""
     if f.cuda not in f.rel.cuda:
         return []  # no wheels: wheel_exists says so
     minor, cc = f.rel.minor, f.gpu.cc
@@ -237,8 +461,10 @@ def arch_coverage(f: CudaFacts) -> list[Finding]:
 
 
 def base_image_flavour(f: CudaFacts) -> list[Finding]:
-    """With cuda_source: image, an nvidia/cuda image of the CUDA release exists in the
-    flavours needed (base, cudnn-runtime, devel) for the OS."""
+    """With cuda_source: image, an nvidia/cuda image of the CUDA release exists for the OS
+    in the flavours needed (base, cudnn-runtime, devel; the cuDNN tags are cudnn8 up to
+    12.2.2, cudnn9 at 12.3.2, cudnn from 12.4.1): an error naming the OSes that have
+    one."""
     if f.source != "image" or images_for(f) is not None:
         return []
     flavours = image_flavours(f.cudnn, f.toolkit)
@@ -259,9 +485,11 @@ def base_image_flavour(f: CudaFacts) -> list[Finding]:
 
 
 def driver_floor(f: CudaFacts) -> list[Finding]:
-    """The host driver (hardware.driver) runs the CUDA stack: at least its minimum, or
-    above the minor-version-compatibility floor (or forward compatibility on a datacenter
-    GPU with nvidia/cuda's cuda-compat)."""
+    """The host driver (hardware.driver) runs the CUDA stack: a warning between the
+    minor-version-compatibility floor (525.60.13 for 12.x, 580.65.06 for 13.x) and the
+    release's minimum; below the floor an error naming the fix, or, with cuda_source:
+    image on a datacenter GPU, a warning (forward compatibility through nvidia/cuda's
+    cuda-compat libraries)."""
     if not f.driver:
         return []
     driver, cuda, gpu = f.driver, f.cuda, f.gpu
@@ -311,14 +539,12 @@ def driver_floor(f: CudaFacts) -> list[Finding]:
     return []
 
 
-CudaRule = Callable[[CudaFacts], list[Finding]]
-
-
 @dataclass(frozen=True)
 class Rule:
     name: str
-    check: CudaRule
-    stops: bool  # an error from it ends the evaluation of the candidate
+    check: Callable[[Any], list[Finding]]  # takes the facts of its stage
+    stage: str  # "profile" | "cuda" | "plan"
+    stops: bool = False  # an error from it ends the stage (and, for cuda, the candidate)
 
     @property
     def doc(self) -> str:
@@ -327,30 +553,48 @@ class Rule:
 
 # In order: a rule after one that stops reads facts that one established.
 RULES: tuple[Rule, ...] = (
-    Rule("CUDA known", cuda_known, stops=True),
-    Rule("toolkit targets the GPU", toolkit_targets_gpu, stops=True),
-    Rule("a wheel exists", wheel_exists, stops=False),
-    Rule("arch coverage", arch_coverage, stops=False),
-    Rule("base-image flavour", base_image_flavour, stops=True),
-    Rule("driver floor", driver_floor, stops=False),
+    Rule("base OS", os_matches_base, "profile"),
+    Rule("torch known", torch_known, "profile", stops=True),
+    Rule("Python in torch's range", python_in_torch_range, "profile"),
+    Rule("cpu has no GPU keys", cpu_has_no_gpu_keys, "profile"),
+    Rule("CUDA source agrees", cuda_source_agrees, "profile"),
+    Rule("GPU known", gpu_known, "profile", stops=True),
+    Rule("GPU count", gpu_count, "profile"),
+    Rule("CUDA known", cuda_known, "cuda", stops=True),
+    Rule("toolkit targets the GPU", toolkit_targets_gpu, "cuda", stops=True),
+    Rule("a wheel exists", wheel_exists, "cuda"),
+    Rule("arch coverage", arch_coverage, "cuda"),
+    Rule("base-image flavour", base_image_flavour, "cuda", stops=True),
+    Rule("driver floor", driver_floor, "cuda"),
+    Rule("run.gpus on cpu", run_gpus_on_cpu, "plan"),
 )
+STAGES = ("profile", "cuda", "plan")
 
 
-def check_cuda(f: CudaFacts) -> list[Finding]:
-    """Every rule's findings for one candidate, stopping after a stopping rule's error."""
+def apply(stage: str, facts: ProfileFacts | CudaFacts) -> tuple[list[Finding], bool]:
+    """The findings of STAGE's rules, in order, and whether a stopping rule's error ended
+    the stage."""
     findings: list[Finding] = []
     for rule in RULES:
-        found = rule.check(f)
+        if rule.stage != stage:
+            continue
+        found = rule.check(facts)
         findings += found
         if rule.stops and any(x.severity == "error" for x in found):
-            break
-    return findings
+            return findings, True
+    return findings, False
+
+
+def check_cuda(facts: CudaFacts) -> list[Finding]:
+    """Every CUDA rule's findings for one candidate, stopping after a stopping rule's error."""
+    return apply("cuda", facts)[0]
 
 
 def rules_markdown() -> str:
-    """The compatibility rules as a markdown table (name, what it checks), for the docs."""
-    lines = ["| rule | checks |", "| --- | --- |"]
-    lines += [f"| {rule.name} | {rule.doc} |" for rule in RULES]
+    """The compatibility rules as a markdown table (name, stage, what it checks), for
+    docs/compatibility.md."""
+    lines = ["| rule | stage | checks |", "| --- | --- | --- |"]
+    lines += [f"| {rule.name} | {rule.stage} | {rule.doc} |" for rule in RULES]
     return "\n".join(lines)
 
 

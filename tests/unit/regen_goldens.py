@@ -1,5 +1,6 @@
-"""Regenerate tests/unit/goldens/<profile>.Dockerfile for every built-in profile, and
-the generated profile reference in docs/profiles.md (from aibuild.profile.schema).
+"""Regenerate tests/unit/goldens/<profile>.Dockerfile for every built-in profile, the
+generated profile reference in docs/profiles.md (from aibuild.profile.schema) and the
+rule table in docs/compatibility.md (from aibuild.profile.rules.RULES).
 
 Run as ``python tests/unit/regen_goldens.py`` (``make goldens``). Review the diff
 before committing: a golden change is a change to every image that profile builds.
@@ -14,6 +15,8 @@ GOLDENS = Path(__file__).resolve().parent / "goldens"
 PROFILE_DOC = Path(__file__).resolve().parents[2] / "docs" / "profiles.md"
 REF_BEGIN = "<!-- BEGIN generated: the profile reference (make goldens writes it) -->"
 REF_END = "<!-- END generated -->"
+RULES_DOC = PROFILE_DOC.with_name("compatibility.md")
+RULES_BEGIN = "<!-- BEGIN generated: the compatibility rules (make goldens writes it) -->"
 
 
 def render_all() -> dict[str, str]:
@@ -25,15 +28,27 @@ def render_all() -> dict[str, str]:
     return {name: render_dockerfile(plan_for(name)) for name in builtin_profiles()}
 
 
+def with_generated(text: str, begin: str, generated: str, where: Path) -> str:
+    """``text`` with ``generated`` between the ``begin`` marker and the next end marker."""
+    head, found, rest = text.partition(begin)
+    _, found_end, tail = rest.partition(REF_END)
+    if not (found and found_end):
+        raise SystemExit(f"{where}: the markers {begin!r} ... {REF_END!r} are missing")
+    return f"{head}{begin}\n{generated}\n{REF_END}{tail}"
+
+
 def with_profile_reference(text: str) -> str:
     """``text`` (docs/profiles.md) with the schema's reference between its markers."""
     from aibuild.profile.schema import reference_markdown
 
-    head, found, rest = text.partition(REF_BEGIN)
-    _, found_end, tail = rest.partition(REF_END)
-    if not (found and found_end):
-        raise SystemExit(f"{PROFILE_DOC}: the markers {REF_BEGIN!r} ... {REF_END!r} are missing")
-    return f"{head}{REF_BEGIN}\n{reference_markdown()}\n{REF_END}{tail}"
+    return with_generated(text, REF_BEGIN, reference_markdown(), PROFILE_DOC)
+
+
+def with_rules_table(text: str) -> str:
+    """``text`` (docs/compatibility.md) with the RULES table between its markers."""
+    from aibuild.profile.rules import rules_markdown
+
+    return with_generated(text, RULES_BEGIN, rules_markdown(), RULES_DOC)
 
 
 def main() -> int:
@@ -49,11 +64,12 @@ def main() -> int:
         path.write_bytes(text.encode("utf-8"))
         if old != text.encode("utf-8"):
             print(f"wrote {path}")
-    old_doc = PROFILE_DOC.read_text(encoding="utf-8")
-    new_doc = with_profile_reference(old_doc)
-    if new_doc != old_doc:
-        PROFILE_DOC.write_text(new_doc, encoding="utf-8")
-        print(f"wrote {PROFILE_DOC}")
+    for doc, update in ((PROFILE_DOC, with_profile_reference), (RULES_DOC, with_rules_table)):
+        old_doc = doc.read_text(encoding="utf-8")
+        new_doc = update(old_doc)
+        if new_doc != old_doc:
+            doc.write_text(new_doc, encoding="utf-8")
+            print(f"wrote {doc}")
     return 0
 
 

@@ -14,7 +14,8 @@ The rules (docs/README.md says them to writers):
 - ```sh, ```yaml and every other block are not run.
 
 The generated profile reference in docs/profiles.md is compared to what the schema
-generates (``make goldens`` rewrites it).
+generates, and the rule table in docs/compatibility.md to ``rules.RULES`` (``make
+goldens`` rewrites both).
 """
 
 from __future__ import annotations
@@ -251,6 +252,15 @@ def test_profile_reference_is_what_the_schema_generates() -> None:
     expected = regen.with_profile_reference(current)
     assert current == expected, (
         "docs/profiles.md's profile reference differs from the schema's: run `make goldens`"
+    )
+
+
+def test_rule_table_is_what_rules_generates() -> None:
+    regen = load_regen()
+    current = (DOCS / "compatibility.md").read_text(encoding="utf-8")
+    assert current == regen.with_rules_table(current), (
+        "docs/compatibility.md's rule table differs from aibuild.profile.rules.RULES: "
+        "run `make goldens`"
     )
 
 
