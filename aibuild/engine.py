@@ -18,7 +18,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -477,78 +477,105 @@ def read_saved(
     a SaveError naming it.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, _Entry] = {}
-    links: dict[str, str] = {}
-    small: dict[str, bytes] = {}  # JSON documents, kept in memory
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for n, member in enumerate(tar):
-            if member.issym() or member.islnk():
-                base = os.path.dirname(member.name) if member.issym() else ""
-                links[member.name] = os.path.normpath(os.path.join(base, member.linkname))
-                continue
-            if not member.isfile():
-                continue
-            source = tar.extractfile(member)
-            assert source is not None
-            if member.name in ("manifest.json", "index.json", "oci-layout", "repositories"):
-                small[member.name] = source.read()
-                continue
-            path = workdir / f"entry-{n}"
-            with path.open("wb") as out:
-                diff_id, compression = _copy_member(source, out, member.name)
-            if member.size < 64 * 1024 and not compression:
-                small[member.name] = path.read_bytes()
-            if keep is not None and member.size > 1024 and not keep(diff_id):
-                path.unlink()
-            files[member.name] = _Entry(path, diff_id, compression)
-
-    def resolve(name: str) -> _Entry:
-        seen = name
-        for _ in range(8):
-            if name in files:
-                return files[name]
-            if name not in links:
-                break
-            name = links[name]
-        raise SaveError(f"the export of {what} names {seen}, which the archive does not hold")
-
-    def document(name: str) -> Any:
-        try:
-            return json.loads(_content(name, small, files, links, resolve))
-        except ValueError:
-            raise SaveError(f"the export of {what}: {name} is not JSON") from None
-
-    manifest_digest = ""
-    layout = "legacy"
-    if "index.json" in small:
-        layout = "oci"
-        descriptor = _pick_manifest(document("index.json"), files, links, what)
-        manifest_digest = str(descriptor["digest"])
-        manifest = document(_blob_name(manifest_digest))
-        while "manifests" in manifest:  # an index inside: one platform of it
-            descriptor = _pick_manifest(manifest, files, links, what)
-            manifest_digest = str(descriptor["digest"])
-            manifest = document(_blob_name(manifest_digest))
-        config_name = _blob_name(str(manifest["config"]["digest"]))
-        layer_names = [_blob_name(str(layer["digest"])) for layer in manifest.get("layers") or []]
-    elif "manifest.json" in small:
-        entries = json.loads(small["manifest.json"])
-        if not entries:
-            raise SaveError(f"the export of {what} has an empty manifest.json")
-        config_name = str(entries[0]["Config"])
-        layer_names = [str(name) for name in entries[0]["Layers"]]
-    else:
-        raise SaveError(f"the export of {what} holds neither manifest.json nor index.json")
-    resolve(config_name)
-    layers = [resolve(name) for name in layer_names]
+    archive = _unpack(stream, workdir, what, keep)
+    layout, manifest_digest, config_name, layer_names = _image_layout(archive)
+    archive.resolve(config_name)
+    layers = [archive.resolve(name) for name in layer_names]
     return SavedImage(
-        config=_content(config_name, small, files, links, resolve),
+        config=archive.content(config_name),
         layers=[e.path for e in layers],
         diff_ids=[e.diff_id for e in layers],
         workdir=workdir,
         manifest_digest=manifest_digest,
         layout=layout,
     )
+
+
+@dataclass
+class _Archive:
+    """What ``read_saved`` took from the tar stream: its files on disk (hashed), its small
+    JSON documents in memory, and its links, followed by name."""
+
+    what: str
+    files: dict[str, _Entry] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    small: dict[str, bytes] = field(default_factory=dict)
+
+    def resolve(self, name: str) -> _Entry:
+        """The file NAME (or the link NAME) stands for; a SaveError when it is absent."""
+        seen = name
+        for _ in range(8):
+            if name in self.files:
+                return self.files[name]
+            if name not in self.links:
+                break
+            name = self.links[name]
+        raise SaveError(f"the export of {self.what} names {seen}, which the archive does not hold")
+
+    def content(self, name: str) -> bytes:
+        return _content(name, self.small, self.files, self.links, self.resolve)
+
+    def document(self, name: str) -> Any:
+        try:
+            return json.loads(self.content(name))
+        except ValueError:
+            raise SaveError(f"the export of {self.what}: {name} is not JSON") from None
+
+
+def _unpack(
+    stream: IO[bytes], workdir: Path, what: str, keep: Callable[[str], bool] | None
+) -> _Archive:
+    """Every member of the save stream, in one pass: a link recorded, a layout document
+    kept in memory, any other file copied to ``workdir`` and hashed (and deleted at once
+    when ``keep(diff_id)`` is false)."""
+    archive = _Archive(what)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for n, member in enumerate(tar):
+            if member.issym() or member.islnk():
+                base = os.path.dirname(member.name) if member.issym() else ""
+                archive.links[member.name] = os.path.normpath(os.path.join(base, member.linkname))
+                continue
+            if not member.isfile():
+                continue
+            source = tar.extractfile(member)
+            assert source is not None
+            if member.name in ("manifest.json", "index.json", "oci-layout", "repositories"):
+                archive.small[member.name] = source.read()
+                continue
+            path = workdir / f"entry-{n}"
+            with path.open("wb") as out:
+                diff_id, compression = _copy_member(source, out, member.name)
+            if member.size < 64 * 1024 and not compression:
+                archive.small[member.name] = path.read_bytes()
+            if keep is not None and member.size > 1024 and not keep(diff_id):
+                path.unlink()
+            archive.files[member.name] = _Entry(path, diff_id, compression)
+    return archive
+
+
+def _image_layout(archive: _Archive) -> tuple[str, str, str, list[str]]:
+    """(layout, manifest digest, config name, layer names) of the one image in the
+    archive: the OCI layout's index -> manifest (one platform of a nested index), or the
+    legacy manifest.json."""
+    what, small = archive.what, archive.small
+    if "index.json" in small:
+        descriptor = _pick_manifest(archive.document("index.json"), archive, what)
+        manifest_digest = str(descriptor["digest"])
+        manifest = archive.document(_blob_name(manifest_digest))
+        while "manifests" in manifest:  # an index inside: one platform of it
+            descriptor = _pick_manifest(manifest, archive, what)
+            manifest_digest = str(descriptor["digest"])
+            manifest = archive.document(_blob_name(manifest_digest))
+        config_name = _blob_name(str(manifest["config"]["digest"]))
+        layer_names = [_blob_name(str(layer["digest"])) for layer in manifest.get("layers") or []]
+        return "oci", manifest_digest, config_name, layer_names
+    if "manifest.json" in small:
+        entries = json.loads(small["manifest.json"])
+        if not entries:
+            raise SaveError(f"the export of {what} has an empty manifest.json")
+        config_name = str(entries[0]["Config"])
+        return "legacy", "", config_name, [str(name) for name in entries[0]["Layers"]]
+    raise SaveError(f"the export of {what} holds neither manifest.json nor index.json")
 
 
 def _content(
@@ -573,9 +600,7 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algorithm}/{hexdigest}"
 
 
-def _pick_manifest(
-    index: Mapping[str, Any], files: Mapping[str, Any], links: Mapping[str, str], what: str
-) -> Mapping[str, Any]:
+def _pick_manifest(index: Mapping[str, Any], archive: _Archive, what: str) -> Mapping[str, Any]:
     """The image manifest an OCI index points at: the first whose blob the archive holds,
     attestation manifests (``vnd.docker.reference.type``) left aside."""
     candidates = [
@@ -585,7 +610,7 @@ def _pick_manifest(
     ]
     for descriptor in candidates:
         name = _blob_name(str(descriptor.get("digest", "")))
-        if name in files or name in links:
+        if name in archive.files or name in archive.links:
             return descriptor  # type: ignore[no-any-return]
     raise SaveError(f"the export of {what} holds no manifest its index.json names")
 

@@ -128,14 +128,7 @@ def download_wheelhouse(
     ``dest``. A torch index that does not answer is found by one probe, not by pip's
     retries for every package."""
     dest = Path(dest)
-    for item in requirements(plan):
-        req = Requirement(item)
-        if req.url is not None:
-            raise BuildError(
-                f"'{req.name} @ ...' is a direct reference: aibuild wheelhouse downloads "
-                "wheels from indexes only (pip would build it here); put its wheel in a "
-                "folder and give --find-links DIR"
-            )
+    refuse_direct_references(plan)
     torch_index = True
     if plan.torch_index_url:
         problem = probe_index(plan.torch_index_url)
@@ -174,28 +167,47 @@ def download_wheelhouse(
                 print(line, end="", file=sys.stderr, flush=True)
         code = proc.wait()
     if code != 0:
-        text = "\n".join(tail)
-        hint = ""
-        if "Could not find a version" in text or "No matching distribution" in text:
-            hint = (
-                f" (no wheel for CPython {plan.python} on {PLATFORMS[0]} in "
-                f"{plan.torch_index_url or PYPI} or {PYPI}: is the index reachable from here? "
-                "Add --find-links DIR holding "
-                "the wheels, or --extra-index-url a mirror)"
-            )
-        elif any(m in text for m in ("NewConnectionError", "ConnectTimeout", "ProxyError")):
-            hint = (
-                f" (an index could not be reached: {plan.torch_index_url or PYPI} / {PYPI}; set "
-                "HTTPS_PROXY, or use --find-links / --extra-index-url to a reachable mirror)"
-            )
-        raise BuildError(
-            f"pip download failed with exit code {code}{hint}",
-            step=" ".join(command[1:5]) + " ... " + " ".join(requirements(plan)),
-            log_tail=list(tail),
-        )
+        raise download_failed(plan, command, code, list(tail))
     wheels = sorted(p.name for p in dest.glob("*.whl"))
     check_wheels(plan, dest)
     return WheelhouseResult(dest, wheels, command)
+
+
+def refuse_direct_references(plan: BuildPlan) -> None:
+    """A BuildError for a direct reference (``name @ URL``): pip would build that source
+    here, running its setup.py, whatever ``--only-binary`` says."""
+    for item in requirements(plan):
+        req = Requirement(item)
+        if req.url is not None:
+            raise BuildError(
+                f"'{req.name} @ ...' is a direct reference: aibuild wheelhouse downloads "
+                "wheels from indexes only (pip would build it here); put its wheel in a "
+                "folder and give --find-links DIR"
+            )
+
+
+def download_failed(plan: BuildPlan, command: list[str], code: int, tail: list[str]) -> BuildError:
+    """The BuildError for a failed ``pip download``: its last lines, and a hint when they
+    say no wheel matched or an index could not be reached."""
+    text = "\n".join(tail)
+    hint = ""
+    if "Could not find a version" in text or "No matching distribution" in text:
+        hint = (
+            f" (no wheel for CPython {plan.python} on {PLATFORMS[0]} in "
+            f"{plan.torch_index_url or PYPI} or {PYPI}: is the index reachable from here? "
+            "Add --find-links DIR holding "
+            "the wheels, or --extra-index-url a mirror)"
+        )
+    elif any(m in text for m in ("NewConnectionError", "ConnectTimeout", "ProxyError")):
+        hint = (
+            f" (an index could not be reached: {plan.torch_index_url or PYPI} / {PYPI}; set "
+            "HTTPS_PROXY, or use --find-links / --extra-index-url to a reachable mirror)"
+        )
+    return BuildError(
+        f"pip download failed with exit code {code}{hint}",
+        step=" ".join(command[1:5]) + " ... " + " ".join(requirements(plan)),
+        log_tail=tail,
+    )
 
 
 PROBE_TIMEOUT_S = 15.0

@@ -328,16 +328,7 @@ class RegistryClient:
         blob = isinstance(body, Path)
         limit = left if blob else min(REQUEST_LIMIT, left)
         connect = min(CONNECT_TIMEOUT, left)
-        conn: http.client.HTTPConnection
-        if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(
-                parts.hostname or "",
-                parts.port,
-                timeout=connect,
-                context=ssl.create_default_context(),
-            )
-        else:
-            conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=connect)
+        conn = _connection(parts, connect)
         stalled = threading.Event()
         unfinished = f"{method} {_shown(url)}: no whole answer within {seconds_text(limit)}"
 
@@ -358,21 +349,7 @@ class RegistryClient:
             idle = max(min(READ_TIMEOUT, self.deadline.left()), 0.001)
             waiting = f"stalled for {seconds_text(idle)}"
             conn.sock.settimeout(idle)
-            conn.putrequest(method, target, skip_accept_encoding=True)
-            size = len(body) if isinstance(body, bytes) else body.stat().st_size if body else 0
-            for key, value in headers.items():
-                conn.putheader(key, value)
-            if method in ("PUT", "POST", "PATCH"):
-                conn.putheader("Content-Length", str(size))
-            conn.endheaders()
-            if isinstance(body, bytes):
-                conn.send(body)
-            elif isinstance(body, Path):
-                with body.open("rb") as handle:
-                    while chunk := handle.read(CHUNK):
-                        conn.send(chunk)
-                        if on_bytes:
-                            on_bytes(len(chunk))
+            _send_request(conn, method, target, headers, body, on_bytes)
             wait = min(COMMIT_TIMEOUT if blob else READ_TIMEOUT, max(self.deadline.left(), 0.001))
             waiting = f"no answer within {seconds_text(wait)}"
             conn.sock.settimeout(wait)
@@ -679,3 +656,42 @@ class RegistryClient:
             what=f"putting manifest {reference}",
         )
         return resp.headers.get("docker-content-digest", "")
+
+
+def _connection(parts: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPConnection:
+    """An unopened connection to the URL's host, TLS for https."""
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(
+            parts.hostname or "",
+            parts.port,
+            timeout=timeout,
+            context=ssl.create_default_context(),
+        )
+    return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+
+
+def _send_request(
+    conn: http.client.HTTPConnection,
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    body: Body,
+    on_bytes: Callable[[int], None] | None,
+) -> None:
+    """The request line, the headers (with Content-Length for a method that sends a body)
+    and the body, a file sent in chunks with ``on_bytes`` told of each."""
+    conn.putrequest(method, target, skip_accept_encoding=True)
+    size = len(body) if isinstance(body, bytes) else body.stat().st_size if body else 0
+    for key, value in headers.items():
+        conn.putheader(key, value)
+    if method in ("PUT", "POST", "PATCH"):
+        conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    if isinstance(body, bytes):
+        conn.send(body)
+    elif isinstance(body, Path):
+        with body.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                conn.send(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
