@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aibuild import labels
-from aibuild.engine import engine_errors, save_image
+from aibuild.engine import SavedImage, engine_errors, save_image
 from aibuild.errors import PublishError
 from aibuild.logs import Log, silent
 from aibuild.oci.archive import HashingWriter, disk_errors, load_image
@@ -234,131 +234,192 @@ def normalise_layer(
     symlink that is the same as below in everything but its mtime is left out: the
     classic store's diff includes a file a build step only touched (useradd's
     ``/etc/.pwd.lock``), the containerd store's leaves it out."""
-    source_sha = hashlib.sha256()
-    with src.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            source_sha.update(chunk)
-    report = LayerReport("", "sha256:" + source_sha.hexdigest())
+    report = LayerReport("", _file_digest(src))
     with tarfile.open(src, "r:") as tar:
         members = tar.getmembers()
-        by_name = {m.name: m for m in members}
-        dropped: set[str] = set()
-        for member in members:
-            reason = drop_reason(member.name) if member.isreg() else None
-            if reason is None and member.isreg() and member.name.endswith(".pyc"):
-                content = tar.extractfile(member)
-                assert content is not None
-                if is_timestamp_pyc(member.name, content.read(16)):
-                    reason = "timestamp-based byte-code"
-            if reason is not None:
-                dropped.add(member.name)
-        linked = {m.linkname for m in members if m.islnk()}
+        dropped = _dropped_by_rule(tar, members)
         synthetic: set[str] = set()
         if below is not None:
-            below_dirs = {p.rsplit("/", i)[0] for p in below for i in range(1, p.count("/") + 1)}
-            opaque, whiteouts = _explicit_whiteouts(members, below, below_dirs)
-            dropped |= opaque
-            synthetic = {w.name for w in whiteouts}
-            members = [*members, *whiteouts]
-            by_name.update((w.name, w) for w in whiteouts)
-            # Files first; then directories, deepest first: a directory stays when an entry
-            # under it stays, is new, or differs from below; one only touched goes (the
-            # classic store's diff lists /tmp when a step wrote and removed a file there,
-            # the containerd store's does not).
-            kept_under: set[str] = set()
-
-            def keep(path: str) -> None:
-                kept_under.update(path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1))
-
-            for member in sorted(members, key=lambda m: (m.isdir(), -_path(m.name).count("/"))):
-                name = _path(member.name)
-                head, _, base = name.rpartition("/")
-                if base == ".wh..wh..opq" and head not in below_dirs:
-                    # An opaque whiteout on a directory new in this layer hides nothing
-                    # (Docker 20.10 writes one, the containerd store does not).
-                    dropped.add(member.name)
-                    continue
-                if member.name in dropped:
-                    continue
-                if member.isdir() and name in kept_under:
-                    keep(name)
-                    continue
-                if (
-                    name not in linked
-                    and name in below
-                    and member.name not in synthetic
-                    and _signature(member, tar) == below[name]
-                ):
-                    dropped.add(member.name)
-                    continue
-                keep(name)
+            members, synthetic = _drop_unchanged(tar, members, below, dropped)
+        by_name = {m.name: m for m in members}
         # A hard link to a dropped file goes with it.
         dropped |= {m.name for m in members if m.islnk() and m.linkname in dropped}
         report.dropped = sorted(dropped)
-        # Hard links: which name of a group is the file and which are links differs by
-        # engine (Docker 20.10 and the classic store: the first name found; the
-        # containerd store: another). Here the smallest name is the file.
-        canonical: dict[str, str] = {}
-        roots: dict[str, tarfile.TarInfo] = {}
-        groups: dict[str, list[str]] = {}
-        for member in members:
-            if not member.islnk() or member.name in dropped:
-                continue
-            root = member
-            for _ in range(8):
-                if not root.islnk() or root.linkname not in by_name:
-                    break
-                root = by_name[root.linkname]
-            if root.isreg() and root.name not in dropped:
-                groups.setdefault(root.name, [root.name]).append(member.name)
-        for root_name, names in groups.items():
-            first = min(names)
-            for name in names:
-                canonical[name] = first
-                roots[name] = by_name[root_name]
-        written: set[str] = set()
+        links = _link_groups(members, by_name, dropped)
         with dst.open("wb") as out:
             writer = HashingWriter(out)
             with tarfile.open(
                 fileobj=writer, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8"
             ) as result:
-
-                def emit(member: tarfile.TarInfo) -> None:
-                    if member.name in written or member.name in dropped:
-                        return
-                    if member.name in canonical:
-                        emit_linked(member.name)
-                        return
-                    if member.islnk() and member.linkname in by_name:
-                        emit(by_name[member.linkname])  # the target first
-                    written.add(member.name)
-                    info = _normalised_info(member, epoch)
-                    report.entries += 1
-                    report.clamped += info.mtime != int(member.mtime)
-                    if member.isreg() and member.name not in synthetic:
-                        result.addfile(info, tar.extractfile(member))
-                    else:
-                        result.addfile(info)
-
-                def emit_linked(name: str) -> None:
-                    first, root = canonical[name], roots[name]
-                    if first not in written and first != name:
-                        emit_linked(first)
-                    written.add(name)
-                    info = _normalised_info(root, epoch)
-                    info.name = name
-                    report.entries += 1
-                    report.clamped += info.mtime != int(root.mtime)
-                    if name == first:
-                        result.addfile(info, tar.extractfile(root))
-                    else:
-                        info.type, info.linkname, info.size = tarfile.LNKTYPE, first, 0
-                        result.addfile(info)
-
+                layer = _LayerWriter(tar, result, by_name, dropped, synthetic, links, epoch)
                 for member in sorted(members, key=lambda m: m.name):
-                    emit(member)
+                    layer.emit(member)
+    report.entries, report.clamped = layer.entries, layer.clamped
     report.diff_id = writer.digest
     return report
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _dropped_by_rule(tar: tarfile.TarFile, members: Sequence[tarfile.TarInfo]) -> set[str]:
+    """The regular files the rules above leave out (``drop_reason``, timestamp-based
+    byte-code)."""
+    dropped: set[str] = set()
+    for member in members:
+        reason = drop_reason(member.name) if member.isreg() else None
+        if reason is None and member.isreg() and member.name.endswith(".pyc"):
+            content = tar.extractfile(member)
+            assert content is not None
+            if is_timestamp_pyc(member.name, content.read(16)):
+                reason = "timestamp-based byte-code"
+        if reason is not None:
+            dropped.add(member.name)
+    return dropped
+
+
+def _drop_unchanged(
+    tar: tarfile.TarFile,
+    members: list[tarfile.TarInfo],
+    below: Mapping[str, Signature],
+    dropped: set[str],
+) -> tuple[list[tarfile.TarInfo], set[str]]:
+    """The layer against what lies below it: (its members with the explicit whiteouts that
+    replace an opaque one, the names of those whiteouts). Adds to ``dropped`` what only
+    repeats below: a file or symlink the same but for its mtime, a directory only
+    touched, an opaque whiteout on a directory new here."""
+    linked = {m.linkname for m in members if m.islnk()}
+    below_dirs = {p.rsplit("/", i)[0] for p in below for i in range(1, p.count("/") + 1)}
+    opaque, whiteouts = _explicit_whiteouts(members, below, below_dirs)
+    dropped |= opaque
+    synthetic = {w.name for w in whiteouts}
+    members = [*members, *whiteouts]
+    # Files first; then directories, deepest first: a directory stays when an entry
+    # under it stays, is new, or differs from below; one only touched goes (the
+    # classic store's diff lists /tmp when a step wrote and removed a file there,
+    # the containerd store's does not).
+    kept_under: set[str] = set()
+
+    def keep(path: str) -> None:
+        kept_under.update(path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1))
+
+    for member in sorted(members, key=lambda m: (m.isdir(), -_path(m.name).count("/"))):
+        name = _path(member.name)
+        head, _, base = name.rpartition("/")
+        if base == ".wh..wh..opq" and head not in below_dirs:
+            # An opaque whiteout on a directory new in this layer hides nothing
+            # (Docker 20.10 writes one, the containerd store does not).
+            dropped.add(member.name)
+            continue
+        if member.name in dropped:
+            continue
+        if member.isdir() and name in kept_under:
+            keep(name)
+            continue
+        if (
+            name not in linked
+            and name in below
+            and member.name not in synthetic
+            and _signature(member, tar) == below[name]
+        ):
+            dropped.add(member.name)
+            continue
+        keep(name)
+    return members, synthetic
+
+
+@dataclass(frozen=True)
+class _LinkGroups:
+    """Hard links: which name of a group is the file and which are links differs by
+    engine (Docker 20.10 and the classic store: the first name found; the containerd
+    store: another). Here the smallest name is the file."""
+
+    canonical: dict[str, str]  # every name of a group -> the group's file name
+    roots: dict[str, tarfile.TarInfo]  # every name of a group -> the member holding the file
+
+
+def _link_groups(
+    members: Sequence[tarfile.TarInfo],
+    by_name: Mapping[str, tarfile.TarInfo],
+    dropped: set[str],
+) -> _LinkGroups:
+    canonical: dict[str, str] = {}
+    roots: dict[str, tarfile.TarInfo] = {}
+    groups: dict[str, list[str]] = {}
+    for member in members:
+        if not member.islnk() or member.name in dropped:
+            continue
+        root = member
+        for _ in range(8):
+            if not root.islnk() or root.linkname not in by_name:
+                break
+            root = by_name[root.linkname]
+        if root.isreg() and root.name not in dropped:
+            groups.setdefault(root.name, [root.name]).append(member.name)
+    for root_name, names in groups.items():
+        first = min(names)
+        for name in names:
+            canonical[name] = first
+            roots[name] = by_name[root_name]
+    return _LinkGroups(canonical, roots)
+
+
+class _LayerWriter:
+    """Writes the kept members, normalised, into the new layer: each name once, a link's
+    target before it, a hard-link group as its smallest name and links to it."""
+
+    def __init__(
+        self,
+        tar: tarfile.TarFile,
+        result: tarfile.TarFile,
+        by_name: Mapping[str, tarfile.TarInfo],
+        dropped: set[str],
+        synthetic: set[str],
+        links: _LinkGroups,
+        epoch: int,
+    ) -> None:
+        self.tar, self.result, self.by_name = tar, result, by_name
+        self.dropped, self.synthetic, self.links, self.epoch = dropped, synthetic, links, epoch
+        self.written: set[str] = set()
+        self.entries = 0
+        self.clamped = 0
+
+    def emit(self, member: tarfile.TarInfo) -> None:
+        if member.name in self.written or member.name in self.dropped:
+            return
+        if member.name in self.links.canonical:
+            self.emit_linked(member.name)
+            return
+        if member.islnk() and member.linkname in self.by_name:
+            self.emit(self.by_name[member.linkname])  # the target first
+        self.written.add(member.name)
+        info = _normalised_info(member, self.epoch)
+        self.entries += 1
+        self.clamped += info.mtime != int(member.mtime)
+        if member.isreg() and member.name not in self.synthetic:
+            self.result.addfile(info, self.tar.extractfile(member))
+        else:
+            self.result.addfile(info)
+
+    def emit_linked(self, name: str) -> None:
+        first, root = self.links.canonical[name], self.links.roots[name]
+        if first not in self.written and first != name:
+            self.emit_linked(first)
+        self.written.add(name)
+        info = _normalised_info(root, self.epoch)
+        info.name = name
+        self.entries += 1
+        self.clamped += info.mtime != int(root.mtime)
+        if name == first:
+            self.result.addfile(info, self.tar.extractfile(root))
+        else:
+            info.type, info.linkname, info.size = tarfile.LNKTYPE, first, 0
+            self.result.addfile(info)
 
 
 def normalise_config(
@@ -506,17 +567,7 @@ def normalise_image(
     """
 
     started = time.monotonic()
-    with engine_errors(f"inspecting {image}"):
-        found = client.images.get(image)
-    source_id: str = found.id
-    already = normalised_epoch(found.attrs)
-    if already is not None and already != source_date_epoch:
-        raise PublishError(
-            f"{image} is already a normalised image (SOURCE_DATE_EPOCH={already}, label "
-            f"{labels.REPRODUCIBLE}); normalising it with {source_date_epoch} would not give "
-            "what its source gives: normalise the original image instead"
-        )
-    layers: list[str] = list(found.attrs["RootFS"]["Layers"])
+    source_id, layers = _source_image(client, image, source_date_epoch)
     keep_tags = list(tags)
     count, base_name = base_layer_count(client, layers, base)
     log(f"normalising {image}: {len(layers) - count} layer(s) above base {base_name or '(none)'}")
@@ -531,21 +582,7 @@ def normalise_image(
                 f"docker save of {image} gave layers {_short(saved.diff_ids)}, not the "
                 f"layers {_short(layers)} its config lists"
             )
-        reports: list[LayerReport] = []
-        new_layers = [(d, saved.layers[i]) for i, d in enumerate(layers[:count])]
-        below: dict[str, Signature] = {}
-        for index in range(count):
-            apply_layer(below, saved.layers[index])
-        for index in range(count, len(layers)):
-            out = work / f"layer-{index}.tar"
-            report = normalise_layer(saved.layers[index], out, source_date_epoch, below)
-            apply_layer(below, out)
-            reports.append(report)
-            new_layers.append((report.diff_id, out))
-            log(
-                f"layer {index + 1}/{len(layers)}: {report.entries} entries, "
-                f"{report.clamped} mtimes clamped, {len(report.dropped)} files left out"
-            )
+        new_layers, reports = _normalise_layers(saved, count, source_date_epoch, work, log)
         config = normalise_config(
             saved.config, [d for d, _ in new_layers], source_date_epoch, extra_labels
         )
@@ -566,3 +603,42 @@ def normalise_image(
         seconds=seconds,
         config_digest="sha256:" + hashlib.sha256(config).hexdigest(),
     )
+
+
+def _source_image(client: docker.DockerClient, image: str, epoch: int) -> tuple[str, list[str]]:
+    """(ID, layer diff IDs) of the image to normalise; a PublishError for an image that is
+    already the output of normalising with another epoch."""
+    with engine_errors(f"inspecting {image}"):
+        found = client.images.get(image)
+    already = normalised_epoch(found.attrs)
+    if already is not None and already != epoch:
+        raise PublishError(
+            f"{image} is already a normalised image (SOURCE_DATE_EPOCH={already}, label "
+            f"{labels.REPRODUCIBLE}); normalising it with {epoch} would not give "
+            "what its source gives: normalise the original image instead"
+        )
+    return found.id, list(found.attrs["RootFS"]["Layers"])
+
+
+def _normalise_layers(
+    saved: SavedImage, count: int, epoch: int, work: Path, log: Log
+) -> tuple[list[tuple[str, Path]], list[LayerReport]]:
+    """(diff ID, file) of every layer, the first ``count`` (the base's) as they are and
+    each one above normalised against all below it; and the reports of those above."""
+    reports: list[LayerReport] = []
+    new_layers = [(d, saved.layers[i]) for i, d in enumerate(saved.diff_ids[:count])]
+    below: dict[str, Signature] = {}
+    for index in range(count):
+        apply_layer(below, saved.layers[index])
+    total = len(saved.diff_ids)
+    for index in range(count, total):
+        out = work / f"layer-{index}.tar"
+        report = normalise_layer(saved.layers[index], out, epoch, below)
+        apply_layer(below, out)
+        reports.append(report)
+        new_layers.append((report.diff_id, out))
+        log(
+            f"layer {index + 1}/{total}: {report.entries} entries, "
+            f"{report.clamped} mtimes clamped, {len(report.dropped)} files left out"
+        )
+    return new_layers, reports
