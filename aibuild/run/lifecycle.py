@@ -57,16 +57,6 @@ class Console:
     say: Log
 
 
-def stream_log(stream: BinaryIO) -> Log:
-    """A ``Log`` that writes each line to ``stream`` (a byte stream the caller owns)."""
-
-    def say(text: str) -> None:
-        stream.write((text + "\n").encode())
-        stream.flush()
-
-    return say
-
-
 # ---------------------------------------------------------------------------
 # Signals
 # ---------------------------------------------------------------------------
