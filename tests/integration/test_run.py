@@ -98,6 +98,10 @@ def test_the_library_writes_only_to_the_console_it_is_given(
     assert run_image(base_image, [], detached, console, client=client) == 0
     assert [s for s in said if s.startswith("aibuild: started ")], said
     assert len(out.getvalue().splitlines()) == 2  # the detached container's id
+    deadline = time.monotonic() + 30  # `true` exits at once and the engine removes it
+    while leftovers(client, docker_cleanup.label) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers(client, docker_cleanup.label) == []
     captured = capfd.readouterr()
     assert (captured.out, captured.err) == ("", "")
 
