@@ -19,7 +19,8 @@ itself; each is loaded on first use, so ``import aibuild`` stays light::
     plan = aibuild.plan_for("gpu-h100", ["software.torch=2.13.0"])
     print(aibuild.render_dockerfile(plan))
     result = aibuild.make_image(aibuild.ImageRequest("cpu"))
-    aibuild.run_image("cpu", [], aibuild.ContainerOptions(args=("--epochs", "1")))
+    console = aibuild.Console(sys.stdout.buffer, sys.stderr.buffer, say=logging.info)
+    aibuild.run_image("cpu", [], aibuild.ContainerOptions(args=("--epochs", "1")), console)
     aibuild.push_image("cpu", ["registry.example.com/team/train:v1"])
 """
 
@@ -48,7 +49,8 @@ _API = {
     "make_image": "aibuild.pipeline",
     "lock_profile": "aibuild.pipeline",
     "push_image": "aibuild.pipeline",
-    "ContainerOptions": "aibuild.run.container",
+    "Console": "aibuild.run.lifecycle",
+    "ContainerOptions": "aibuild.run.config",
     "run_image": "aibuild.run.container",
     "AibuildError": "aibuild.errors",
 }

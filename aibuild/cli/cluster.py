@@ -16,7 +16,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _env(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
-    from aibuild.run.container import env_pairs
+    from aibuild.run.config import env_pairs
 
     try:
         return tuple(env_pairs(value))

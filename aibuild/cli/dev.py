@@ -9,7 +9,14 @@ from typing import Any
 import click
 
 from aibuild.cli.options import profile_argument, set_option
-from aibuild.cli.run import container_options, data_option, env_option, gpus_option, shm_size_option
+from aibuild.cli.run import (
+    container_options,
+    data_option,
+    env_option,
+    gpus_option,
+    run_console,
+    shm_size_option,
+)
 
 SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -36,10 +43,10 @@ def shell(
     project bind-mounted live at its workdir; exits with the shell's code and removes the
     container. Needs a terminal.
     """
-    from aibuild.run.shell import run_shell
+    from aibuild.run.interactive import run_shell
 
     options = container_options(gpus=gpus, shm_size=shm_size, data=data, env=env)
-    sys.exit(run_shell(target, overrides, options))
+    sys.exit(run_shell(target, overrides, options, run_console()))
 
 
 @click.command(context_settings=SETTINGS)
@@ -71,7 +78,7 @@ def jupyter(
     from aibuild.run.jupyter import run_jupyter
 
     options = container_options(gpus=gpus, shm_size=shm_size, data=data, env=env)
-    sys.exit(run_jupyter(profile, overrides, options, port=port))
+    sys.exit(run_jupyter(profile, overrides, options, run_console(), port=port))
 
 
 @click.command(context_settings=SETTINGS)

@@ -205,6 +205,7 @@ def wheelhouse(
         extra_index_urls=extra_index_url,
         find_links=find_links,
         echo=not as_json,
+        log=stderr_log(quiet=False),
     )
     if as_json:
         click.echo(

@@ -54,13 +54,13 @@ def _pairs(parse: Any) -> Any:
 
 
 def _env(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
-    from aibuild.run.container import env_pairs
+    from aibuild.run.config import env_pairs
 
     return _pairs(env_pairs)(ctx, param, value)
 
 
 def _labels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
-    from aibuild.run.container import label_pairs
+    from aibuild.run.config import label_pairs
 
     return _pairs(label_pairs)(ctx, param, value)
 
@@ -87,9 +87,18 @@ env_option = click.option(
 )
 
 
+def run_console() -> Any:
+    """Where a run shows things: the container's output on our stdout and stderr, as
+    bytes; aibuild's own lines on stderr."""
+    from aibuild.cli.options import stderr_log
+    from aibuild.run.lifecycle import Console
+
+    return Console(sys.stdout.buffer, sys.stderr.buffer, stderr_log(quiet=False))
+
+
 def container_options(**given: Any) -> Any:
     """``ContainerOptions`` from the options above (``gpus`` as their callback gives it)."""
-    from aibuild.run.container import ContainerOptions
+    from aibuild.run.config import ContainerOptions
 
     gpus = given.pop("gpus", None)
     return ContainerOptions(
@@ -176,10 +185,10 @@ def run(
     (`-- python -c "import torch"`). Without a target, the last image built in this
     directory runs. `-it` attaches this terminal, as docker run -it.
     """
-    from aibuild.run import container
+    from aibuild.run.config import container_command
 
     try:
-        container.container_command(args, nproc_per_node)
+        container_command(args, nproc_per_node)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if (interactive or tty) and detach:
@@ -204,8 +213,10 @@ def run(
     if nodes is not None:
         from aibuild.run.multinode import run_multinode
 
-        sys.exit(run_multinode(target, overrides, options, nodes))
-    sys.exit(container.run_image(target, overrides, options))
+        sys.exit(run_multinode(target, overrides, options, nodes, run_console()))
+    from aibuild.run.container import run_image
+
+    sys.exit(run_image(target, overrides, options, run_console()))
 
 
 @click.command()

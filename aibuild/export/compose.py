@@ -1,7 +1,7 @@
 """A Compose file for one multi-GPU host: ``aibuild run`` as a service.
 
 The service is written from the very container config ``aibuild run`` would use
-(``aibuild.run.container.container_config``): the GPUs as a device request
+(``aibuild.run.config.container_config``): the GPUs as a device request
 (``deploy.resources.reservations.devices``, ``driver: nvidia``, ``capabilities: [gpu]``,
 a ``count`` or ``device_ids``), ``shm_size`` from the profile, the memlock/stack ulimits,
 the data (read-only) and output bind mounts with the caller's uid:gid, and
@@ -17,7 +17,7 @@ import yaml
 from aibuild import __version__
 from aibuild.export.job import ClusterJob
 from aibuild.export.shell import comment, compose_literal, env_name
-from aibuild.run.container import ContainerOptions, container_config
+from aibuild.run.config import ContainerOptions, container_config
 from aibuild.run.gpus import GpuRequest
 
 SERVICE = "train"

@@ -35,7 +35,7 @@ from aibuild.errors import ExportError
 from aibuild.export.job import DATA_DIR, DEFAULT_RDZV_PORT, OUTPUT_DIR, WORKDIR, ClusterJob
 from aibuild.export.shell import ShellText, command, comment, env_name, export_line, word
 from aibuild.oci.reference import DOCKER_HUB, parse_reference
-from aibuild.run.container import MEMLOCK_UNLIMITED, ContainerOptions, container_config
+from aibuild.run.config import MEMLOCK_UNLIMITED, ContainerOptions, container_config
 
 RUNTIMES = ("pyxis", "apptainer", "singularity", "docker")
 DEFAULT_RUNTIME = "pyxis"

@@ -27,6 +27,7 @@ from packaging.utils import canonicalize_name
 
 from aibuild.errors import BuildError
 from aibuild.image.render import UV_REQUIREMENT
+from aibuild.logs import Log, silent
 from aibuild.profile.resolve import dev_requirements, image_requirements
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -119,6 +120,7 @@ def download_wheelhouse(
     extra_index_urls: Sequence[str] = (),
     find_links: Sequence[str] = (),
     echo: bool = True,
+    log: Log = silent,
 ) -> WheelhouseResult:
     """Download ``plan``'s wheels into ``dest``; BuildError with pip's last lines on failure.
 
@@ -126,7 +128,7 @@ def download_wheelhouse(
     refused before pip runs (pip builds such a source, running its setup.py, whatever
     ``--only-binary`` says), and afterwards every requirement must have its wheel in
     ``dest``. A torch index that does not answer is found by one probe, not by pip's
-    retries for every package."""
+    retries for every package. pip's lines (with ``echo``) and warnings go to ``log``."""
     dest = Path(dest)
     refuse_direct_references(plan)
     torch_index = True
@@ -134,12 +136,10 @@ def download_wheelhouse(
         problem = probe_index(plan.torch_index_url)
         if problem:  # asked once: pip would retry it for every package (15 minutes)
             torch_index = False
-            print(
+            log(
                 f"aibuild: warning: {problem}; leaving it out: torch {plan.torch}+"
                 f"{plan.torch_variant} must come from --find-links DIR or pip's own "
-                "find-links, the rest from PyPI",
-                file=sys.stderr,
-                flush=True,
+                "find-links, the rest from PyPI"
             )
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def download_wheelhouse(
         for line in proc.stdout:
             tail.append(line.rstrip())
             if echo:
-                print(line, end="", file=sys.stderr, flush=True)
+                log(line.rstrip("\n"))
         code = proc.wait()
     if code != 0:
         raise download_failed(plan, command, code, list(tail))

@@ -1,12 +1,12 @@
 """``aibuild jupyter PROFILE``: JupyterLab in the profile's dev image, on this machine only.
 
 The dev image (``<tag>-dev``, built when the profile says ``dev.jupyter: true``) runs with
-the profile's run defaults (``container.container_config``: GPUs, shared memory, ulimits,
+the profile's run defaults (``config.container_config``: GPUs, shared memory, ulimits,
 your uid with a writable HOME, AutoRemove), the project bind-mounted live at its workdir,
 and JupyterLab listening on a port published on 127.0.0.1 only (a free one, or
 ``--port``), the same inside and out so that JupyterLab's own log shows the right URL.
 A fresh token each time (``secrets``, passed as ``JUPYTER_TOKEN``): a request without it
-is refused. Once ``/api/status`` answers, the URL with its token is printed on stdout.
+is refused. Once ``/api/status`` answers, the URL with its token is written to stdout.
 Ctrl-C stops it as every run is stopped (SIGTERM, JupyterLab shuts its kernels down, then
 the container is removed).
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import secrets
 import socket
-import sys
 import threading
 import time
 import urllib.error
@@ -25,13 +24,8 @@ from dataclasses import replace
 from typing import Any
 
 from aibuild.errors import RunError
-from aibuild.run.container import (
-    ContainerOptions,
-    RunTarget,
-    resolve_target,
-    run_container,
-    with_plan_defaults,
-)
+from aibuild.run.config import ContainerOptions, RunTarget, resolve_target, with_plan_defaults
+from aibuild.run.lifecycle import Console, run_container
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 180.0
@@ -108,11 +102,13 @@ def run_jupyter(
     ref: str,
     overrides: tuple[str, ...],
     options: ContainerOptions,
+    console: Console,
     *,
     port: int | None = None,
     client: Any = None,
 ) -> int:
-    """``aibuild jupyter``: the container's exit code (130 after Ctrl-C)."""
+    """``aibuild jupyter``: the container's exit code (130 after Ctrl-C). The URL goes to
+    ``console.stdout`` once JupyterLab answers."""
     target = dev_target(resolve_target(ref, overrides))
     assert target.plan is not None
     port = check_port(port) if port is not None else free_port()
@@ -130,13 +126,14 @@ def run_jupyter(
 
     def announce() -> None:
         if wait_until_ready(url, token, stop):
-            print(f"{url}/lab?token={token}", flush=True)
-            print("aibuild: JupyterLab is up (the URL above); Ctrl-C stops it", file=sys.stderr)
+            console.stdout.write(f"{url}/lab?token={token}\n".encode())
+            console.stdout.flush()
+            console.say("aibuild: JupyterLab is up (the URL above); Ctrl-C stops it")
 
     def started(container: Any) -> None:
         threading.Thread(target=announce, name="aibuild-jupyter-ready", daemon=True).start()
 
     try:
-        return run_container(target, options, client=client, started=started)
+        return run_container(target, options, console, client=client, started=started)
     finally:
         stop.set()

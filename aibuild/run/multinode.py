@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import signal
-import sys
 import threading
 import time
 import uuid
@@ -28,24 +26,29 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from aibuild import bounds, labels
 from aibuild.engine import client_session, engine_errors
 from aibuild.errors import RunError
-from aibuild.run.container import (
+from aibuild.logs import Log
+from aibuild.run.config import (
     ContainerOptions,
     RunTarget,
-    _create_and_start,
-    _ensure_image,
-    _kill,
-    _Pump,
-    _remove,
-    _signals_as_interrupt,
-    _Terminate,
     container_config,
-    make_output_dir,
-    owner_label,
     resolve_target,
-    with_default_output,
     with_plan_defaults,
 )
+from aibuild.run.container import with_default_output
 from aibuild.run.gpus import GpuRequest
+from aibuild.run.lifecycle import (
+    Console,
+    Pump,
+    Terminate,
+    create_and_start,
+    ensure_image,
+    kill_container,
+    make_output_dir,
+    remove_container,
+    signals_as_interrupt,
+    stopped_code,
+)
+from aibuild.run.owner import owner_label
 from aibuild.run.rendezvous import DEFAULT_RDZV_PORT, RANK_PREFIX_ENV, Rendezvous
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -89,7 +92,7 @@ class _Node:
     out: _Prefixed
     err: _Prefixed
     container: Any = None
-    pump: _Pump | None = None
+    pump: Pump | None = None
     exit_code: int | None = None
     wait_exit: Any = None  # the exit code, asked for before the start (AutoRemove)
 
@@ -166,15 +169,7 @@ def _check_network_free(client: Any, name: str) -> None:
         )
 
 
-def _say(err: BinaryIO) -> Any:
-    def say(text: str) -> None:
-        err.write((text + "\n").encode())
-        err.flush()
-
-    return say
-
-
-def _once(say: Any) -> Any:
+def _once(say: Log) -> Log:
     """``say`` that says each message once (a warning every node would repeat)."""
     said: set[str] = set()
 
@@ -186,7 +181,7 @@ def _once(say: Any) -> Any:
     return once
 
 
-def _stop_all(job: _Job, grace_s: float, say: Any) -> None:
+def _stop_all(job: _Job, grace_s: float, say: Log) -> None:
     """SIGTERM to every node still running, up to ``grace_s`` for all to exit, then SIGKILL.
     A second Ctrl-C kills at once."""
     import docker as docker_sdk
@@ -202,12 +197,12 @@ def _stop_all(job: _Job, grace_s: float, say: Any) -> None:
     try:
         while any(not n.finished() for n in running) and time.monotonic() < deadline:
             time.sleep(0.2)
-    except (KeyboardInterrupt, _Terminate):
+    except (KeyboardInterrupt, Terminate):
         pass
     for node in running:
         if not node.finished():
             say(f"aibuild: killing node {node.index}")
-            _kill(node.container)
+            kill_container(node.container)
     for node in running:
         if node.pump is not None:
             node.pump.wait(5)
@@ -218,7 +213,7 @@ def _cleanup(job: _Job) -> None:
 
     for node in job.nodes:
         if node.container is not None:
-            _remove(node.container)
+            remove_container(node.container)
         node.out.flush()
         node.err.flush()
     if job.network_id is not None:
@@ -226,7 +221,7 @@ def _cleanup(job: _Job) -> None:
             job.client.api.remove_network(job.network_id)
 
 
-def _watch(job: _Job, say: Any) -> int:
+def _watch(job: _Job, say: Log) -> int:
     """Wait for the nodes; the first non-zero exit stops the others and is returned."""
     pending = list(job.nodes)
     while pending:
@@ -247,13 +242,13 @@ def run_nodes(
     target: RunTarget,
     options: ContainerOptions,
     nodes: int,
+    console: Console,
     *,
     client: docker.DockerClient | None = None,
-    stdout: BinaryIO | None = None,
-    stderr: BinaryIO | None = None,
 ) -> int:
     """Run ``target.image`` as an N-node torchrun job; the failing node's exit code, 0, or
-    128 + the signal when interrupted."""
+    128 + the signal when interrupted. The nodes' lines go to ``console``'s streams, each
+    behind its node's prefix; what aibuild says, to ``console.say``."""
     bounds.check("run_nodes", nodes, "--nodes", RunError)
     if options.detach:
         raise RunError("--detach starts one container; it cannot be combined with --nodes")
@@ -262,9 +257,7 @@ def run_nodes(
             "--nodes runs the trainer under torchrun: ARGS after -- must be trainer flags, "
             f"not a command ({options.args[0]!r})"
         )
-    out = stdout or sys.stdout.buffer
-    err = stderr or sys.stderr.buffer
-    say = _say(err)
+    say = console.say
     make_output_dir(options.output)
     base = check_job_name(options.name) if options.name else f"aibuild-{uuid.uuid4().hex[:8]}"
     configs = node_configs(options, target.image, nodes, base)
@@ -273,43 +266,45 @@ def run_nodes(
         job = _Job(engine, options, base)
         for i, config in enumerate(configs):
             prefix = f"[node {i}] ".encode()
-            out_i, err_i = _Prefixed(out, prefix, lock), _Prefixed(err, prefix, lock)
+            out_i = _Prefixed(console.stdout, prefix, lock)
+            err_i = _Prefixed(console.stderr, prefix, lock)
             job.nodes.append(_Node(i, config, out_i, err_i))
-        with engine_errors(f"running {target.image} on {nodes} nodes"), _signals_as_interrupt():
+        with engine_errors(f"running {target.image} on {nodes} nodes"), signals_as_interrupt():
             try:
-                _ensure_image(engine, target)
-                _check_network_free(engine, base)
-                network = engine.networks.create(
-                    base,
-                    driver="bridge",
-                    labels={
-                        **dict(options.labels),
-                        labels.RUN: "1",
-                        labels.RUN_OWNER: owner_label(),
-                    },
-                )
-                job.network_id = network.id
-                say_once = _once(say)
-                for node in job.nodes:
-                    node.container, (attached, node.wait_exit) = _create_and_start(
-                        engine, target, options, node.config, say_once
-                    )
-                    node.pump = _Pump(attached, cast(BinaryIO, node.out), cast(BinaryIO, node.err))
-                    node.pump.start()
+                ensure_image(engine, target)
+                _start(job, target, say)
                 names = ", ".join(c["name"] for c in configs)
                 say(f"aibuild: {nodes} nodes on network {base}: {names}")
                 return _watch(job, say)
-            except (KeyboardInterrupt, _Terminate) as stop:
+            except (KeyboardInterrupt, Terminate) as stop:
                 for node in job.nodes:
                     node.out.flush()
                     node.err.flush()
                     node.out.muted = node.err.muted = True
                 say("aibuild: stopping the job; the nodes' shutdown output is not shown")
                 _stop_all(job, options.grace_s, say)
-                # the shell's convention, as `aibuild run`: 128 + the signal
-                return 128 + (stop.signum if isinstance(stop, _Terminate) else signal.SIGINT)
+                return stopped_code(stop)  # as `aibuild run`: 128 + the signal
             finally:
                 _cleanup(job)
+
+
+def _start(job: _Job, target: RunTarget, say: Log) -> None:
+    """The job's network, owned by this run, then every node on it, its output pumped."""
+    engine, options = job.client, job.options
+    _check_network_free(engine, job.network)
+    network = engine.networks.create(
+        job.network,
+        driver="bridge",
+        labels={**dict(options.labels), labels.RUN: "1", labels.RUN_OWNER: owner_label()},
+    )
+    job.network_id = network.id
+    say_once = _once(say)
+    for node in job.nodes:
+        node.container, (attached, node.wait_exit) = create_and_start(
+            engine, target, options, node.config, say_once
+        )
+        node.pump = Pump(attached, cast(BinaryIO, node.out), cast(BinaryIO, node.err))
+        node.pump.start()
 
 
 def run_multinode(
@@ -317,6 +312,7 @@ def run_multinode(
     overrides: tuple[str, ...] | list[str],
     options: ContainerOptions,
     nodes: int,
+    console: Console,
     *,
     client: docker.DockerClient | None = None,
 ) -> int:
@@ -328,10 +324,7 @@ def run_multinode(
     make_output_dir(options.output)
     target = resolve_target(ref, overrides)
     options = with_plan_defaults(options, target)
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
     with client_session(client) as engine:
-        options = with_default_output(engine, options, target, say)  # results kept on the host
-        return run_nodes(target, options, nodes, client=engine)
+        # results kept on the host
+        options = with_default_output(engine, options, target, console.say)
+        return run_nodes(target, options, nodes, console, client=engine)

@@ -7,7 +7,7 @@ terminal turns them into signals or EOF); a thread that copies the container's o
 stdout while the main thread copies stdin to the container and turns SIGWINCH into the
 engine's ``resize``. Without a TTY (``-i`` alone) stdin is piped through, and its end
 half-closes the socket, which closes the container's stdin. The container's life (its
-configuration, start, exit code, removal) is ``container.run_interactive``'s.
+configuration, start, exit code, removal) is ``interactive.run_interactive``'s.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from aibuild import labels
-from aibuild.run.container import owner_label, reap_orphans
+from aibuild.run.lifecycle import reap_orphans
+from aibuild.run.owner import owner_label
 from tests.integration.conftest import TEST_LABEL, run_aibuild
 
 pytestmark = pytest.mark.docker

@@ -8,12 +8,14 @@ a second `aibuild image` of the same profile a no-op rebuild).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,35 @@ def test_run_by_image_id_with_exit_code(cpu_image: str, docker_cleanup: Any) -> 
     assert result.stdout == "out\n"
     assert "err" in result.stderr
     assert leftovers(docker_cleanup.client, label) == []
+
+
+def test_the_library_writes_only_to_the_console_it_is_given(
+    base_image: str, docker_cleanup: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``run_image``, the library under `aibuild run`, writes the container's output to the
+    Console's streams and says what it did through its Log: nothing goes to the process's
+    own stdout or stderr."""
+    from aibuild.run.config import ContainerOptions
+    from aibuild.run.container import run_image
+    from aibuild.run.lifecycle import Console
+
+    out, err, said = io.BytesIO(), io.BytesIO(), []
+    console = Console(out, err, said.append)
+    script = ("sh", "-c", "echo out; echo err >&2; exit 3")
+    options = ContainerOptions(args=script, labels=tuple(docker_cleanup.label.items()))
+    client = docker_cleanup.client
+    assert run_image(base_image, [], options, console, client=client) == 3
+    assert (out.getvalue(), err.getvalue()) == (b"out\n", b"err\n")
+    detached = replace(options, args=("true",), detach=True)
+    assert run_image(base_image, [], detached, console, client=client) == 0
+    assert [s for s in said if s.startswith("aibuild: started ")], said
+    assert len(out.getvalue().splitlines()) == 2  # the detached container's id
+    deadline = time.monotonic() + 30  # `true` exits at once and the engine removes it
+    while leftovers(client, docker_cleanup.label) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers(client, docker_cleanup.label) == []
+    captured = capfd.readouterr()
+    assert (captured.out, captured.err) == ("", "")
 
 
 def test_training_defaults_inside(cpu_image: str, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from aibuild import contract
 from aibuild._resources import templates_dir
 from aibuild.image.render import render_dockerfile
 from aibuild.profile.resolve import plan_for
-from aibuild.run.container import ContainerOptions, container_config
+from aibuild.run.config import ContainerOptions, container_config
 from aibuild.run.rendezvous import Rendezvous
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from aibuild.errors import RenderError, RunError
 from aibuild.profile.resolve import plan_for
-from aibuild.run.container import (
+from aibuild.run.config import (
     ContainerOptions,
     RunTarget,
     container_config,
@@ -24,8 +24,8 @@ from aibuild.run.devcontainer import (
     write_devcontainer,
 )
 from aibuild.run.gpus import parse_gpus
+from aibuild.run.interactive import shell_options
 from aibuild.run.jupyter import check_port, dev_target, jupyter_command
-from aibuild.run.shell import shell_options
 from tests.unit.conftest import invoke, one_clean_line
 
 ROOT = Path(__file__).resolve().parents[2]

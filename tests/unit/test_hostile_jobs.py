@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from aibuild import bounds, labels
-from aibuild.run.container import ContainerOptions, container_config, is_orphan, owner_label
+from aibuild.run.config import ContainerOptions, container_config
+from aibuild.run.owner import is_orphan, owner_label
 from aibuild.vcs import without_credentials
 from tests.unit.test_export_slurm import NODE_SCRIPT
 from tests.unit.test_hostile_cli import cli, snapshot

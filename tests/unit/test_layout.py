@@ -129,12 +129,106 @@ def test_no_import_cycle() -> None:
             visit(node)
 
 
+ORDER = ("aibuild.run", "aibuild.export", "aibuild.cli")  # each may import only those before it
+# The run modules a cluster export may import: the pure container configuration and what it
+# reads. Never the container's life (lifecycle), sessions (interactive) or `aibuild run`.
+RUN_FOR_EXPORTS = ("aibuild.run.config", "aibuild.run.gpus", "aibuild.run.rendezvous")
+LIFECYCLE = (
+    "aibuild.run.lifecycle",
+    "aibuild.run.interactive",
+    "aibuild.run.terminal",
+    "aibuild.run.container",
+    "aibuild.run.multinode",
+)
+
+
+def _in(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def reachable(name: str) -> set[str]:
+    """Every aibuild module ``name`` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for target in GRAPH.get(todo.pop(), ()):
+            if target not in seen and target in GRAPH and target != "aibuild":
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
 def test_run_export_cli_are_ordered() -> None:
-    """run -> export -> cli: an import of export from run (the arrow that ran back up when
-    Rendezvous lived in export) is a back-edge."""
-    assert layer_of("aibuild.run.multinode") < layer_of("aibuild.export.job")
-    assert layer_of("aibuild.export.job") < layer_of("aibuild.cli")
-    assert not [t for t in GRAPH["aibuild.run.multinode"] if t.startswith("aibuild.export")]
+    """run -> export -> cli in LAYERS, so that test_imports_go_down_the_layers catches an
+    arrow back up."""
+    ranks = [layer_of(package) for package in ORDER]
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks), dict(
+        zip(ORDER, ranks, strict=True)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if any(_in(n, p) for p in ORDER[:2])))
+def test_no_back_edge_from_run_or_export(name: str) -> None:
+    """A run module imports no export or cli module (Rendezvous once ran back up, from
+    run.multinode to export.job), an export module no cli module."""
+    rank = next(i for i, package in enumerate(ORDER) if _in(name, package))
+    later = ORDER[rank + 1 :]
+    back = sorted(t for t in GRAPH[name] if any(_in(t, p) for p in later))
+    assert not back, f"{name} imports {back}: a back-edge in run -> export -> cli"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if _in(n, "aibuild.export")))
+def test_exports_import_only_the_container_configuration(name: str) -> None:
+    """An export writes a job file from run's pure configuration: it imports no other run
+    module, and nothing it reaches starts, attaches or stops a container."""
+    direct = sorted(t for t in GRAPH[name] if _in(t, "aibuild.run") and t not in RUN_FOR_EXPORTS)
+    assert not direct, f"{name} imports {direct}; of run, only {RUN_FOR_EXPORTS}"
+    life = sorted(t for t in reachable(name) if t in LIFECYCLE)
+    assert not life, f"{name} reaches {life}: the exports must not load a container's life"
+
+
+def test_the_lifecycle_modules_exist() -> None:
+    """The names above are modules (a rename must not leave the check empty)."""
+    assert all(m in GRAPH for m in (*RUN_FOR_EXPORTS, *LIFECYCLE))
+    assert {t for t in GRAPH["aibuild.export.slurm"] if _in(t, "aibuild.run")} >= {
+        "aibuild.run.config"
+    }
+
+
+def private_imports(path: Path) -> list[str]:
+    """``module._name`` for each private name ``path`` imports from another aibuild module
+    (a private module itself, such as ``aibuild._resources``, is a module, not a name;
+    ``__version__`` is public)."""
+    known = modules()
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module != "aibuild" and not node.module.startswith("aibuild."):
+                continue
+            for alias in node.names:
+                dunder = alias.name.startswith("__") and alias.name.endswith("__")
+                module = f"{node.module}.{alias.name}" in known
+                if alias.name.startswith("_") and not dunder and not module:
+                    found.append(f"{node.module}.{alias.name}")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH))
+def test_no_module_imports_private_names_of_another(name: str) -> None:
+    """What another module needs has a public name (run.multinode once took seven private
+    names of run.container)."""
+    taken = private_imports(modules()[name])
+    assert not taken, f"{name} imports private names {taken}: give them public names"
+
+
+def test_the_checker_sees_private_imports(tmp_path: Path) -> None:
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "from aibuild.run.lifecycle import Pump, _run\n"
+        "from aibuild import _resources, __version__\n",
+        encoding="utf-8",
+    )
+    assert private_imports(source) == ["aibuild.run.lifecycle._run"]
 
 
 def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from aibuild.run.container import (
+from aibuild.profile.load import is_profile_ref
+from aibuild.run.config import (
     ContainerOptions,
     container_command,
     container_config,
     env_pairs,
-    is_profile_ref,
 )
 from aibuild.run.gpus import parse_gpus
 from tests.unit.conftest import run_cli
@@ -124,7 +124,7 @@ def test_the_profiles_ipc_host_is_applied() -> None:
     """gpu-h100x8 says run.ipc: host (NCCL's shared memory across 8 ranks): it reaches the
     container config unless --ipc says otherwise."""
     from aibuild.profile.resolve import plan_for
-    from aibuild.run.container import RunTarget, with_plan_defaults
+    from aibuild.run.config import RunTarget, with_plan_defaults
 
     plan = plan_for("gpu-h100x8")
     target = RunTarget(plan.image_ref, plan)

@@ -9,8 +9,10 @@ import threading
 import pytest
 
 from aibuild.errors import RunError
-from aibuild.run.container import ContainerOptions, RunTarget
+from aibuild.logs import silent
+from aibuild.run.config import ContainerOptions, RunTarget
 from aibuild.run.gpus import parse_gpus
+from aibuild.run.lifecycle import Console
 from aibuild.run.multinode import _Prefixed, node_configs, run_nodes
 
 
@@ -60,7 +62,7 @@ def test_named_gpus_are_shared_out() -> None:
 )
 def test_refused_before_any_container(options: ContainerOptions, message: str) -> None:
     with pytest.raises(RunError, match=message):
-        run_nodes(RunTarget("img"), options, 2)
+        run_nodes(RunTarget("img"), options, 2, Console(io.BytesIO(), io.BytesIO(), silent))
 
 
 def test_lines_are_prefixed_whole() -> None:
