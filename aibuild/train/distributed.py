@@ -20,6 +20,7 @@ group is gone.
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import weakref
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ def init_distributed(device_type: str) -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(local)
     # Before the group exists, so its default arguments bind None, not the group (above).
-    import torch.distributed.nn  # noqa: F401
+    importlib.import_module("torch.distributed.nn")
 
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
