@@ -7,8 +7,8 @@ engine of ``DOCKER_HOST``: two containers, torchrun's c10d rendezvous, a DDP job
 (the mlp on the bundled digits, one epoch: a few seconds of training), so that most of a
 run is its start and its teardown, where the abort was seen. A run is bad when aibuild
 exits non-zero (a node, and so a rank, did not exit 0) or when any line says ``terminate
-called`` (the C++ abort of a rank tearing gloo down while its peer still talks to it),
-even if the exit code hid it.
+called`` (the C++ abort of a gloo worker thread that releases a collective's tensor in a
+finalizing interpreter: docs/trainjob-skypilot.md), even if the exit code hid it.
 
 Runs are sequential; a new one starts only while the ``--budget`` (seconds) lasts, and
 each has its own ``--timeout``. Every container and network a run makes carries the label

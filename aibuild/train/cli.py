@@ -363,4 +363,13 @@ def main(
         ev = summary.get("eval") or {}
         shown = f", eval loss {ev['loss']:.4f}" if "loss" in ev else ""
         click.echo(f"dry run ok: train loss {summary['train_loss']:.4f}{shown}")
+    from aibuild.train.distributed import group_lingers
+
+    if group_lingers():
+        # Something still holds the destroyed process group: finalizing the interpreter
+        # would destroy it there, where gloo's threads can abort the process. Every rank
+        # is past the barrier and the files are closed, so end here, flushed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
