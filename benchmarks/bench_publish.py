@@ -174,6 +174,21 @@ def image_rows(figures: dict[str, dict[str, float]]) -> list[tuple[str, list[str
     return rows
 
 
+def _layer_sizes(image: str, layers: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    """The zstd size of each layer of ``image`` over 10 MB, with the step that wrote it."""
+    history = json.loads(_docker("history", "--no-trunc", "--format", "{{json .}}", image)
+                         .stdout.replace("}\n{", "},{").join("[]"))  # fmt: skip
+    steps = [h["CreatedBy"] for h in reversed(history) if h.get("Size") not in ("0B", "0")]
+    named = steps if len(steps) == len(layers) else ["?"] * len(layers)
+    total = sum(s for _, s in layers)
+    return [
+        (f"  layer {n} of {image}", f"{size / 1e6:.0f} MB zstd ({100 * size / total:.1f}%): "
+         f"{' '.join(step.split())[-90:]}")
+        for n, ((_, size), step) in enumerate(zip(layers, named, strict=True))
+        if size > 10e6
+    ]  # fmt: skip
+
+
 def change_rows(changes: list[list[str]], env: dict[str, str]) -> list[tuple[str, str]]:
     """For each (what, image A, image B): the zstd bytes of B's layers that A lacks, pushed
     to one empty registry with one blob cache (B's unchanged layers are A's blobs)."""
@@ -197,6 +212,8 @@ def change_rows(changes: list[list[str]], env: dict[str, str]) -> list[tuple[str
             new = sum(s for d, s in fetched[1] if d not in have)
             total = sum(s for _, s in fetched[1])
             layers = sum(1 for d, _ in fetched[1] if d not in have)
+            if len(pushed) == 2 and image_a in pushed:  # the first pair: A's layers, once
+                rows += _layer_sizes(image_a, pushed[image_a])
             rows.append((f"a node fetches after a {what}",
                          f"{new / 1e6:.1f} MB of {total / 1e6:.0f} MB ({100 * new / total:.1f}%), "
                          f"{layers} of {len(fetched[1])} layer(s)"))  # fmt: skip

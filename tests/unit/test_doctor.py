@@ -199,4 +199,3 @@ def test_zstd_line_warns_only_when_the_profile_pushes_zstd() -> None:
     assert "--compression gzip" in warned.fix
     assert zstd_check(new, zstd_plan).status == OK
     assert zstd_check(new, None).detail.startswith("yes: Docker 26.1.5+dfsg1 pulls zstd")
-
