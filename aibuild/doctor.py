@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from aibuild import knowledge as kb
 from aibuild import labels
-from aibuild.engine import engine_address, engine_limits, facts_from, get_client
+from aibuild.engine import EngineFacts, engine_address, engine_limits, facts_from, get_client
 from aibuild.errors import AibuildError
+from aibuild.oci.compress import ZSTD, ZSTD_MIN_DOCKER
 from aibuild.run.gpus import NO_DRIVER_MARKER, GpuRequest
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -210,6 +211,49 @@ def profile_checks(plan: BuildPlan, gpus: Sequence[HostGpu], smi_error: str | No
 # ---------------------------------------------------------------------------
 
 
+def pulls_zstd(facts: EngineFacts) -> bool | None:
+    """Whether this Docker engine pulls zstd layers (the OCI ``+zstd`` media type that
+    ``aibuild push --compression zstd`` writes); None when its version says nothing.
+
+    Docker 23.0 added it: "Add support for pulling zstd compressed layers. moby/moby#41759,
+    moby/moby#42862" (https://github.com/moby/moby/releases/tag/v23.0.0); older engines
+    refuse the layer's media type. Both image stores of 23+ pull it (the containerd store
+    through containerd's own zstd support, 1.5 and later). Podman's compatible API reports
+    Podman's version, not Docker's: not judged here.
+    """
+    if "podman" in facts.version.lower() or "podman" in facts.os.lower():
+        return None
+    match = re.match(r"(\d+)\.(\d+)", facts.version)
+    if not match:
+        return None
+    return (int(match[1]), int(match[2])) >= ZSTD_MIN_DOCKER
+
+
+def zstd_check(facts: EngineFacts, plan: BuildPlan | None) -> Check:
+    """The "pulls zstd" line: whether images pushed with ``--compression zstd`` run here; a
+    warning only when the profile asks for zstd and this engine cannot pull it."""
+    wanted = plan is not None and plan.image_compression == ZSTD
+    minimum = ".".join(map(str, ZSTD_MIN_DOCKER))
+    can = pulls_zstd(facts)
+    if can is None:
+        return Check(
+            "pulls zstd", INFO, f"unknown for {facts.version} (Docker pulls zstd from {minimum})"
+        )
+    if can:
+        return Check(
+            "pulls zstd",
+            OK,
+            f"yes: Docker {facts.version} pulls zstd layers (aibuild push --compression zstd)",
+        )
+    return Check(
+        "pulls zstd",
+        WARN if wanted else INFO,
+        f"no: Docker {facts.version} pulls gzip layers only (zstd needs Docker {minimum}+)",
+        f"push this profile with --compression gzip, or upgrade the engine to Docker "
+        f"{minimum} or newer",
+    )
+
+
 def query_nvidia_smi(command: str | None = None) -> str:
     """nvidia-smi's GPU list (CSV); a recorded file when AIBUILD_NVIDIA_SMI_OUTPUT names one.
 
@@ -286,6 +330,8 @@ def _engine_checks(client: Any, plan: BuildPlan | None, report: Report) -> None:
         else "classic (graph driver): image IDs are config digests"
     )
     report.checks.append(Check("image store", OK, store_detail))
+    report.engine["pulls_zstd"] = pulls_zstd(facts)
+    report.checks.append(zstd_check(facts, plan))
     for limit in engine_limits(facts):
         report.checks.append(Check("engine support", WARN, limit.problem, limit.fix))
     driver = info.get("Driver") or "unknown"

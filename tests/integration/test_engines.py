@@ -107,3 +107,8 @@ def test_doctor_names_each_engines_version_api_and_image_store(
         assert checks["image store"]["detail"].startswith(store)
         end_of_life = [c for c in report["checks"] if "end of life" in c["detail"]]
         assert bool(end_of_life) == (engine == "docker20.10")
+        # zstd layers pull from Docker 23.0 on: 20.10 cannot, 26.1 can
+        assert report["engine"]["pulls_zstd"] is (engine != "docker20.10")
+        assert checks["pulls zstd"]["detail"].startswith(
+            "no:" if engine == "docker20.10" else "yes:"
+        )

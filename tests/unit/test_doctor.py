@@ -10,14 +10,19 @@ import pytest
 from aibuild import knowledge as kb
 from aibuild.doctor import (
     FAIL,
+    INFO,
     OK,
+    WARN,
     SmiError,
     diagnose,
     driver_at_least,
     format_report,
     parse_nvidia_smi,
     profile_checks,
+    pulls_zstd,
+    zstd_check,
 )
+from aibuild.engine import EngineFacts
 from aibuild.errors import EngineError
 from aibuild.profile.resolve import plan_for
 from tests.unit.conftest import run_cli
@@ -156,3 +161,41 @@ def test_cli_missing_nvidia_smi_is_not_a_failure_without_profile(
     assert "no-such-nvidia-smi not found" in result.stdout
     assert "nvidia driver" in result.stdout
     assert result.exit_code == 1  # only because the engine is unreachable
+
+
+def _facts(version: str, os_name: str = "Debian GNU/Linux 12 (bookworm)") -> EngineFacts:
+    return EngineFacts(version=version, api_version="1.45", store="classic", driver="overlay2",
+                       os=os_name)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("version", "pulls"),
+    [
+        ("20.10.24+dfsg1", False),  # Debian 12's docker.io
+        ("22.06.0-beta.0", False),
+        ("23.0.0", True),  # the release that added zstd pulls
+        ("26.1.5+dfsg1", True),  # Debian 13's
+        ("29.0.1", True),
+        ("unknown", None),
+    ],
+)
+def test_which_engines_pull_zstd(version: str, pulls: bool | None) -> None:
+    assert pulls_zstd(_facts(version)) is pulls
+
+
+def test_podman_is_not_judged_by_its_own_version() -> None:
+    assert pulls_zstd(_facts("4.3.1", "podman")) is None
+
+
+def test_zstd_line_warns_only_when_the_profile_pushes_zstd() -> None:
+    gzip_plan = plan_for("cpu")
+    zstd_plan = plan_for("cpu", ("image.compression=zstd",))
+    old, new = _facts("20.10.24+dfsg1"), _facts("26.1.5+dfsg1")
+    assert zstd_check(old, None).status == INFO
+    assert zstd_check(old, gzip_plan).status == INFO
+    warned = zstd_check(old, zstd_plan)
+    assert warned.status == WARN
+    assert "20.10.24+dfsg1 pulls gzip layers only (zstd needs Docker 23.0+)" in warned.detail
+    assert "--compression gzip" in warned.fix
+    assert zstd_check(new, zstd_plan).status == OK
+    assert zstd_check(new, None).detail.startswith("yes: Docker 26.1.5+dfsg1 pulls zstd")
