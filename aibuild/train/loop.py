@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ from aibuild.train.distributed import (
     cleanup,
     init_distributed,
 )
-from aibuild.train.metrics import MetricsWriter, Throughput
+from aibuild.train.metrics import MetricsWriter, Throughput, warn_every_rank
 from aibuild.train.models import (
     build_model,
     count_parameters,
@@ -548,8 +547,7 @@ def run_training(cfg: TrainConfig, opts: TrainOptions) -> dict[str, Any]:
         if trainer is not None:
             trainer.close()  # drops DDP, which holds the group
         if not cleanup(info):
-            print(
-                "warning: the process group is still referenced after "
-                "destroy_process_group (see aibuild/train/distributed.py)",
-                file=sys.stderr,
+            warn_every_rank(
+                "the process group is still referenced after "
+                "destroy_process_group (see aibuild/train/distributed.py)"
             )

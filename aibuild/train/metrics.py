@@ -53,9 +53,9 @@ class MetricsWriter:
         self.stream.flush()
 
     def warn(self, text: str) -> None:
-        """``warning: TEXT`` on stderr."""
+        """``warning: TEXT`` on stderr (rank 0 only, like every line of the reporter)."""
         if self.enabled:
-            print(f"warning: {text}", file=sys.stderr, flush=True)
+            warn_every_rank(text)
 
     # -- records --------------------------------------------------------------------------
 
@@ -192,3 +192,8 @@ class Throughput:
             samples / cpu if cpu > 0 else None,
             self.warmup_s + self.wall_s,
         )
+
+
+def warn_every_rank(text: str) -> None:
+    """``warning: TEXT`` on stderr from whichever rank calls it (a fault of that rank)."""
+    print(f"warning: {text}", file=sys.stderr, flush=True)
