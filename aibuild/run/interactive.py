@@ -89,8 +89,7 @@ def run_interactive(
             stop_container(container, options.grace_s, say, output)
             return stopped_code(stop)
         finally:
-            with contextlib.suppress(OSError):
-                sock.close()
+            terminal.close_socket(sock)
             remove_container(container)
 
 

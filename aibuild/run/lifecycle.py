@@ -313,6 +313,15 @@ def attach_output(client: Any, container_id: str) -> Any:
     )
 
 
+def close_stream(attached: Any) -> None:
+    """Close docker-py's attach stream and its HTTP response: the stream's own close
+    shuts the socket down but leaves the response's file holding it open."""
+    for each in (attached, getattr(attached, "_response", None)):
+        if each is not None:
+            with contextlib.suppress(Exception):
+                each.close()
+
+
 def create_and_start(
     client: Any,
     target: RunTarget,
@@ -339,7 +348,7 @@ def create_and_start(
         container.start()
     except docker.errors.APIError as exc:
         if attached is not None:
-            attached.close()
+            close_stream(attached)
         remove_container(container)
         has_memlock = any(u["Name"] == "memlock" for u in config.get("ulimits", []))
         if RLIMIT_MARKER in api_message(exc) and has_memlock:
@@ -351,7 +360,7 @@ def create_and_start(
         raise _start_error(exc, target.image, options) from None
     except BaseException:
         if attached is not None:
-            attached.close()
+            close_stream(attached)
         remove_container(container)
         raise
     return container, (attached, exit_code if attached is not None else None)
@@ -387,6 +396,7 @@ def _run(
 ) -> int:
     say = console.say
     container = None
+    attached: Any = None
     pump: Pump | None = None
     with engine_errors(f"running {target.image}"), signals_as_interrupt():
         ensure_image(client, target)
@@ -417,5 +427,9 @@ def _run(
                 stop_container(container, options.grace_s, say, pump)
             return stopped_code(stop)
         finally:
+            if attached is not None:
+                # the attach stream owns its own connection to the engine: close it here,
+                # not when the garbage collector finds it (an in-process caller leaks it)
+                close_stream(attached)
             if container is not None and not options.detach:
                 remove_container(container)
