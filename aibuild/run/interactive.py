@@ -31,6 +31,7 @@ from aibuild.run.config import (
 from aibuild.run.lifecycle import (
     Console,
     Terminate,
+    close_stream,
     create_and_start,
     ensure_image,
     make_output_dir,
@@ -89,7 +90,7 @@ def run_interactive(
             stop_container(container, options.grace_s, say, output)
             return stopped_code(stop)
         finally:
-            terminal.close_socket(sock)
+            close_stream(sock, "_sock")
             remove_container(container)
 
 

@@ -313,10 +313,11 @@ def attach_output(client: Any, container_id: str) -> Any:
     )
 
 
-def close_stream(attached: Any) -> None:
-    """Close docker-py's attach stream and its HTTP response: the stream's own close
-    shuts the socket down but leaves the response's file holding it open."""
-    for each in (attached, getattr(attached, "_response", None)):
+def close_stream(attached: Any, inner: str = "_response") -> None:
+    """Close docker-py's attach stream and what it wraps (``inner``): the stream's own
+    close shuts the socket down but leaves the response's file (for an attach socket,
+    the socket under the wrapper, ``_sock``) holding the connection to the engine open."""
+    for each in (attached, getattr(attached, inner, None)):
         if each is not None:
             with contextlib.suppress(Exception):
                 each.close()

@@ -37,15 +37,6 @@ def attach_socket(client: Any, container_id: str) -> Any:
     return sock
 
 
-def close_socket(sock: Any) -> None:
-    """Close an attach socket and the socket under docker-py's wrapper (closing only the
-    wrapper leaves the connection to the engine open until the garbage collector finds it)."""
-    for each in (sock, getattr(sock, "_sock", None)):
-        if each is not None:
-            with contextlib.suppress(OSError):
-                each.close()
-
-
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
