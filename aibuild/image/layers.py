@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import zipfile
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
@@ -170,10 +170,10 @@ def _requires(wheel: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Resolution:
-    """Exact pins, and which root requirement first brought each one in."""
+    """Exact pins, and which root's closure owns each one."""
 
     pins: dict[str, Pin]
-    closures: dict[str, tuple[str, ...]]  # root label -> names its closure adds (in order)
+    closures: dict[str, tuple[str, ...]]  # root label -> names its closure owns (in order)
 
 
 def resolve_wheelhouse(
@@ -182,12 +182,17 @@ def resolve_wheelhouse(
     *,
     python: str,
     constraints: Sequence[str] = (),
+    owners: Sequence[str] = (),
 ) -> Resolution | None:
     """Resolve ``roots`` (label, requirements), in order, over the wheels in ``wheelhouse``
     for CPython ``python`` on Linux x86_64: the newest fitting version of each name that
     satisfies the first requirement (and the constraints) naming it. None when a name has
     no fitting wheel there (its packages come from elsewhere: no exact plan to make).
-    RenderError when a later requirement contradicts the version chosen."""
+    RenderError when a later requirement contradicts the version chosen.
+
+    Which closure owns a name is decided apart from the versions, walking the roots in
+    ``owners`` order (the layers' order; default: ``roots``' order): a package that an
+    earlier layer needs stays in that layer whatever a later layer's requirements add."""
     wheels = _index(Path(wheelhouse), python)
     env = _marker_env(python)
     limits: dict[str, list[Requirement]] = {}
@@ -198,9 +203,7 @@ def resolve_wheelhouse(
             continue
         limits.setdefault(canonicalize_name(req.name), []).append(req)
     chosen: dict[str, tuple[_Wheel, str]] = {}  # name -> (wheel, the requirement that chose it)
-    closures: dict[str, tuple[str, ...]] = {}
     for label, requirements in roots:
-        added: list[str] = []
         queue: deque[tuple[Requirement, str]] = deque()
         for text in requirements:
             queue.append((Requirement(text), label))
@@ -233,13 +236,40 @@ def resolve_wheelhouse(
                 return None
             wheel = fits[0]
             chosen[name] = (wheel, f"{why} ({req})")
-            added.append(name)
             queue.extend(
                 (r, f"{name} {wheel.version}") for r in _dependencies(wheel.path, env, req.extras)
             )
-        closures[label] = tuple(added)
+    wanted = dict(roots)
+    closures = _owners(
+        [(label, wanted[label]) for label in owners or wanted],
+        lambda name, extras: _dependencies(chosen[name][0].path, env, extras),
+    )
     pins = {n: Pin(n, str(w.version), w.size) for n, (w, _) in chosen.items()}
     return Resolution(pins, closures)
+
+
+def _owners(
+    roots: Sequence[tuple[str, Sequence[str]]],
+    dependencies: Callable[[str, Iterable[str]], list[Requirement]],
+) -> dict[str, tuple[str, ...]]:
+    """label -> the names its closure reaches first, walking ``roots`` in order."""
+    owned: set[str] = set()
+    closures: dict[str, tuple[str, ...]] = {}
+    for label, requirements in roots:
+        added: list[str] = []
+        queue = deque(Requirement(text) for text in requirements)
+        while queue:
+            req = queue.popleft()
+            name = canonicalize_name(req.name)
+            if name not in owned:
+                owned.add(name)
+                added.append(name)
+                queue.extend(dependencies(name, req.extras))
+            elif req.extras:  # an owned package's extras: their dependencies
+                queue.extend(r for r in dependencies(name, req.extras)
+                             if canonicalize_name(r.name) not in owned)  # fmt: skip
+        closures[label] = tuple(added)
+    return closures
 
 
 def _dependencies(wheel: Path, env: Mapping[str, str], extras: Iterable[str]) -> list[Requirement]:
@@ -272,6 +302,7 @@ def group_pins(
     list names goes with the profile's packages."""
     left = {n: p for n, p in pins.items() if n not in SEEDED}
     groups: list[LayerGroup] = []
+    runtime, profile, project = tuple(runtime), tuple(profile), tuple(project)
 
     def take(names: Iterable[str]) -> list[Pin]:
         return [left.pop(n) for n in sorted(set(names)) if n in left]
@@ -304,14 +335,14 @@ def group_pins(
         groups.append(
             LayerGroup(f"large-{pin.name}", f"{pin.name} (a large package)", (pin,), False)
         )
-    for key, title, names in (
+    for key, title, listed in (
         ("runtime", "the aibuild runtime's packages", runtime),
         ("profile", "the profile's other packages", profile),
         ("project", "the project's requirements", project),
     ):
-        names = list(names)
-        if key == "profile":
-            names += list(left)  # whatever no list named (a lock's extra pins)
+        names = list(listed)
+        if key == "profile":  # whatever no list named (a lock's extra pins)
+            names += [n for n in left if n not in project]
         found = take(names)
         if found:
             groups.append(LayerGroup(key, title, tuple(found), False))
@@ -371,6 +402,7 @@ def plan_venv_layers(plan: BuildPlan, options: RenderOptions) -> list[LayerGroup
             ],
             python=plan.python,
             constraints=options.constraints,
+            owners=("torch", "runtime", "profile", "project"),  # the layers' order
         )
         if resolution is not None:
             return group_pins(

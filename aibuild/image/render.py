@@ -166,9 +166,11 @@ def _layer_installs(
         flags += ["-c", f"{BUILD_DIR}/constraints.txt"]
     mark = f"{BUILD_DIR}/uv/.start"
     mode = " --invalidation-mode unchecked-hash" if reproducible else ""
+    # compileall compiles a list (-i) in one process; xargs spreads it over the cores
     compile_new = (
-        f"(find /opt/venv -name '*.py' -cnewer {mark} "
-        f"| /opt/venv/bin/python -m compileall -q -j 0{mode} -i - > /dev/null || true)"
+        f"(find /opt/venv -name '*.py' -cnewer {mark} -print0 "
+        f'| xargs -0 -r -n 200 -P "$(nproc)" /opt/venv/bin/python -m compileall -q{mode} '
+        "> /dev/null || true)"
     )
     fetch = _pip_install(
         ["-q", "--no-cache-dir", "--no-compile", "--target", f"{BUILD_DIR}/uv", *index_flags,

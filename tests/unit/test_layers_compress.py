@@ -211,6 +211,31 @@ def test_a_torch_only_pin_change_leaves_the_other_layers_alone(tmp_path: Path) -
     assert "--no-deps" in a[changed[0]]
 
 
+def test_a_requirements_change_leaves_the_earlier_layers_alone(tmp_path: Path) -> None:
+    """A project requirement that needs a runtime package (wheel needs packaging) adds a
+    project layer and leaves the runtime's and the profile's layers as they were: a package
+    belongs to the first layer, in the layers' order, whose requirements need it."""
+    wheelhouse = _fake_wheelhouse(tmp_path / "w", "a")
+    _wheel(wheelhouse, "wheel", "0.48.0", ["packaging>=24"], "py3-none-any")
+    plans = {}
+    for name, requirements in (("before", "numpy>=1.26\n"), ("after", "numpy>=1.26\nwheel\n")):
+        project = tmp_path / name
+        project.mkdir()
+        (project / "requirements.txt").write_text(requirements)
+        (project / "aibuild.yaml").write_text(
+            "name: p\nextends: cpu\nproject:\n  path: .\n  requirements: requirements.txt\n"
+        )
+        plan = plan_for(str(project / "aibuild.yaml"), ("software.python=3.11",))
+        groups = plan_venv_layers(plan, RenderOptions(wheelhouse=str(wheelhouse)))
+        assert groups is not None
+        plans[name] = {g.key: [p.requirement for p in g.pins] for g in groups}
+    before, after = plans["before"], plans["after"]
+    assert after.pop("project") == ["wheel==0.48.0"]
+    assert after == before
+    assert before["runtime"] == ["click==8.5.1", "packaging==26.4", "pyyaml==6.0.4"]
+    assert before["profile"] == ["numpy==2.4.6"]
+
+
 def test_real_cpu_wheelhouse_plan_and_hadolint(tmp_path: Path) -> None:
     if not (CPU_WHEELHOUSE / ".complete").is_file():
         pytest.skip("no cpu wheelhouse (make wheelhouse)")
