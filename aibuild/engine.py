@@ -465,6 +465,7 @@ def read_saved(
     *,
     what: str,
     keep: Callable[[str], bool] | None = None,
+    on_file: Callable[[str, Path], None] | None = None,
 ) -> SavedImage:
     """Read a ``docker save`` archive (one image) from ``stream`` into ``workdir``.
 
@@ -473,11 +474,12 @@ def read_saved(
     layout (``index.json`` -> manifest -> ``blobs/sha256/...``) that the containerd
     store writes, where layers may be gzip-compressed: they are decompressed, so
     ``diff_ids`` are always of the uncompressed tars. ``keep(diff_id)`` false deletes
-    a file as soon as it is hashed. A file the layout names that the archive lacks is
-    a SaveError naming it.
+    a file as soon as it is hashed; ``on_file(diff_id, path)`` is told of every other file
+    as soon as it is on disk, while the stream goes on (to compress layers during the
+    export). A file the layout names that the archive lacks is a SaveError naming it.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    archive = _unpack(stream, workdir, what, keep)
+    archive = _unpack(stream, workdir, what, keep, on_file)
     layout, manifest_digest, config_name, layer_names = _image_layout(archive)
     archive.resolve(config_name)
     layers = [archive.resolve(name) for name in layer_names]
@@ -523,11 +525,16 @@ class _Archive:
 
 
 def _unpack(
-    stream: IO[bytes], workdir: Path, what: str, keep: Callable[[str], bool] | None
+    stream: IO[bytes],
+    workdir: Path,
+    what: str,
+    keep: Callable[[str], bool] | None,
+    on_file: Callable[[str, Path], None] | None = None,
 ) -> _Archive:
     """Every member of the save stream, in one pass: a link recorded, a layout document
     kept in memory, any other file copied to ``workdir`` and hashed (and deleted at once
-    when ``keep(diff_id)`` is false)."""
+    when ``keep(diff_id)`` is false; else ``on_file(diff_id, path)`` is told of it while
+    the stream goes on)."""
     archive = _Archive(what)
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for n, member in enumerate(tar):
@@ -549,6 +556,8 @@ def _unpack(
                 archive.small[member.name] = path.read_bytes()
             if keep is not None and member.size > 1024 and not keep(diff_id):
                 path.unlink()
+            elif on_file is not None:
+                on_file(diff_id, path)
             archive.files[member.name] = _Entry(path, diff_id, compression)
     return archive
 
@@ -628,6 +637,7 @@ def save_image(
     *,
     keep: Callable[[str], bool] | None = None,
     progress: Callable[[int], None] | None = None,
+    on_file: Callable[[str, Path], None] | None = None,
 ) -> SavedImage:
     """``docker save`` ``image`` into ``workdir`` (see ``read_saved``); ``progress(n)`` is
     told of every ``n`` bytes the engine sends."""
@@ -637,6 +647,6 @@ def save_image(
             stream = _counted(stream, progress)
         reader = io.BufferedReader(ChunkReader(stream), buffer_size=_CHUNK)
         try:
-            return read_saved(reader, workdir, what=image, keep=keep)
+            return read_saved(reader, workdir, what=image, keep=keep, on_file=on_file)
         except tarfile.TarError as exc:
             raise SaveError(f"the export of {image} is not a readable tar: {exc}") from None

@@ -155,33 +155,47 @@ timeout_option = click.option(
 )
 
 
-def stderr_log(quiet: bool) -> Callable[[str], None]:
+def stderr_log(quiet: bool, *, live: bool | None = None) -> Callable[[str], None]:
     """A progress callback that writes lines to stderr: with ``quiet``, only the lines that
-    start with ``warning:`` (what the user must know, such as a record left as it was)."""
+    start with ``warning:`` (what the user must know, such as a record left as it was).
+
+    Meters' lines (export, compress and upload run at once) make one status line of every
+    phase still going, ``export: ... | compress (zstd): ... | upload: ...``: drawn in place
+    on a terminal (``live``; default: whether stderr is one), cut to its width, else
+    printed every 5 s. A phase leaves it with its closing line (an ordinary one)."""
+    import shutil
+    import threading
+    import time
 
     from aibuild.oci.meter import PROGRESS
 
-    live = sys.stderr.isatty()
+    live = sys.stderr.isatty() if live is None else live
     shown = [0.0]  # when the last progress line was printed (in a pipe)
     drawn = [False]  # whether a progress line is drawn in place (on a terminal)
+    going: dict[str, str] = {}  # phase -> its latest progress line
+    lock = threading.Lock()  # meters report from worker threads
 
     def log(text: str) -> None:
         if quiet and not text.startswith("warning:"):
             return
-        if text.startswith(PROGRESS):  # a meter's line: in place on a terminal, else every 5 s
-            import time
-
-            now = time.monotonic()
-            if live:
-                click.echo("\r\033[K" + text.removeprefix(PROGRESS), err=True, nl=False)
-                drawn[0] = True
-            elif now - shown[0] >= 5.0:
-                shown[0] = now
-                click.echo(text.removeprefix(PROGRESS), err=True)
-            return
-        if drawn[0]:
-            click.echo("\r\033[K", err=True, nl=False)
-            drawn[0] = False
-        click.echo(text, err=True)
+        with lock:
+            if text.startswith(PROGRESS):
+                line = text.removeprefix(PROGRESS)
+                going[line.split(":", 1)[0]] = line
+                status = " | ".join(going.values())
+                now = time.monotonic()
+                if live:
+                    width = shutil.get_terminal_size().columns - 1
+                    click.echo("\r\033[K" + status[:width], err=True, nl=False)
+                    drawn[0] = True
+                elif now - shown[0] >= 5.0:
+                    shown[0] = now
+                    click.echo(status, err=True)
+                return
+            going.pop(text.split(":", 1)[0], None)
+            if drawn[0]:
+                click.echo("\r\033[K", err=True, nl=False)
+                drawn[0] = False
+            click.echo(text, err=True)
 
     return log

@@ -10,7 +10,8 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,24 +156,33 @@ class BlobCache:
         todo = {d: p for d, p in layers.items() if self.layer(d) is None}
         if not todo:
             return
+        at_once, threads = compress.workers(len(todo), cores)
+        with ThreadPoolExecutor(max_workers=at_once) as pool:
+            for future in [pool.submit(self.store_layer, d, p, threads) for d, p in todo.items()]:
+                future.result()
+
+    def store_layer(self, diff_id: str, layer_tar: Path, threads: int = 1) -> Blob:
+        """Compress one uncompressed layer into the cache (``threads``: zstd's workers,
+        which do not change the bytes); its blob. Safe to call from several threads."""
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.index.mkdir(parents=True, exist_ok=True)
-        jobs: dict[str, tuple[Path, Path]] = {}
+        with tempfile.NamedTemporaryFile(dir=self.blobs, prefix=".c-", delete=False) as t:
+            tmp = Path(t.name)
         try:
-            for diff_id, tar in todo.items():
-                with tempfile.NamedTemporaryFile(dir=self.blobs, prefix=".c-", delete=False) as t:
-                    jobs[diff_id] = (tar, Path(t.name))
-            digests = compress.compress_layers(
-                jobs, self.compression, cores=cores, progress=self.progress
+            digest = compress.compress_file(
+                layer_tar, tmp, self.compression, threads=threads, progress=self.progress
             )
-            for diff_id, digest in digests.items():
-                jobs[diff_id][1].replace(self.path(digest))
-                entry_tmp = self.index / f".{diff_id.removeprefix('sha256:')}.tmp"
-                entry_tmp.write_text(digest, encoding="ascii")
-                entry_tmp.replace(self.index / diff_id.removeprefix("sha256:"))
+            tmp.replace(self.path(digest))
         finally:
-            for _, tmp_path in jobs.values():
-                tmp_path.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+        key = diff_id.removeprefix("sha256:")
+        with tempfile.NamedTemporaryFile(
+            "w", dir=self.index, prefix=f".{key}.", delete=False, encoding="ascii"
+        ) as entry:
+            entry.write(digest)
+        Path(entry.name).replace(self.index / key)
+        return Blob(digest, self.path(digest).stat().st_size, self.codec.media_type,
+                    self.path(digest))  # fmt: skip
 
     def add_layer(self, diff_id: str, layer_tar: Path) -> Blob:
         """Compress an uncompressed layer tar into the cache (no-op when already there)."""
@@ -187,13 +197,19 @@ def image_blobs(
     image: str,
     cache: BlobCache | None = None,
     log: Log = silent,
+    *,
+    on_blob: Callable[[Blob, str], None] | None = None,
+    cores: int | None = None,
 ) -> tuple[Blob, list[Blob]]:
     """The config blob and deterministic compressed layer blobs (the cache's compression)
     of a local image.
 
-    Exports the image only when the cache lacks one of them; compresses the missing
-    layers in parallel up to the cores. Export and compression report progress (bytes of
-    the total, rate, ETA) through ``log``.
+    Exports the image only when the cache lacks one of them. Each missing layer is
+    compressed as soon as the export has written it, while the export goes on (up to
+    ``cores`` layers at once), and its uncompressed copy is deleted then. ``on_blob(blob,
+    label)`` is told of each layer blob as soon as it is ready (cached ones first; the
+    others from a compressing thread), so that an upload can start before the export ends.
+    Export and compression report progress (bytes of the total, rate, ETA) through ``log``.
     """
 
     cache = cache or BlobCache()
@@ -201,48 +217,99 @@ def image_blobs(
         attrs = client.images.get(image).attrs
     image_id: str = attrs["Id"]
     diff_ids: list[str] = list(attrs["RootFS"]["Layers"])
+    labels = {d: f"layer {i}/{len(diff_ids)}" for i, d in reversed(list(enumerate(diff_ids, 1)))}
+    tell = on_blob or (lambda _blob, _label: None)
     config = cache.config(image_id)
-    layers = [cache.layer(d) for d in diff_ids]
-    if config is not None and all(layers):
-        return config, [b for b in layers if b is not None]
-    missing = {d for d, b in zip(diff_ids, layers, strict=True) if b is None}
-    log(f"exporting {image} ({len(missing)} layer(s) to compress)")
+    layers = {d: cache.layer(d) for d in diff_ids}
+    for diff_id, blob in layers.items():
+        if blob is not None:
+            tell(blob, labels[diff_id])
+    missing = {d for d, b in layers.items() if b is None}
+    if config is None or missing:
+        log(f"exporting {image} ({len(missing)} layer(s) to compress)")
+        config = _export_and_compress(
+            client, image, attrs, cache, missing, lambda b, d: tell(b, labels[d]), log, cores
+        )
+    blobs = [cache.layer(d) for d in diff_ids]
+    assert all(blobs)
+    return config, [b for b in blobs if b is not None]
+
+
+def _export_and_compress(
+    client: docker.DockerClient,
+    image: str,
+    attrs: Mapping[str, Any],
+    cache: BlobCache,
+    missing: set[str],
+    tell: Callable[[Blob, str], None],
+    log: Log,
+    cores: int | None,
+) -> Blob:
+    """``docker save`` the image, compressing each ``missing`` layer into ``cache`` as soon
+    as it is written (``tell(blob, diff_id)`` when done); the config blob."""
+    image_id, diff_ids = str(attrs["Id"]), list(attrs["RootFS"]["Layers"])
+    # Layers arrive one by one, so most often one compresses at a time: each may use every
+    # core (zstd's worker count does not change its bytes), and up to one per core run.
+    threads = at_once = max(1, cores or os.cpu_count() or 1)
+    export = Meter("export", int(attrs.get("Size") or 0), log)
+    squeeze = Meter(f"compress ({cache.compression})", 0, log)
+    cache.progress = squeeze.add
+    started: dict[str, Future[Blob]] = {}
+
+    def compress_one(diff_id: str, tar: Path) -> Blob:
+        blob = cache.store_layer(diff_id, tar, threads)
+        tar.unlink(missing_ok=True)  # the uncompressed copy is no longer needed
+        tell(blob, diff_id)
+        return blob
+
+    def on_file(diff_id: str, path: Path) -> None:
+        for future in started.values():  # a failed compression (or upload) ends the export
+            if future.done() and future.exception() is not None:
+                future.result()
+        if diff_id in missing and diff_id not in started:
+            squeeze.expect(path.stat().st_size)
+            started[diff_id] = pool.submit(compress_one, diff_id, path)
 
     with (
         disk_errors(f"exporting {image} for the push"),
         tempfile.TemporaryDirectory(prefix="aibuild-save-", dir=_tmp_root(cache)) as tmp,
+        ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="aibuild-compress") as pool,
     ):
-        wanted = {*missing, image_id}
-        export = Meter("export", int(attrs.get("Size") or 0), log)
-        saved = save_image(
-            client, image_id, Path(tmp), keep=lambda d: d in wanted, progress=export.add
-        )
-        export.finish()
-        if not saved.is_image(image_id):
-            raise PublishError(
-                f"docker save of {image} gave another image (config {saved.image_id}, "
-                f"manifest {saved.manifest_digest or 'none'}), not {image_id}"
-            )
-        if saved.diff_ids != diff_ids:
-            raise PublishError(
-                f"docker save of {image} gave {len(saved.diff_ids)} layer(s) that differ "
-                f"from the {len(diff_ids)} its config lists"
-            )
-        config = cache.add_config(saved.config, image_id)
-        todo = {d: p for d, p in zip(saved.diff_ids, saved.layers, strict=True) if d in missing}
-        squeeze = Meter(
-            f"compress ({cache.compression})", sum(p.stat().st_size for p in todo.values()), log
-        )
-        cache.progress = squeeze.add
         try:
-            cache.add_layers(todo)
+            wanted = {*missing, image_id}
+            saved = save_image(
+                client,
+                image_id,
+                Path(tmp),
+                keep=lambda d: d in wanted,
+                progress=export.add,
+                on_file=on_file,
+            )
+            export.finish()
+            if not saved.is_image(image_id):
+                raise PublishError(
+                    f"docker save of {image} gave another image (config {saved.image_id}, "
+                    f"manifest {saved.manifest_digest or 'none'}), not {image_id}"
+                )
+            if saved.diff_ids != diff_ids:
+                raise PublishError(
+                    f"docker save of {image} gave {len(saved.diff_ids)} layer(s) that "
+                    f"differ from the {len(diff_ids)} its config lists"
+                )
+            config = cache.add_config(saved.config, image_id)
+            for diff_id, path in zip(saved.diff_ids, saved.layers, strict=True):
+                on_file(diff_id, path)  # a layer the stream did not announce (none expected)
+            for future in started.values():
+                future.result()
+        except BaseException:
+            for future in started.values():
+                future.cancel()
+            raise
         finally:
             cache.progress = lambda _: None
-        log(f"compressed {len(todo)} layer(s) with {cache.codec.library}")
-        squeeze.finish()
-    blobs = [cache.layer(d) for d in diff_ids]
-    assert all(blobs)
-    return config, [b for b in blobs if b is not None]
+    log(f"compressed {len(started)} layer(s) with {cache.codec.library}")
+    squeeze.finish()
+    return config
 
 
 def _tmp_root(cache: BlobCache) -> str:

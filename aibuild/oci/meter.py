@@ -62,6 +62,11 @@ class Meter:
             line = self.line(now)
         self.log(PROGRESS + line)
 
+    def expect(self, n: int) -> None:
+        """``n`` more bytes to come (a total that grows as work is handed in)."""
+        with self._lock:
+            self.total += n
+
     def line(self, now: float | None = None) -> str:
         """``compress: 1.2 GB of 3.4 GB (35%), 210.0 MB/s, ETA 10s``."""
         elapsed = max(1e-6, (self.clock() if now is None else now) - self.started)

@@ -10,7 +10,9 @@ Two ways to push, one result (``name@sha256:DIGEST``):
   image is exported (``docker save``), each layer is compressed deterministically
   (gzip or zstd from pinned wheels: ``aibuild.oci.compress``) into a blob cache keyed
   by the layer's diff ID and the codec, and the blobs are uploaded concurrently
-  (``aibuild.publish.upload``), then the manifest last. The same image ID gives the
+  (``aibuild.publish.upload``), then the manifest last. The three overlap: a layer is
+  compressed as soon as the export has written it, and uploaded as soon as it is
+  compressed. The same image ID gives the
   same manifest digest on any machine: this is how reproducible images are published.
 
 Credentials come from, in order: ``--username`` + ``--password-stdin``; the
@@ -55,7 +57,7 @@ from aibuild.oci.registry import (
     retry_with_backoff,
     seconds_text,
 )
-from aibuild.publish.upload import upload_blobs
+from aibuild.publish.upload import Uploader
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import docker
@@ -146,9 +148,15 @@ def direct_push(
     registry = new_client()  # first: a wrong password or host fails before any export
     with engine_errors(f"inspecting {image}"):
         image_id = str(client.images.get(image).id)
-    config, layers = image_blobs(client, image_id, cache, log)
     log(compress.engines_that_pull(cache.compression))
-    counts = upload_blobs(new_client, [*layers, config], log=log)
+    uploader = Uploader(new_client, log=log)  # blobs go up while the export goes on
+    try:
+        config, layers = image_blobs(client, image_id, cache, log, on_blob=uploader.submit)
+        uploader.submit(config, "config")
+        counts = uploader.finish()
+    except BaseException:
+        uploader.abort()
+        raise
     pushed, existing = counts.pushed, counts.existing
     manifest = manifest_bytes(config, layers)
     digest = "sha256:" + hashlib.sha256(manifest).hexdigest()

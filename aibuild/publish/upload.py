@@ -1,4 +1,4 @@
-"""Upload an image's blobs to a registry concurrently, with progress.
+"""Upload an image's blobs to a registry concurrently, with progress, as they become ready.
 
 Each worker thread has a registry client of its own (its own connection, token and
 retries), all under the push's one deadline: the bounded retries and timeouts of
@@ -10,8 +10,8 @@ puts it last, after every blob is in, so a failed push never moves a tag.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from aibuild.logs import Log, silent
@@ -31,71 +31,114 @@ class UploadCounts:
     bytes_sent: int
 
 
-def upload_blobs(
-    new_client: Callable[[], RegistryClient],
-    blobs: Sequence[Blob],
-    *,
-    workers: int = UPLOAD_WORKERS,
-    log: Log = silent,
-) -> UploadCounts:
-    """Upload ``blobs`` (the layers in order, then the config) that the registry lacks,
-    ``workers`` at
-    a time; ``new_client()`` makes an authenticated client for one worker. The first
-    failure ends the upload (a PublishError from the client), after the uploads already
-    running finish or fail within the deadline."""
-    if not blobs:
-        return UploadCounts(0, 0, 0)
-    count = max(1, min(workers, len(blobs)))
-    clients = [new_client() for _ in range(count)]
-    free = list(clients)
-    lock = threading.Lock()
-    total = sum(b.size for b in blobs)
-    meter = Meter("upload", total, log)
-    state = {"pushed": 0, "existing": 0, "sent": 0}
+class Uploader:
+    """Uploads blobs as they are handed in (``submit``), ``workers`` at a time, while the
+    caller goes on exporting and compressing; ``finish`` waits for them all.
 
-    labels = {b.digest: f"layer {i}/{len(blobs) - 1}" for i, b in enumerate(blobs[:-1], 1)}
-    labels[blobs[-1].digest] = "config"
+    ``new_client()`` makes an authenticated client for one worker, when it first needs
+    one. The first failure ends the upload: ``submit`` and ``finish`` raise it (a
+    PublishError from the client), and the blobs not yet begun are dropped; those running
+    finish or fail within the deadline."""
 
-    def one(blob: Blob) -> None:
-        with lock:
-            client = free.pop()
-        try:
-            short = blob.digest.removeprefix("sha256:")[:12]
-            if client.has_blob(blob.digest):
-                meter.add(blob.size)
-                with lock:
-                    state["existing"] += 1
-                log(f"{short}: already exists ({size_text(blob.size)})")
+    def __init__(
+        self,
+        new_client: Callable[[], RegistryClient],
+        *,
+        workers: int = UPLOAD_WORKERS,
+        log: Log = silent,
+    ) -> None:
+        self._new_client = new_client
+        self._log = log
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, workers), thread_name_prefix="aibuild-upload"
+        )
+        self._lock = threading.Lock()
+        self._free: list[RegistryClient] = []
+        self._futures: list[Future[None]] = []
+        self._seen: set[str] = set()
+        self._meter = Meter("upload", 0, log)
+        self._counts = {"pushed": 0, "existing": 0, "sent": 0}
+
+    def submit(self, blob: Blob, label: str = "blob") -> None:
+        """Upload ``blob`` (once, however often it is handed in) when a worker is free."""
+        self.check()
+        with self._lock:
+            if blob.digest in self._seen:
                 return
-            sent = [0]
+            if not self._seen:  # the upload's clock starts with its first blob
+                self._meter.started = self._meter.clock()
+            self._seen.add(blob.digest)
+            self._meter.expect(blob.size)
+            self._futures.append(self._pool.submit(self._one, blob, label))
 
-            def on_bytes(n: int) -> None:
-                sent[0] += n
-                meter.add(n)
-
-            log(f"{short}: pushing {labels.get(blob.digest, 'blob')} ({size_text(blob.size)})")
-            try:
-                client.upload_blob(blob.digest, blob.path, on_bytes)
-            finally:
-                if sent[0] != blob.size:  # a retried attempt counts once
-                    meter.add(blob.size - sent[0])
-            with lock:
-                state["pushed"] += 1
-                state["sent"] += blob.size
-            log(f"{short}: pushed ({size_text(blob.size)})")
-        finally:
-            with lock:
-                free.append(client)
-
-    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="aibuild-upload") as pool:
-        futures = [pool.submit(one, b) for b in sorted(blobs, key=lambda b: -b.size)]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        for future in futures:  # the first failure ends the upload: cancel what has not begun
-            if future.done() and future.exception() is not None:
-                for other in futures:
-                    other.cancel()
-                future.result()
+    def check(self) -> None:
+        """Raise the first failure so far, if any."""
+        with self._lock:
+            futures = list(self._futures)
         for future in futures:
-            future.result()
-    meter.finish()
-    return UploadCounts(state["pushed"], state["existing"], state["sent"])
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                self.abort()
+                future.result()
+
+    def finish(self) -> UploadCounts:
+        """Wait for every blob handed in; the counts (the first failure raised)."""
+        while True:
+            with self._lock:
+                pending = [f for f in self._futures if not f.done()]
+            if not pending:
+                break
+            wait(pending, return_when=FIRST_EXCEPTION)
+            self.check()
+        self.check()
+        self._pool.shutdown()
+        self._meter.finish()
+        c = self._counts
+        return UploadCounts(c["pushed"], c["existing"], c["sent"])
+
+    def abort(self) -> None:
+        """Drop the blobs not yet begun; wait for those running."""
+        with self._lock:
+            futures = list(self._futures)
+        for future in futures:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _client(self) -> RegistryClient:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return self._new_client()
+
+    def _one(self, blob: Blob, label: str) -> None:
+        client = self._client()
+        try:
+            self._upload(client, blob, label)
+        finally:
+            with self._lock:
+                self._free.append(client)
+
+    def _upload(self, client: RegistryClient, blob: Blob, label: str) -> None:
+        short = blob.digest.removeprefix("sha256:")[:12]
+        meter, log = self._meter, self._log
+        if client.has_blob(blob.digest):
+            meter.add(blob.size)
+            with self._lock:
+                self._counts["existing"] += 1
+            log(f"{short}: already exists ({size_text(blob.size)})")
+            return
+        sent = [0]
+
+        def on_bytes(n: int) -> None:
+            sent[0] += n
+            meter.add(n)
+
+        log(f"{short}: pushing {label} ({size_text(blob.size)})")
+        try:
+            client.upload_blob(blob.digest, blob.path, on_bytes)
+        finally:
+            if sent[0] != blob.size:  # a retried attempt counts once
+                meter.add(blob.size - sent[0])
+        with self._lock:
+            self._counts["pushed"] += 1
+            self._counts["sent"] += blob.size
+        log(f"{short}: pushed ({size_text(blob.size)})")

@@ -15,6 +15,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -264,3 +265,41 @@ def test_blob_cache_finds_a_config_by_manifest_digest(tmp_path: Path) -> None:
     found = cache.config(manifest_digest)
     assert found is not None and found.digest == _sha(CONFIG)
     assert cache.config(_sha(CONFIG)) == found  # by config digest too (classic store)
+
+
+class _Counting(io.RawIOBase):
+    """A readable stream that counts what has been read from it."""
+
+    def __init__(self, inner: io.BytesIO) -> None:
+        self.inner, self.read_so_far = inner, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        buffer[: len(data)] = data
+        self.read_so_far += len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("layout", ["legacy", "oci"])
+def test_on_file_hears_of_each_layer_while_the_export_goes_on(tmp_path: Path, layout: str) -> None:
+    """A push compresses a layer as soon as the export has written it: ``on_file`` is told
+    of each kept layer, on disk and decompressed, before the stream has been read to its
+    end; a layer ``keep`` drops is never told of."""
+    inner = legacy_archive() if layout == "legacy" else oci_archive(with_manifest_json=False)[0]
+    total = len(inner.getvalue())
+    stream = _Counting(inner)
+    heard: list[tuple[str, int, bytes]] = []
+    saved = read_saved(
+        io.BufferedReader(stream, buffer_size=512),
+        tmp_path,
+        what="x:1",
+        keep=lambda d: d == DIFF_IDS[0],
+        on_file=lambda d, p: heard.append((d, stream.read_so_far, p.read_bytes())),
+    )
+    layers = [(d, read, data) for d, read, data in heard if d in DIFF_IDS]
+    assert [(d, data) for d, _, data in layers] == [(DIFF_IDS[0], LAYERS[0])]
+    assert layers[0][1] < total  # told before the export ended
+    assert stream.read_so_far == total and saved.diff_ids == DIFF_IDS

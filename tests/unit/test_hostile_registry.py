@@ -581,3 +581,51 @@ def test_normalised_tag_says_what_it_is(image: str, tags: list[str], expect: str
     assert tag == expect
     assert str(parse_reference(tag)) == tag
     assert re.fullmatch(r".*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag)
+
+
+# ------------------------------------------------------------- uploads as blobs get ready
+
+
+def _blob(tmp_path: Path, data: bytes) -> Any:
+    from aibuild.oci.archive import Blob
+
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = tmp_path / digest.removeprefix("sha256:")
+    path.write_bytes(data)
+    return Blob(digest, len(data), "application/octet-stream", path)
+
+
+def test_uploader_sends_each_blob_once_as_it_is_handed_in(fake: Any, tmp_path: Path) -> None:
+    from aibuild.publish.upload import Uploader
+
+    first, second = _blob(tmp_path, b"first layer"), _blob(tmp_path, b"second layer")
+    lines: list[str] = []
+    uploader = Uploader(lambda: client_for(fake.host), workers=2, log=lines.append)
+    uploader.submit(first, "layer 1/2")
+    uploader.submit(first, "layer 1/2")  # the same layer twice in an image: sent once
+    uploader.submit(second, "layer 2/2")
+    counts = uploader.finish()
+    assert (counts.pushed, counts.existing, counts.bytes_sent) == (2, 0, 23)
+    puts = [s for s in fake.seen if s.method == "PUT" and s.path.startswith("/upload/")]
+    assert len(puts) == 2
+    assert any("pushing layer 2/2" in line for line in lines)
+    again = Uploader(lambda: client_for(fake.host), log=lines.append)
+    again.submit(second)
+    assert again.finish().existing == 1
+
+
+def test_uploader_failure_ends_the_push_at_the_next_blob(fake: Any, tmp_path: Path) -> None:
+    """A blob the registry refuses ends the upload: the next ``submit`` (what the export
+    calls as each layer is compressed) raises it, so the export stops there."""
+    from aibuild.publish.upload import Uploader
+
+    fake.mode.fail = {f"/v2/{REPO}/blobs/uploads/": 10**6}
+    uploader = Uploader(lambda: client_for(fake.host, attempts=1), workers=1)
+    uploader.submit(_blob(tmp_path, b"refused"))
+    deadline = time.monotonic() + 20
+    with pytest.raises(PublishError, match="503"):
+        while time.monotonic() < deadline:
+            uploader.submit(_blob(tmp_path, f"later {time.monotonic()}".encode()))
+            time.sleep(0.05)
+    with pytest.raises(PublishError):
+        uploader.finish()

@@ -180,6 +180,28 @@ def _runs(text: str) -> list[str]:
     return [r.split("\n\n")[0] for r in text.split("\nRUN ")[1:]]
 
 
+def test_phases_at_once_share_one_status_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Export, compression and upload overlap: on a terminal their meters make one line,
+    redrawn in place, that a phase leaves with its closing line."""
+    from aibuild.cli.options import stderr_log
+    from aibuild.oci.meter import PROGRESS
+
+    log = stderr_log(False, live=True)
+    log(PROGRESS + "export: 1.0 GB of 5.0 GB (20%)")
+    log(PROGRESS + "compress (zstd): 0.5 GB of 1.0 GB (50%)")
+    log(PROGRESS + "export: 2.0 GB of 5.0 GB (40%)")
+    log("export: 5.0 GB in 20.0s (250.0 MB/s)")
+    log(PROGRESS + "upload: 0.1 GB of 0.3 GB (33%)")
+    drawn = capsys.readouterr().err.split("\r")  # click drops the erase code off a terminal
+    assert drawn[3] == "export: 2.0 GB of 5.0 GB (40%) | compress (zstd): 0.5 GB of 1.0 GB (50%)"
+    assert drawn[4] == "export: 5.0 GB in 20.0s (250.0 MB/s)\n"
+    assert drawn[5] == "compress (zstd): 0.5 GB of 1.0 GB (50%) | upload: 0.1 GB of 0.3 GB (33%)"
+    piped = stderr_log(False, live=False)
+    piped(PROGRESS + "export: 1.0 GB")
+    piped(PROGRESS + "export: 1.1 GB")  # within 5 s of the last: not printed
+    assert capsys.readouterr().err == "export: 1.0 GB\n"
+
+
 def test_layer_plan_groups_least_changed_first(tmp_path: Path) -> None:
     plan = plan_for("cpu", ("software.python=3.11",))
     wheelhouse = _fake_wheelhouse(tmp_path / "w", "a")
