@@ -41,9 +41,13 @@ REGISTRY_SH = ROOT / "scripts" / "registry.sh"
 STATE = Path(os.environ.get("AIBUILD_TEST_STATE", "/var/lib/aibuild-test"))
 
 
-def _aibuild(*args: str, env: dict[str, str]) -> float:
+def _aibuild(*args: str, env: dict[str, str], src: Path | None = None) -> float:
+    """Seconds ``aibuild ARGS`` took: this checkout's, or the one at ``src`` (another
+    commit's worktree, run side by side as the baseline)."""
+    if src is not None:
+        env = dict(env, PYTHONPATH=str(src))
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "aibuild", *args], check=True, env=env,
+    subprocess.run([sys.executable, "-m", "aibuild", *args], check=True, env=env, cwd=src,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     return time.monotonic() - started
 
@@ -110,9 +114,12 @@ def _sent(registry: str, repository: str) -> float:
     return sum(s for _, s in _manifest_layers(registry, repository, "bench"))
 
 
-def measure_image(image: str, pull_host: str | None, env: dict[str, str]) -> dict[str, float]:
+def measure_image(
+    image: str, pull_host: str | None, env: dict[str, str], baseline: Path | None = None
+) -> dict[str, float]:
     """Every push and pull figure of one image (seconds and bytes), each push to an empty
-    registry of its own."""
+    registry of its own; with ``baseline``, that checkout's cold pushes too, each right
+    before this one's."""
     got: dict[str, float] = {}
     size = _docker("image", "inspect", "-f", "{{.Size}}", image).stdout.strip()
     got["size"] = float(size)
@@ -127,6 +134,16 @@ def measure_image(image: str, pull_host: str | None, env: dict[str, str]) -> dic
         if pull_host:
             got["pull docker push"] = _pull(ref, pull_host)
     for codec in ("gzip", "zstd"):
+        if baseline is not None:
+            with (
+                tempfile.TemporaryDirectory(prefix="aibuild-bench-cache-") as cache,
+                throwaway_registry() as registry,
+            ):
+                got[f"{codec} cold baseline"] = _aibuild(
+                    "push", image, "--to", f"{registry}/bench/{codec}:bench", "--method",
+                    "direct", "--compression", codec, env=dict(env, AIBUILD_CACHE_DIR=cache),
+                    src=baseline,
+                )  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="aibuild-bench-cache-") as cache:
             env = dict(env, AIBUILD_CACHE_DIR=cache)
             for warmth in ("cold", "warm"):
@@ -164,6 +181,13 @@ def image_rows(figures: dict[str, dict[str, float]]) -> list[tuple[str, list[str
             f"aibuild push --compression {codec}, warm cache",
             lambda f, c=codec: f"{f[c + ' warm']:.1f} s ({f[c + ' warm'] / f['docker push']:.2f}x)",
         ))  # fmt: skip
+        if all(f"{codec} cold baseline" in f for f in figures.values()):
+            rows.append(row(
+                "  the cold push by the baseline checkout",
+                lambda f, c=codec: f"{f[c + ' cold baseline']:.1f} s "
+                f"({f[c + ' cold baseline'] / f['docker push']:.2f}x); this one: "
+                f"{f[c + ' cold'] / f[c + ' cold baseline']:.2f}x of it",
+            ))  # fmt: skip
     if all("pull docker push" in f for f in figures.values()):
         for what, key in (("docker push", "pull docker push"), ("aibuild gzip", "pull gzip"),
                           ("aibuild zstd", "pull zstd")):  # fmt: skip
@@ -222,10 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pull-host", default=None, help="DOCKER_HOST of the pull engine")
     parser.add_argument("--change", nargs=3, action="append", default=[],
                         metavar=("WHAT", "IMAGE_A", "IMAGE_B"))  # fmt: skip
+    parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
+                        help="another checkout (git worktree) whose cold pushes run beside "
+                        "this one's")  # fmt: skip
     args = parser.parse_args(argv)
     env = dict(os.environ)
     images = dict(i.split("=", 1) if "=" in i else (i, i) for i in args.image)
-    figures = {name: measure_image(image, args.pull_host, env) for name, image in images.items()}
+    figures = {
+        name: measure_image(image, args.pull_host, env, args.baseline)
+        for name, image in images.items()
+    }
     rows = image_rows(figures) if figures else []
     print(f"bench_publish: one run each, {time.strftime('%Y-%m-%d %H:%M')}")
     if rows:
