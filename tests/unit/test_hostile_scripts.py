@@ -91,10 +91,11 @@ def _host_name(key: str) -> bool:
 # --------------------------------------------------------------------------- Slurm
 
 
+# It assigns no variable: the job's environment may export any name (`n` included), and
+# an assignment to an exported name would change the environment it records.
 FAKE_SRUN = """#!/bin/bash
-n=$(ls "$LOG" | grep -c '^srun-argv' || true)
-printf '%s\\0' "$@" > "$LOG/srun-argv.$n"
-env -0 > "$LOG/srun-env.$n"
+env -0 > "$LOG/srun-env.$(ls "$LOG" | grep -c '^srun-env' || true)"
+printf '%s\\0' "$@" > "$LOG/srun-argv.$(ls "$LOG" | grep -c '^srun-argv' || true)"
 while [[ $# -gt 0 && $1 != bash ]]; do shift; done
 if [[ $# -gt 0 ]]; then exec "$@"; fi
 """
