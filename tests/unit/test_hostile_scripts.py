@@ -100,8 +100,7 @@ while [[ $# -gt 0 && $1 != bash ]]; do shift; done
 if [[ $# -gt 0 ]]; then exec "$@"; fi
 """
 FAKE_DOCKER = """#!/bin/bash
-n=$(ls "$LOG" | grep -c '^docker-argv' || true)
-printf '%s\\0' "$@" > "$LOG/docker-argv.$n"
+printf '%s\\0' "$@" > "$LOG/docker-argv.$(ls "$LOG" | grep -c '^docker-argv' || true)"
 """
 FAKE_SCONTROL = """#!/bin/bash
 if [[ $2 == hostnames ]]; then echo node1; else echo "NodeName=$4 NodeAddr=10.0.0.1"; fi
