@@ -22,6 +22,7 @@ either, there is nothing exact to split and the image keeps its two installs.
 
 from __future__ import annotations
 
+import functools
 import re
 import zipfile
 from collections import deque
@@ -203,6 +204,7 @@ def resolve_wheelhouse(
             continue
         limits.setdefault(canonicalize_name(req.name), []).append(req)
     chosen: dict[str, tuple[_Wheel, str]] = {}  # name -> (wheel, the requirement that chose it)
+    requires = functools.cache(_requires)  # each METADATA read once: resolution and owners
     for label, requirements in roots:
         queue: deque[tuple[Requirement, str]] = deque()
         for text in requirements:
@@ -221,7 +223,7 @@ def resolve_wheelhouse(
                 if req.extras:  # the extras' own dependencies
                     queue.extend(
                         (r, f"{name} {wheel.version}")
-                        for r in _dependencies(wheel.path, env, req.extras)
+                        for r in _dependencies(requires(wheel.path), env, req.extras)
                     )
                 continue
             fits = [
@@ -237,12 +239,13 @@ def resolve_wheelhouse(
             wheel = fits[0]
             chosen[name] = (wheel, f"{why} ({req})")
             queue.extend(
-                (r, f"{name} {wheel.version}") for r in _dependencies(wheel.path, env, req.extras)
+                (r, f"{name} {wheel.version}")
+                for r in _dependencies(requires(wheel.path), env, req.extras)
             )
     wanted = dict(roots)
     closures = _owners(
         [(label, wanted[label]) for label in owners or wanted],
-        lambda name, extras: _dependencies(chosen[name][0].path, env, extras),
+        lambda name, extras: _dependencies(requires(chosen[name][0].path), env, extras),
     )
     pins = {n: Pin(n, str(w.version), w.size) for n, (w, _) in chosen.items()}
     return Resolution(pins, closures)
@@ -272,9 +275,12 @@ def _owners(
     return closures
 
 
-def _dependencies(wheel: Path, env: Mapping[str, str], extras: Iterable[str]) -> list[Requirement]:
+def _dependencies(
+    requires: Iterable[str], env: Mapping[str, str], extras: Iterable[str]
+) -> list[Requirement]:
+    """The ``Requires-Dist`` lines (``_requires``) that apply here, with these extras."""
     found = []
-    for line in _requires(wheel):
+    for line in requires:
         try:
             req = Requirement(line)
         except InvalidRequirement:

@@ -13,16 +13,15 @@ Debian's zlib), so both codecs come from pinned wheels that carry their own libr
 zstd layers get the OCI ``+zstd`` media type; Docker pulls them from 23.0 on (containerd
 1.5+), older engines cannot. The default stays gzip while Docker 20.10 is common.
 
-``compress_layers`` compresses several layers at once, up to the cores: the codecs release
-the GIL, so threads run in parallel.
+Several layers compress at once, up to the cores (``aibuild.oci.archive.BlobCache``): the
+codecs release the GIL, so threads run in parallel.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -171,25 +170,6 @@ def workers(count: int, cores: int | None = None) -> tuple[int, int]:
     cores = max(1, cores or os.cpu_count() or 1)
     at_once = max(1, min(count, cores))
     return at_once, max(1, cores // at_once)
-
-
-def compress_layers(
-    jobs: Mapping[str, tuple[Path, Path]],
-    name: str,
-    *,
-    cores: int | None = None,
-    progress: Progress = _nothing,
-) -> dict[str, str]:
-    """Compress each job (key -> (source, destination)) in parallel up to the cores; key ->
-    digest. ``progress`` is called from the worker threads with input bytes done."""
-    at_once, threads = workers(len(jobs), cores)
-
-    def one(item: tuple[str, tuple[Path, Path]]) -> tuple[str, str]:
-        key, (src, dst) = item
-        return key, compress_file(src, dst, name, threads=threads, progress=progress)
-
-    with ThreadPoolExecutor(max_workers=at_once) as pool:
-        return dict(pool.map(one, sorted(jobs.items())))
 
 
 def engines_that_pull(name: str) -> str:
